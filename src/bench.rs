@@ -1,0 +1,1 @@
+//! `snapblk bench`: a load generator for any vhost-user-blk backend.

@@ -1,0 +1,1 @@
+//! Host-side vhost-user-blk frontend used by tests and `snapblk bench`.

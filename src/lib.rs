@@ -1,0 +1,4 @@
+//! snapblk: a snapshot-aware vhost-user-blk disk daemon.
+
+pub mod bench;
+pub mod frontend;
