@@ -1,4 +1,9 @@
 //! snapblk: a snapshot-aware vhost-user-blk disk daemon.
 
 pub mod bench;
+pub mod daemon;
 pub mod frontend;
+pub mod logging;
+pub mod storage;
+pub mod vhost;
+pub mod virtio_blk;

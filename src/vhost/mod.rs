@@ -1,0 +1,11 @@
+//! vhost-user-blk serving: the backend trait impl, per-queue workers, the accept loop.
+
+pub mod backend;
+pub mod inflight;
+pub mod queue;
+pub mod server;
+pub mod stats;
+
+pub use backend::BlkBackend;
+pub use queue::DiskContext;
+pub use server::{bind_socket, serve, Export, ServeError, Shutdown};

@@ -1,0 +1,485 @@
+//! One virtqueue's worker: pops chains, parses them, keeps their I/O in flight on its own
+//! io_uring and completes them into the used ring. Owned by one thread; nothing here is shared
+//! with other queues except the image handle and relaxed atomics.
+
+use std::os::unix::io::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use io_uring::{opcode, squeue, types, IoUring};
+use log::{error, warn};
+use vhost_user_backend::{VringRwLock, VringState, VringT};
+use virtio_queue::QueueT;
+use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::inflight::{IoOp, Progress, Slots};
+use super::stats::QueueStats;
+use crate::logging::RateLimiter;
+use crate::storage::Image;
+use crate::virtio_blk::request::{
+    parse, Rejected, Request, RequestKind, Segment, Status, ID_BYTES,
+};
+use crate::virtio_blk::DiskGeometry;
+
+type Mem = GuestMemoryMmap<()>;
+type Vring = VringRwLock<GuestMemoryAtomic<Mem>>;
+
+/// Shared, read-mostly settings of one export, given to every queue.
+pub struct DiskContext {
+    pub image: Arc<Image>,
+    pub geometry: DiskGeometry,
+    /// Guest-visible write cache mode: false = writethrough (every write is O_DSYNC).
+    pub writeback: AtomicBool,
+    /// Cleared when the filesystem refuses FALLOC_FL_ZERO_RANGE (tmpfs).
+    pub zero_range: AtomicBool,
+    pub stats: Vec<Arc<QueueStats>>,
+}
+
+/// Per-queue state: the in-flight table and the io_uring.
+pub struct QueueWorker {
+    index: usize,
+    disk: Arc<DiskContext>,
+    mem: GuestMemoryAtomic<Mem>,
+    ring: IoUring,
+    event: EventFd,
+    slots: Slots,
+    parse_buf: Vec<Segment>,
+    vring: Option<Vring>,
+    log: RateLimiter,
+    stats: Arc<QueueStats>,
+    /// Used entries were added since the guest was last signalled.
+    pending_signal: bool,
+}
+
+const FIXED_IMAGE: types::Fixed = types::Fixed(0);
+/// user_data = slot index | range index << 32 | ZERO_PAIR (for punch + allocate pairs).
+const RANGE_SHIFT: u32 = 32;
+const ZERO_PAIR: u64 = 1 << 63;
+
+impl QueueWorker {
+    pub fn new(
+        index: usize,
+        queue_size: u16,
+        disk: Arc<DiskContext>,
+        mem: GuestMemoryAtomic<Mem>,
+    ) -> std::io::Result<QueueWorker> {
+        let entries = (u32::from(queue_size) * 2).next_power_of_two();
+        let ring = IoUring::builder().build(entries)?;
+        let event = EventFd::new(EFD_NONBLOCK)?;
+        ring.submitter().register_eventfd(event.as_raw_fd())?;
+        ring.submitter()
+            .register_files(&[disk.image.file().as_raw_fd()])?;
+        let stats = disk.stats[index].clone();
+        Ok(QueueWorker {
+            index,
+            disk,
+            mem,
+            ring,
+            event,
+            slots: Slots::new(queue_size as usize),
+            parse_buf: Vec::with_capacity(queue_size as usize),
+            vring: None,
+            log: RateLimiter::new(10),
+            stats,
+            pending_signal: false,
+        })
+    }
+
+    /// The eventfd the io_uring signals on completions.
+    pub fn completion_fd(&self) -> i32 {
+        self.event.as_raw_fd()
+    }
+
+    /// Handles a kick: pops every available chain, submits its I/O, completes what finished.
+    pub fn handle_kick(&mut self, vring: &Vring) {
+        if self.vring.is_none() {
+            self.vring = Some(vring.clone());
+        }
+        loop {
+            let mem = self.mem.memory().into_inner();
+            let mut state = vring.get_mut();
+            let event_idx = state.get_queue().event_idx_enabled();
+            if event_idx {
+                let _ = state.disable_notification();
+            }
+            let mut stalled = false;
+            loop {
+                if self.slots.is_full() {
+                    stalled = true;
+                    break;
+                }
+                let Some(chain) = state.get_queue_mut().pop_descriptor_chain(&*mem) else {
+                    break;
+                };
+                let head = chain.head_index();
+                let descs = chain.map(|d| (d.addr(), d.len(), d.is_write_only()));
+                match parse(descs, &*mem, &self.disk.geometry, &mut self.parse_buf) {
+                    Ok(req) => self.start(head, req, &mem, &mut state),
+                    Err(rej) => self.reject(head, rej, &mem, &mut state),
+                }
+            }
+            drop(state);
+            self.submit();
+            self.reap(vring);
+            if stalled || !event_idx {
+                // Stalled: every slot is busy and completions call back into handle_kick.
+                break;
+            }
+            match vring.enable_notification() {
+                Ok(true) => continue,
+                _ => break,
+            }
+        }
+        self.signal(vring);
+    }
+
+    /// Handles the io_uring completion eventfd.
+    pub fn handle_completions(&mut self, vring: &Vring) {
+        let _ = self.event.read();
+        let was_full = self.slots.is_full();
+        self.reap(vring);
+        if was_full && !self.slots.is_full() {
+            self.handle_kick(vring);
+        } else {
+            self.signal(vring);
+        }
+    }
+
+    /// Waits for every request in flight and completes it (GET_VRING_BASE, disconnect).
+    pub fn drain(&mut self) {
+        while self.slots.in_flight() > 0 {
+            if let Err(e) = self.ring.submit_and_wait(1) {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    error!(
+                        "queue {}: waiting for in-flight I/O failed: {e}",
+                        self.index
+                    );
+                    return;
+                }
+            }
+            match self.vring.clone() {
+                Some(v) => {
+                    self.reap(&v);
+                    self.signal(&v);
+                }
+                None => {
+                    let cqes: Vec<(u64, i32)> = self
+                        .ring
+                        .completion()
+                        .map(|c| (c.user_data(), c.result()))
+                        .collect();
+                    for (ud, res) in cqes {
+                        let _ = self.on_cqe(ud, res);
+                    }
+                }
+            }
+        }
+    }
+
+    fn reject(
+        &mut self,
+        head: u16,
+        rej: Rejected,
+        mem: &Mem,
+        state: &mut VringState<GuestMemoryAtomic<Mem>>,
+    ) {
+        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        if self.log.allow() {
+            warn!(
+                "queue {}: request {head} refused: {}",
+                self.index, rej.error
+            );
+        }
+        let used = match rej.status {
+            Some(addr) => {
+                let _ = mem.write_obj(rej.error.status() as u8, addr);
+                1
+            }
+            None => 0,
+        };
+        self.add_used(state, head, used);
+    }
+
+    fn start(
+        &mut self,
+        head: u16,
+        req: Request,
+        mem: &Arc<Mem>,
+        state: &mut VringState<GuestMemoryAtomic<Mem>>,
+    ) {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let immediate = match req.kind {
+            RequestKind::GetId => Some(self.get_id(mem)),
+            RequestKind::Flush if self.disk.image.readonly() => Some(1),
+            _ => None,
+        };
+        if let Some(used) = immediate {
+            let _ = mem.write_obj(Status::Ok as u8, req.status);
+            self.add_used(state, head, used);
+            return;
+        }
+        let Some(idx) = self.slots.alloc() else {
+            // Not reached: handle_kick checks for a free slot before popping.
+            let _ = mem.write_obj(Status::IoErr as u8, req.status);
+            self.add_used(state, head, 1);
+            return;
+        };
+        let slot = self.slots.get_mut(idx);
+        slot.begin(head, req, mem.clone());
+        if let Err(e) = slot.prepare(&self.parse_buf, mem, &self.disk) {
+            if self.log.allow() {
+                warn!("queue {}: request {head}: {e}", self.index);
+            }
+            slot.failed = true;
+            if let Some((head, used)) = self.finish(idx) {
+                self.add_used(state, head, used);
+            }
+            return;
+        }
+        if matches!(slot.op, IoOp::Discard | IoOp::WriteZeroes { .. })
+            && self.disk.image.is_block_device()
+        {
+            // Block devices discard through ioctls, synchronously (rare, slow path).
+            slot.failed = slot.block_device_ranges(&self.disk.image).is_err();
+            if let Some((head, used)) = self.finish(idx) {
+                self.add_used(state, head, used);
+            }
+            return;
+        }
+        self.queue_sqes(idx);
+    }
+
+    fn get_id(&self, mem: &Mem) -> u32 {
+        let serial = &self.disk.geometry.serial;
+        let mut id = [0u8; ID_BYTES];
+        let n = serial.len().min(ID_BYTES);
+        id[..n].copy_from_slice(&serial[..n]);
+        let mut written = 0usize;
+        for seg in &self.parse_buf {
+            let take = (seg.len as usize).min(ID_BYTES - written);
+            let _ = mem.write_slice(&id[written..written + take], seg.addr);
+            written += take;
+        }
+        written as u32 + 1
+    }
+
+    /// Pushes the SQEs of one slot (one per range for discards).
+    fn queue_sqes(&mut self, idx: usize) {
+        let writeback = self.disk.writeback.load(Ordering::Relaxed);
+        let zero_range = self.disk.zero_range.load(Ordering::Relaxed);
+        let slot = self.slots.get_mut(idx);
+        let ud = idx as u64;
+        match slot.op {
+            IoOp::Read | IoOp::Write => {
+                let (ptr, n) = slot.iov_remaining();
+                let e = if slot.op == IoOp::Read {
+                    opcode::Readv::new(FIXED_IMAGE, ptr, n)
+                        .offset(slot.offset)
+                        .build()
+                } else {
+                    let flags = if writeback { 0 } else { libc::RWF_DSYNC };
+                    opcode::Writev::new(FIXED_IMAGE, ptr, n)
+                        .offset(slot.offset)
+                        .rw_flags(flags)
+                        .build()
+                };
+                slot.pending = 1;
+                self.push(e.user_data(ud));
+            }
+            IoOp::Flush => {
+                slot.pending = 1;
+                let e = opcode::Fsync::new(FIXED_IMAGE)
+                    .flags(types::FsyncFlags::DATASYNC)
+                    .build();
+                self.push(e.user_data(ud));
+            }
+            IoOp::Discard | IoOp::WriteZeroes { .. } => {
+                let ranges = slot.ranges;
+                let mode = slot.fallocate_mode(zero_range);
+                let pair = matches!(slot.op, IoOp::WriteZeroes { unmap: false }) && !zero_range;
+                slot.pending = ranges.as_slice().len() as u32 * if pair { 2 } else { 1 };
+                for (i, _) in ranges.as_slice().iter().enumerate() {
+                    let ud = ud | (i as u64) << RANGE_SHIFT;
+                    if pair {
+                        self.push_zero_pair(ud, idx, i);
+                    } else {
+                        let e = self.fallocate(idx, i, mode);
+                        self.push(e.user_data(ud));
+                    }
+                }
+            }
+        }
+    }
+
+    fn fallocate(&mut self, idx: usize, range: usize, mode: i32) -> squeue::Entry {
+        let r = self.slots.get_mut(idx).ranges.as_slice()[range];
+        opcode::Fallocate::new(FIXED_IMAGE, u64::from(r.sectors) * 512)
+            .offset(r.sector * 512)
+            .mode(mode)
+            .build()
+    }
+
+    /// Zeroes a range without FALLOC_FL_ZERO_RANGE: punch a hole, then allocate it again.
+    fn push_zero_pair(&mut self, ud: u64, idx: usize, range: usize) {
+        let punch = self
+            .fallocate(
+                idx,
+                range,
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            )
+            .flags(squeue::Flags::IO_LINK)
+            .user_data(ud | ZERO_PAIR);
+        let alloc = self
+            .fallocate(idx, range, libc::FALLOC_FL_KEEP_SIZE)
+            .user_data(ud | ZERO_PAIR);
+        self.push(punch);
+        self.push(alloc);
+    }
+
+    fn push(&mut self, e: squeue::Entry) {
+        loop {
+            // SAFETY: every pointer in the entry (iovecs and the guest buffers they name)
+            // stays valid until its completion is reaped: the slot owns the iovec array and
+            // holds an Arc on the guest memory mapping.
+            if unsafe { self.ring.submission().push(&e) }.is_ok() {
+                return;
+            }
+            if let Err(err) = self.ring.submit() {
+                error!("queue {}: io_uring submit failed: {err}", self.index);
+                return;
+            }
+        }
+    }
+
+    fn submit(&mut self) {
+        if self.ring.submission().is_empty() {
+            return;
+        }
+        if let Err(e) = self.ring.submit() {
+            error!("queue {}: io_uring submit failed: {e}", self.index);
+        }
+    }
+
+    /// Reaps completions; finished requests go to the used ring.
+    fn reap(&mut self, vring: &Vring) {
+        let mut batch = [(0u64, 0i32); 64];
+        loop {
+            let mut n = 0;
+            for cqe in self.ring.completion() {
+                batch[n] = (cqe.user_data(), cqe.result());
+                n += 1;
+                if n == batch.len() {
+                    break;
+                }
+            }
+            if n == 0 {
+                return;
+            }
+            let mut state = vring.get_mut();
+            for &(ud, res) in &batch[..n] {
+                if let Some((head, used)) = self.on_cqe(ud, res) {
+                    self.add_used(&mut state, head, used);
+                }
+            }
+            drop(state);
+            // Short transfers and fallbacks may have queued more work.
+            self.submit();
+        }
+    }
+
+    fn add_used(&mut self, state: &mut VringState<GuestMemoryAtomic<Mem>>, head: u16, used: u32) {
+        if let Err(e) = state.add_used(head, used) {
+            error!(
+                "queue {}: cannot add descriptor {head} to the used ring: {e}",
+                self.index
+            );
+        }
+        self.pending_signal = true;
+    }
+
+    fn signal(&mut self, vring: &Vring) {
+        if !std::mem::take(&mut self.pending_signal) {
+            return;
+        }
+        if vring.needs_notification().unwrap_or(true) {
+            if let Err(e) = vring.signal_used_queue() {
+                if self.log.allow() {
+                    warn!("queue {}: cannot signal the guest: {e}", self.index);
+                }
+            }
+        }
+    }
+
+    /// Accounts one CQE; returns `(head, used_len)` when its request is complete.
+    fn on_cqe(&mut self, ud: u64, res: i32) -> Option<(u16, u32)> {
+        let idx = (ud & 0xffff_ffff) as usize;
+        let range = ((ud & !ZERO_PAIR) >> RANGE_SHIFT) as usize;
+        if !self.slots.in_use(idx) {
+            return None; // never complete a request twice
+        }
+        let slot = self.slots.get_mut(idx);
+        slot.pending = slot.pending.saturating_sub(1);
+        if res == -libc::EOPNOTSUPP
+            && ud & ZERO_PAIR == 0
+            && matches!(slot.op, IoOp::WriteZeroes { unmap: false })
+        {
+            // This filesystem has no ZERO_RANGE: punch + allocate from now on.
+            self.disk.zero_range.store(false, Ordering::Relaxed);
+            self.slots.get_mut(idx).pending += 2;
+            self.push_zero_pair(ud | ZERO_PAIR, idx, range);
+            return None;
+        }
+        let slot = self.slots.get_mut(idx);
+        if res < 0 {
+            slot.failed = true;
+            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+            if self.log.allow() {
+                let err = std::io::Error::from_raw_os_error(-res);
+                warn!(
+                    "queue {}: {:?} at byte {} failed: {err}",
+                    self.index, slot.op, slot.offset
+                );
+            }
+        } else if matches!(slot.op, IoOp::Read | IoOp::Write) && !slot.failed {
+            match slot.advance(res as u32) {
+                Progress::Done => {}
+                Progress::More => {
+                    self.queue_sqes(idx);
+                    return None;
+                }
+                Progress::Stuck => slot.failed = true,
+            }
+        }
+        if self.slots.get_mut(idx).pending > 0 {
+            return None;
+        }
+        self.finish(idx)
+    }
+
+    fn finish(&mut self, idx: usize) -> Option<(u16, u32)> {
+        let slot = self.slots.get_mut(idx);
+        let (status, used) = slot.finish();
+        if status == Status::Ok {
+            let bytes = u64::from(slot.data_len);
+            match slot.op {
+                IoOp::Read => self.stats.read_bytes.fetch_add(bytes, Ordering::Relaxed),
+                IoOp::Write => self.stats.write_bytes.fetch_add(bytes, Ordering::Relaxed),
+                _ => 0,
+            };
+        }
+        let head = slot.head;
+        if let Some(mem) = slot.mem.as_ref() {
+            let _ = mem.write_obj(status as u8, slot.status);
+        }
+        self.slots.free(idx);
+        Some((head, used))
+    }
+}
+
+impl Drop for QueueWorker {
+    fn drop(&mut self) {
+        self.vring = None;
+        self.drain();
+    }
+}

@@ -1,0 +1,34 @@
+//! Per-queue counters: written by one queue thread, read by whoever reports them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters of one queue (relaxed atomics: no ordering, no cross-queue sharing on write).
+#[derive(Debug, Default)]
+pub struct QueueStats {
+    pub requests: AtomicU64,
+    pub read_bytes: AtomicU64,
+    pub write_bytes: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+/// A point-in-time sum over queues.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub requests: u64,
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub errors: u64,
+}
+
+impl StatsSnapshot {
+    pub fn sum<'a>(queues: impl IntoIterator<Item = &'a QueueStats>) -> StatsSnapshot {
+        let mut s = StatsSnapshot::default();
+        for q in queues {
+            s.requests += q.requests.load(Ordering::Relaxed);
+            s.read_bytes += q.read_bytes.load(Ordering::Relaxed);
+            s.write_bytes += q.write_bytes.load(Ordering::Relaxed);
+            s.errors += q.errors.load(Ordering::Relaxed);
+        }
+        s
+    }
+}
