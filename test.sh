@@ -1,0 +1,14 @@
+#!/bin/bash
+# test.sh: the whole test suite: unit and integration tests (cargo nextest), then real-guest
+# vm-tests under QEMU. Installs what it needs from Debian's packages. Run as root.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+bash scripts/install-deps.sh
+cargo build --release --locked
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --release --locked --no-fail-fast
+else
+    cargo test --release --locked --no-fail-fast
+fi
+bash vm-tests/run.sh
