@@ -1,6 +1,7 @@
 //! snapblk: a snapshot-aware vhost-user-blk disk daemon.
 
 pub mod bench;
+pub mod config;
 pub mod daemon;
 pub mod frontend;
 pub mod logging;
