@@ -1,5 +1,27 @@
-//! Storage: the images and block devices behind exports. Knows nothing of virtio or vhost.
+//! Storage: the images and block devices behind exports, and the dm-snapshot compatible
+//! copy-on-write engine. Knows nothing of virtio or vhost.
 
+mod copy;
+pub mod datapath;
+pub mod device;
+pub mod engine;
+pub mod error;
+pub mod faulty;
 pub mod image;
+pub mod inspect;
+pub mod merge;
+pub mod persistent;
+pub mod store;
+pub mod units;
 
+pub use datapath::SnapshotDevice;
+pub use device::{BlockDevice, FileDevice, MemDevice};
+pub use engine::{Origin, OriginConfig, SnapshotConfig, SnapshotId, DEFAULT_COPY_CAP};
+pub use error::{CowError, IoError};
+pub use faulty::{FaultPlan, FaultyDevice};
 pub use image::{Image, ImageError, OpenOptions};
+pub use inspect::{inspect, CowReport};
+pub use merge::MergeProgress;
+pub use persistent::Persistent;
+pub use store::{ExceptionStore, StoreKind, Transient, Usage};
+pub use units::{ChunkIndex, ChunkSize, Sector};

@@ -1,0 +1,297 @@
+//! Copy-out and group commit. The origin-write gate plans under the lock which snapshots need
+//! the old origin chunk copied, takes a copy slot (parking on the condvar when the cap is
+//! reached), then reads the origin chunk once and writes it to every such COW outside the lock.
+//! Each copied exception joins its snapshot's commit queue; a waiter becomes the committer when
+//! no commit is running and nothing else is outstanding or the area is full, so concurrent copies
+//! share one metadata write + flush. Dependent I/O is released only after the commit.
+
+use std::io;
+use std::sync::Arc;
+
+use log::{debug, error};
+
+use super::device::BlockDevice;
+use super::engine::{run_invalidation, Health, Origin, SnapshotId};
+use super::store::StoreKind;
+use super::units::{ChunkIndex, ChunkSize};
+
+/// Copies move through a buffer of at most this many bytes, whatever the chunk size.
+pub(super) const COPY_PIECE: u64 = 256 * 1024;
+
+/// One exception being copied: old chunk `old` of snapshot `id` goes to COW chunk `new`.
+pub(super) struct Target {
+    pub id: SnapshotId,
+    pub cow: Arc<dyn BlockDevice>,
+    pub cs: ChunkSize,
+    pub old: ChunkIndex,
+    pub new: ChunkIndex,
+}
+
+/// What the origin-write gate decided.
+pub(super) enum Gate {
+    /// Every snapshot is safe for `[start, end)`: write it, then `release(token)`.
+    Go { token: u64, end: u64 },
+    /// A merge is running: route the write through the merge rules.
+    Merging,
+}
+
+/// Who is asking the gate.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum GateMode {
+    /// A plain origin write.
+    Origin,
+    /// The merge path: the merging snapshot takes no copies.
+    ForMerge,
+}
+
+/// The plan made under the lock for one gate round.
+enum Plan {
+    Go { token: u64, end: u64 },
+    Merging,
+    Wait,
+    Copy(Vec<Target>),
+}
+
+impl Origin {
+    /// Makes `[start, ...)` safe to overwrite in the origin: copies the old chunk to every valid
+    /// snapshot lacking an exception, waits for those commits and for tracked reads to drain.
+    /// The returned range ends at the first chunk boundary of any snapshot (or `limit`).
+    pub(super) fn gate(&self, start: u64, limit: u64, mode: GateMode) -> Gate {
+        loop {
+            let plan = {
+                let mut g = self.lock();
+                loop {
+                    match self.plan_gate(&mut g, start, limit, mode) {
+                        Plan::Wait => g = self.wait(g),
+                        p => break p,
+                    }
+                }
+            };
+            match plan {
+                Plan::Go { token, end } => return Gate::Go { token, end },
+                Plan::Merging => return Gate::Merging,
+                Plan::Wait => {}
+                Plan::Copy(targets) => {
+                    let results = self.copy_chunks(&targets);
+                    self.finish_copies(&targets, results, true);
+                }
+            }
+        }
+    }
+
+    fn plan_gate(
+        &self,
+        g: &mut super::engine::Inner,
+        start: u64,
+        limit: u64,
+        mode: GateMode,
+    ) -> Plan {
+        if g.barrier > 0 {
+            return Plan::Wait;
+        }
+        let exclude = match (g.merging(), mode) {
+            (Some(_), GateMode::Origin) => return Plan::Merging,
+            (m, _) => m,
+        };
+        let mut end = limit;
+        let mut need = Vec::new();
+        let mut wait = false;
+        for (i, s) in g.snaps.iter().enumerate() {
+            let cs = s.cs();
+            let c = cs.chunk_of(start);
+            end = end.min(cs.start(c).saturating_add(cs.bytes()));
+            if Some(s.id) == exclude || s.health == Health::Invalid {
+                continue;
+            }
+            if s.store.lookup(c).is_some() {
+                wait |= s.reads.contains_key(&c.0);
+            } else if s.pending.contains_key(&c.0) {
+                wait = true;
+            } else {
+                need.push(i);
+            }
+        }
+        if wait {
+            return Plan::Wait;
+        }
+        if need.is_empty() {
+            let token = g.next_token;
+            g.next_token += 1;
+            g.origin_writes.insert(token, (start, end));
+            return Plan::Go { token, end };
+        }
+        if self.cfg.copy_cap != 0 && g.copies >= self.cfg.copy_cap {
+            return Plan::Wait;
+        }
+        g.copies += 1;
+        g.peak_copies = g.peak_copies.max(g.copies);
+        let mut targets = Vec::new();
+        let mut invalidations = Vec::new();
+        for i in need {
+            let s = &mut g.snaps[i];
+            let old = s.cs().chunk_of(start);
+            match s.store.prepare() {
+                Some(new) => {
+                    s.pending.insert(old.0, new.0);
+                    s.commit.outstanding += 1;
+                    targets.push(Target {
+                        id: s.id,
+                        cow: s.cow.clone(),
+                        cs: s.cs(),
+                        old,
+                        new,
+                    });
+                }
+                None => {
+                    debug!("{}: COW full on the origin path", s.cfg.name);
+                    invalidations.push(s.invalidate());
+                }
+            }
+        }
+        // Header writes never run under the lock: finish_copies runs them.
+        g.deferred.extend(invalidations.into_iter().flatten());
+        Plan::Copy(targets)
+    }
+
+    /// Drops a gate token once the origin write is done.
+    pub(super) fn release(&self, token: u64) {
+        let mut g = self.lock();
+        g.origin_writes.remove(&token);
+        self.cv.notify_all();
+    }
+
+    /// Reads the origin span covering every target's chunk once, piece by piece, and writes each
+    /// piece to every COW whose chunk it overlaps. Returns each target's outcome.
+    pub(super) fn copy_chunks(&self, targets: &[Target]) -> Vec<io::Result<()>> {
+        let mut results: Vec<io::Result<()>> = targets.iter().map(|_| Ok(())).collect();
+        let size = self.dev.size();
+        let lo = targets.iter().map(|t| t.cs.start(t.old)).min().unwrap_or(0);
+        let hi = targets
+            .iter()
+            .map(|t| t.cs.start(t.old).saturating_add(t.cs.bytes()))
+            .max()
+            .unwrap_or(0)
+            .min(size);
+        let mut buf = vec![0u8; COPY_PIECE.min(hi.saturating_sub(lo)) as usize];
+        let mut p = lo;
+        while p < hi {
+            let n = COPY_PIECE.min(hi - p);
+            let piece = &mut buf[..n as usize];
+            if let Err(e) = self.dev.read_at(piece, p) {
+                error!("{}: reading origin for a copy: {e}", self.name);
+                for r in results.iter_mut().filter(|r| r.is_ok()) {
+                    *r = Err(io::Error::new(e.kind(), e.to_string()));
+                }
+                break;
+            }
+            for (t, r) in targets.iter().zip(results.iter_mut()) {
+                let cstart = t.cs.start(t.old);
+                let (a, b) = (p.max(cstart), (p + n).min(cstart + t.cs.bytes()));
+                if r.is_err() || a >= b {
+                    continue;
+                }
+                let slice = &piece[(a - p) as usize..(b - p) as usize];
+                *r = t.cow.write_at(slice, t.cs.start(t.new) + (a - cstart));
+            }
+            p += n;
+        }
+        results
+    }
+
+    /// Hands copied exceptions to their commit queues (or invalidates the snapshots whose copy
+    /// failed), frees the copy slot, then waits for the commits.
+    pub(super) fn finish_copies(
+        &self,
+        targets: &[Target],
+        results: Vec<io::Result<()>>,
+        slot: bool,
+    ) -> Vec<bool> {
+        let mut invalidations = Vec::new();
+        {
+            let mut g = self.lock();
+            if slot {
+                g.copies -= 1;
+            }
+            for (t, r) in targets.iter().zip(&results) {
+                let Some(s) = g.snap_mut(t.id) else { continue };
+                s.commit.outstanding -= 1;
+                match r {
+                    Ok(()) => s.commit.queue.push((t.old, t.new)),
+                    Err(e) => {
+                        error!("{}: copying chunk {}: {e}", s.cfg.name, t.old);
+                        s.pending.remove(&t.old.0);
+                        invalidations.push(s.invalidate());
+                    }
+                }
+            }
+            invalidations.extend(g.deferred.drain(..).map(Some));
+            self.cv.notify_all();
+        }
+        invalidations.into_iter().for_each(run_invalidation);
+        targets
+            .iter()
+            .zip(&results)
+            .map(|(t, r)| r.is_ok() && self.wait_commit(t.id, t.old, t.new))
+            .collect()
+    }
+
+    /// Waits until the exception `old → new` of snapshot `id` is committed, committing a batch
+    /// itself when it is its turn. False when the commit failed or the snapshot went away.
+    pub(super) fn wait_commit(&self, id: SnapshotId, old: ChunkIndex, new: ChunkIndex) -> bool {
+        let mut g = self.lock();
+        loop {
+            let Some(s) = g.snap_mut(id) else {
+                return false;
+            };
+            if !s.pending.contains_key(&old.0) {
+                return s.health != Health::Invalid && s.store.lookup(old) == Some(new);
+            }
+            let c = &s.commit;
+            let turn = !c.committing
+                && !c.queue.is_empty()
+                && (c.outstanding == 0
+                    || c.queue.len() >= s.store.commit_room()
+                    || s.health == Health::Invalid
+                    || s.store.kind() == StoreKind::Transient);
+            if !turn {
+                g = self.wait(g);
+                continue;
+            }
+            let n = s.commit.queue.len().min(s.store.commit_room());
+            let batch: Vec<_> = s.commit.queue.drain(..n).collect();
+            if s.health == Health::Invalid {
+                for (o, _) in &batch {
+                    s.pending.remove(&o.0);
+                }
+                self.cv.notify_all();
+                continue;
+            }
+            let io = s.store.plan_commit(&batch);
+            s.commit.committing = true;
+            let cow = s.cow.clone();
+            drop(g);
+            let r = io.run(&*cow);
+            g = self.lock();
+            let mut invalidation = None;
+            if let Some(s) = g.snap_mut(id) {
+                s.commit.committing = false;
+                match r {
+                    Ok(()) => s.store.complete_commit(&batch),
+                    Err(e) => {
+                        error!("{}: committing exceptions: {e}", s.cfg.name);
+                        invalidation = s.invalidate();
+                    }
+                }
+                for (o, _) in &batch {
+                    s.pending.remove(&o.0);
+                }
+            }
+            self.cv.notify_all();
+            if invalidation.is_some() {
+                drop(g);
+                run_invalidation(invalidation);
+                g = self.lock();
+            }
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! `FaultyDevice`: an in-memory device for crash and error tests. It remembers which writes are
+//! not yet durable (no flush since), can "crash" into a new device where a seeded random subset
+//! of those writes is lost or torn at 512-byte granularity, fails chosen operations, and can
+//! refuse writes past a size limit with ENOSPC.
+
+use std::io;
+use std::sync::{Mutex, MutexGuard};
+
+use super::device::{check_range, BlockDevice, MemDevice};
+
+/// Which operations fail. Counts are 1-based and count from when the plan was set.
+#[derive(Debug, Clone, Default)]
+pub struct FaultPlan {
+    pub fail_read: Option<u64>,
+    pub fail_write: Option<u64>,
+    pub fail_flush: Option<u64>,
+    /// Every write (and zeroing/discard) fails from now on.
+    pub fail_all_writes: bool,
+    /// Writes ending past this byte fail with ENOSPC.
+    pub size_limit: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    durable: Vec<u8>,
+    unflushed: Vec<(u64, Vec<u8>)>,
+    plan: FaultPlan,
+    reads: u64,
+    writes: u64,
+    flushes: u64,
+}
+
+/// A fault-injecting device over a `MemDevice`.
+#[derive(Debug)]
+pub struct FaultyDevice {
+    mem: MemDevice,
+    state: Mutex<State>,
+}
+
+/// A small deterministic generator (splitmix64), so crash images follow from a seed.
+#[derive(Debug, Clone)]
+pub struct SplitMix(pub u64);
+
+impl SplitMix {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+fn injected(what: &str) -> io::Error {
+    io::Error::other(format!("injected {what} error"))
+}
+
+impl FaultyDevice {
+    /// A zero-filled device of `size` bytes, all of it durable.
+    pub fn new(size: usize) -> FaultyDevice {
+        FaultyDevice::from_bytes(vec![0; size])
+    }
+
+    pub fn from_bytes(data: Vec<u8>) -> FaultyDevice {
+        FaultyDevice {
+            state: Mutex::new(State {
+                durable: data.clone(),
+                ..State::default()
+            }),
+            mem: MemDevice::from_bytes(data),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replaces the fault plan and restarts the operation counts.
+    pub fn set_faults(&self, plan: FaultPlan) {
+        let mut s = self.lock();
+        s.plan = plan;
+        s.reads = 0;
+        s.writes = 0;
+        s.flushes = 0;
+    }
+
+    /// The current (not necessarily durable) contents.
+    pub fn contents(&self) -> Vec<u8> {
+        self.mem.contents()
+    }
+
+    /// Number of writes not yet made durable.
+    pub fn unflushed_writes(&self) -> usize {
+        self.lock().unflushed.len()
+    }
+
+    /// The device as it could be after a power loss now: the durable image plus, in order, each
+    /// unflushed write kept whole, dropped, or torn (a random subset of its sectors kept).
+    pub fn crash(&self, seed: u64) -> FaultyDevice {
+        let s = self.lock();
+        let mut rng = SplitMix(seed);
+        let mut image = s.durable.clone();
+        for (offset, data) in &s.unflushed {
+            let o = *offset as usize;
+            match rng.next_u64() % 3 {
+                0 => image[o..o + data.len()].copy_from_slice(data),
+                1 => {}
+                _ => {
+                    for (i, sector) in data.chunks(512).enumerate() {
+                        if rng.next_u64() % 2 == 0 {
+                            let at = o + i * 512;
+                            image[at..at + sector.len()].copy_from_slice(sector);
+                        }
+                    }
+                }
+            }
+        }
+        FaultyDevice::from_bytes(image)
+    }
+
+    fn before_write(&self, offset: u64, len: u64) -> io::Result<MutexGuard<'_, State>> {
+        let mut s = self.lock();
+        check_range(s.durable.len() as u64, offset, len)?;
+        s.writes += 1;
+        if s.plan.fail_all_writes || s.plan.fail_write == Some(s.writes) {
+            return Err(injected("write"));
+        }
+        if let Some(limit) = s.plan.size_limit {
+            if offset + len > limit {
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+        }
+        Ok(s)
+    }
+}
+
+impl BlockDevice for FaultyDevice {
+    fn size(&self) -> u64 {
+        self.mem.size()
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        {
+            let mut s = self.lock();
+            s.reads += 1;
+            if s.plan.fail_read == Some(s.reads) {
+                return Err(injected("read"));
+            }
+        }
+        self.mem.read_at(buf, offset)
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let mut s = self.before_write(offset, buf.len() as u64)?;
+        self.mem.write_at(buf, offset)?;
+        s.unflushed.push((offset, buf.to_vec()));
+        Ok(())
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        let mut s = self.lock();
+        s.flushes += 1;
+        if s.plan.fail_flush == Some(s.flushes) {
+            return Err(injected("flush"));
+        }
+        s.durable = self.mem.contents();
+        s.unflushed.clear();
+        Ok(())
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.write_zeroes(offset, len)
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
+        let mut s = self.before_write(offset, len)?;
+        self.mem.write_zeroes(offset, len)?;
+        s.unflushed.push((offset, vec![0; len as usize]));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flushed_writes_survive_every_crash() {
+        let d = FaultyDevice::new(8192);
+        d.write_at(&[1; 512], 0).unwrap();
+        d.flush().unwrap();
+        d.write_at(&[2; 1024], 512).unwrap();
+        for seed in 0..20 {
+            let c = d.crash(seed);
+            let mut b = [0u8; 512];
+            c.read_at(&mut b, 0).unwrap();
+            assert_eq!(b, [1; 512]);
+        }
+        let kept: usize = (0..50)
+            .map(|seed| {
+                let mut b = [0u8; 1024];
+                d.crash(seed).read_at(&mut b, 512).unwrap();
+                b.iter().filter(|&&x| x == 2).count()
+            })
+            .sum();
+        assert!(
+            kept > 0 && kept < 50 * 1024,
+            "some writes dropped, some kept"
+        );
+    }
+
+    #[test]
+    fn nth_operation_fails_once() {
+        let d = FaultyDevice::new(4096);
+        d.set_faults(FaultPlan {
+            fail_write: Some(2),
+            ..FaultPlan::default()
+        });
+        d.write_at(&[1], 0).unwrap();
+        assert!(d.write_at(&[1], 0).is_err());
+        d.write_at(&[1], 0).unwrap();
+        d.set_faults(FaultPlan {
+            size_limit: Some(1024),
+            ..FaultPlan::default()
+        });
+        let e = d.write_at(&[1; 512], 1024).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
+    }
+}

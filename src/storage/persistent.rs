@@ -1,0 +1,518 @@
+//! The persistent exception store (P, PO), byte-compatible with Linux dm-snap-persistent.c.
+//!
+//! ```text
+//! COW chunk:  0        1        2 .. 1+epa    1+stride   ...
+//!           +--------+--------+-------------+----------+----
+//!           | header | area 0 | data chunks | area 1   | data ...
+//!           +--------+--------+-------------+----------+----
+//! header (le32 each): magic 0x70416e53 "SnAp" | valid | version 1 | chunk_size (sectors)
+//! area:  epa = cs*32 entries of {le64 old_chunk, le64 new_chunk}; the table ends at the first
+//!        entry with new_chunk == 0. stride = epa + 1; area a is at chunk 1 + a*stride.
+//! ```
+//! Entry j of the table sits in area j / epa at slot j % epa. Before the last slot of an area is
+//! committed, the next area is zeroed, so the table always ends inside the COW.
+
+use std::collections::{HashMap, HashSet};
+
+use log::warn;
+
+use super::device::BlockDevice;
+use super::error::CowError;
+use super::store::{ExceptionStore, MetaIo, Run, StoreKind, Usage};
+use super::units::{ChunkIndex, ChunkSize, DEFAULT_CHUNK_SECTORS, SECTOR_BYTES};
+
+pub const SNAP_MAGIC: u32 = 0x7041_6e53;
+pub const DISK_VERSION: u32 = 1;
+const ENTRY_BYTES: u64 = 16;
+const CHUNK_NUMBER_LIMIT: u64 = 1 << 56;
+/// Areas are read in pieces of this many bytes, whatever the chunk size.
+const READ_PIECE: u64 = 64 * 1024;
+
+/// The on-disk header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub magic: u32,
+    pub valid: bool,
+    pub version: u32,
+    pub chunk_size: u32,
+}
+
+impl Header {
+    /// The header sector (512 bytes, zero after the 16 header bytes).
+    pub fn to_sector(self) -> Vec<u8> {
+        let mut b = vec![0u8; SECTOR_BYTES as usize];
+        b[0..4].copy_from_slice(&self.magic.to_le_bytes());
+        b[4..8].copy_from_slice(&u32::from(self.valid).to_le_bytes());
+        b[8..12].copy_from_slice(&self.version.to_le_bytes());
+        b[12..16].copy_from_slice(&self.chunk_size.to_le_bytes());
+        b
+    }
+
+    pub fn parse(b: &[u8; 16]) -> Header {
+        let word = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        Header {
+            magic: word(0),
+            valid: word(4) != 0,
+            version: word(8),
+            chunk_size: word(12),
+        }
+    }
+}
+
+/// Exception-area geometry for one chunk size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    pub cs: ChunkSize,
+}
+
+impl Geometry {
+    /// Entries per area.
+    pub fn epa(self) -> u64 {
+        self.cs.sectors() * 32
+    }
+
+    pub fn stride(self) -> u64 {
+        self.epa() + 1
+    }
+
+    /// The COW chunk holding area `a`.
+    pub fn area_chunk(self, a: u64) -> u64 {
+        1u64.saturating_add(a.saturating_mul(self.stride()))
+    }
+
+    /// True for header and area chunks.
+    pub fn is_metadata(self, chunk: u64) -> bool {
+        chunk == 0 || chunk % self.stride() == 1
+    }
+}
+
+/// A loaded persistent store.
+#[derive(Debug)]
+pub struct Persistent {
+    name: String,
+    kind: StoreKind,
+    geo: Geometry,
+    cow_sectors: u64,
+    /// Committed entries in table order (old, new).
+    table: Vec<(u64, u64)>,
+    map: HashMap<u64, u64>,
+    next_free: u64,
+}
+
+/// The result of opening a COW: the store and whether its header says valid.
+#[derive(Debug)]
+pub struct Loaded {
+    pub store: Persistent,
+    pub header: Header,
+    /// The header was written just now (the COW was blank).
+    pub created: bool,
+}
+
+fn io_err(name: &str) -> impl Fn(std::io::Error) -> CowError + '_ {
+    move |source| CowError::Io {
+        cow: name.to_owned(),
+        source,
+    }
+}
+
+impl Persistent {
+    /// Opens the store on `dev`. `requested` is the table's chunk size in sectors (0: the one on
+    /// disk, or 32 for a blank COW). A blank COW (magic 0) is initialised when `create` is set,
+    /// otherwise it is an error.
+    pub fn open(
+        dev: &dyn BlockDevice,
+        name: &str,
+        kind: StoreKind,
+        requested: u64,
+        origin_block: u32,
+        create: bool,
+    ) -> Result<Loaded, CowError> {
+        let cow_sectors = dev.size() / SECTOR_BYTES;
+        if cow_sectors == 0 {
+            return Err(CowError::CowTooSmall {
+                cow: name.to_owned(),
+                sectors: 0,
+                chunk_size: requested,
+            });
+        }
+        let mut raw = [0u8; 16];
+        dev.read_at(&mut raw, 0).map_err(io_err(name))?;
+        let header = Header::parse(&raw);
+        let block = dev.logical_block_size();
+        if header.magic == 0 {
+            if !create {
+                return Err(CowError::NoHeader {
+                    cow: name.to_owned(),
+                });
+            }
+            let sectors = if requested == 0 {
+                DEFAULT_CHUNK_SECTORS
+            } else {
+                requested
+            };
+            let cs = ChunkSize::for_devices(sectors, name, origin_block, block)?;
+            return Persistent::create(dev, name, kind, cs, cow_sectors);
+        }
+        if header.magic != SNAP_MAGIC {
+            return Err(CowError::BadMagic {
+                cow: name.to_owned(),
+                magic: header.magic,
+            });
+        }
+        let cs = ChunkSize::for_devices(u64::from(header.chunk_size), name, origin_block, block)?;
+        if requested != 0 && requested != cs.sectors() {
+            warn!(
+                "{name}: chunk size {requested} requested, using {} found on disk",
+                cs.sectors()
+            );
+        }
+        if header.version != DISK_VERSION {
+            return Err(CowError::BadVersion {
+                cow: name.to_owned(),
+                version: header.version,
+            });
+        }
+        let mut store = Persistent::empty(name, kind, cs, cow_sectors);
+        if header.valid {
+            store.read_table(dev)?;
+        }
+        Ok(Loaded {
+            store,
+            header,
+            created: false,
+        })
+    }
+
+    fn empty(name: &str, kind: StoreKind, cs: ChunkSize, cow_sectors: u64) -> Persistent {
+        Persistent {
+            name: name.to_owned(),
+            kind,
+            geo: Geometry { cs },
+            cow_sectors,
+            table: Vec::new(),
+            map: HashMap::new(),
+            next_free: 2,
+        }
+    }
+
+    fn create(
+        dev: &dyn BlockDevice,
+        name: &str,
+        kind: StoreKind,
+        cs: ChunkSize,
+        cow_sectors: u64,
+    ) -> Result<Loaded, CowError> {
+        if cow_sectors < 2 * cs.sectors() {
+            return Err(CowError::CowTooSmall {
+                cow: name.to_owned(),
+                sectors: cow_sectors,
+                chunk_size: cs.sectors(),
+            });
+        }
+        let header = Header {
+            magic: SNAP_MAGIC,
+            valid: true,
+            version: DISK_VERSION,
+            chunk_size: cs.sectors() as u32,
+        };
+        let e = io_err(name);
+        // Zero the header chunk and area 0 before the header makes the store exist.
+        dev.write_zeroes(0, 2 * cs.bytes()).map_err(&e)?;
+        dev.flush().map_err(&e)?;
+        dev.write_at(&header.to_sector(), 0).map_err(&e)?;
+        dev.flush().map_err(&e)?;
+        Ok(Loaded {
+            store: Persistent::empty(name, kind, cs, cow_sectors),
+            header,
+            created: true,
+        })
+    }
+
+    fn cow_chunks(&self) -> u64 {
+        self.cow_sectors / self.geo.cs.sectors()
+    }
+
+    fn read_table(&mut self, dev: &dyn BlockDevice) -> Result<(), CowError> {
+        let geo = self.geo;
+        let chunks = self.cow_chunks();
+        let mut seen_new = HashSet::new();
+        let mut max_new = None;
+        for area in 0.. {
+            let chunk = geo.area_chunk(area);
+            if chunk >= chunks {
+                return Err(CowError::AreaPastEnd {
+                    cow: self.name.clone(),
+                    area,
+                    chunk,
+                });
+            }
+            let base = geo.cs.start(ChunkIndex(chunk));
+            let area_bytes = geo.cs.bytes();
+            let mut piece = vec![0u8; READ_PIECE.min(area_bytes) as usize];
+            let mut in_area = 0u64;
+            let mut offset = 0;
+            'area: while offset < area_bytes {
+                dev.read_at(&mut piece, base + offset)
+                    .map_err(io_err(&self.name))?;
+                offset += piece.len() as u64;
+                for e in piece.chunks_exact(ENTRY_BYTES as usize) {
+                    let old = u64::from_le_bytes(e[0..8].try_into().unwrap_or([0; 8]));
+                    let new = u64::from_le_bytes(e[8..16].try_into().unwrap_or([0; 8]));
+                    if new == 0 {
+                        break 'area;
+                    }
+                    self.check_entry(old, new, chunks, &seen_new)?;
+                    seen_new.insert(new);
+                    max_new = max_new.max(Some(new));
+                    self.table.push((old, new));
+                    self.map.insert(old, new);
+                    in_area += 1;
+                }
+            }
+            if in_area < geo.epa() {
+                break;
+            }
+        }
+        if let Some(m) = max_new {
+            self.next_free = m + 1;
+            if self.next_free % geo.stride() == 1 {
+                self.next_free += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn check_entry(
+        &self,
+        old: u64,
+        new: u64,
+        chunks: u64,
+        seen_new: &HashSet<u64>,
+    ) -> Result<(), CowError> {
+        let index = self.table.len() as u64;
+        let cow = self.name.clone();
+        if old >= CHUNK_NUMBER_LIMIT || new >= CHUNK_NUMBER_LIMIT {
+            let value = old.max(new);
+            return Err(CowError::ChunkNumberTooLarge { cow, index, value });
+        }
+        if new >= chunks {
+            return Err(CowError::EntryPastEnd {
+                cow,
+                index,
+                old,
+                new,
+                chunks,
+            });
+        }
+        if self.geo.is_metadata(new) {
+            return Err(CowError::EntryOnMetadata {
+                cow,
+                index,
+                old,
+                new,
+            });
+        }
+        if self.map.contains_key(&old) {
+            return Err(CowError::DuplicateEntry { cow, index, old });
+        }
+        if seen_new.contains(&new) {
+            return Err(CowError::DuplicateTarget { cow, index, new });
+        }
+        Ok(())
+    }
+
+    pub fn geometry(&self) -> Geometry {
+        self.geo
+    }
+
+    /// The area the next entry goes to, and how many entries it holds.
+    pub fn current_area(&self) -> (u64, u64) {
+        let l = self.table.len() as u64;
+        (l / self.geo.epa(), l % self.geo.epa())
+    }
+
+    pub fn next_free(&self) -> u64 {
+        self.next_free
+    }
+
+    /// Committed entries in table order.
+    pub fn entries(&self) -> &[(u64, u64)] {
+        &self.table
+    }
+
+    /// The bytes of the sectors of area `area` holding slots `from..to`, entry values taken from
+    /// `slot` (None = zero), and their COW byte offset.
+    fn area_sectors(
+        &self,
+        area: u64,
+        from: u64,
+        to: u64,
+        slot: impl Fn(u64) -> Option<(u64, u64)>,
+    ) -> (u64, Vec<u8>) {
+        let per_sector = SECTOR_BYTES / ENTRY_BYTES;
+        let first = from / per_sector;
+        let end = to.div_ceil(per_sector);
+        let mut bytes = vec![0u8; ((end - first) * SECTOR_BYTES) as usize];
+        for (k, e) in bytes.chunks_exact_mut(ENTRY_BYTES as usize).enumerate() {
+            if let Some((old, new)) = slot(first * per_sector + k as u64) {
+                e[0..8].copy_from_slice(&old.to_le_bytes());
+                e[8..16].copy_from_slice(&new.to_le_bytes());
+            }
+        }
+        let offset =
+            self.geo.cs.start(ChunkIndex(self.geo.area_chunk(area))) + first * SECTOR_BYTES;
+        (offset, bytes)
+    }
+}
+
+impl ExceptionStore for Persistent {
+    fn kind(&self) -> StoreKind {
+        self.kind
+    }
+
+    fn chunk_size(&self) -> ChunkSize {
+        self.geo.cs
+    }
+
+    fn lookup(&self, old: ChunkIndex) -> Option<ChunkIndex> {
+        self.map.get(&old.0).map(|&n| ChunkIndex(n))
+    }
+
+    fn exception_count(&self) -> u64 {
+        self.table.len() as u64
+    }
+
+    fn prepare(&mut self) -> Option<ChunkIndex> {
+        let cs = self.geo.cs.sectors();
+        if self.cow_sectors < self.next_free.saturating_add(1).saturating_mul(cs) {
+            return None;
+        }
+        let chunk = ChunkIndex(self.next_free);
+        self.next_free += 1;
+        if self.next_free % self.geo.stride() == 1 {
+            self.next_free += 1;
+        }
+        Some(chunk)
+    }
+
+    fn commit_room(&self) -> usize {
+        let (_, used) = self.current_area();
+        usize::try_from(self.geo.epa() - used).unwrap_or(usize::MAX)
+    }
+
+    fn plan_commit(&self, batch: &[(ChunkIndex, ChunkIndex)]) -> MetaIo {
+        let (area, pos) = self.current_area();
+        let n = batch.len() as u64;
+        let base = area * self.geo.epa();
+        let (offset, bytes) = self.area_sectors(area, pos, pos + n, |j| {
+            if j < pos {
+                self.table.get((base + j) as usize).copied()
+            } else {
+                batch.get((j - pos) as usize).map(|(o, n)| (o.0, n.0))
+            }
+        });
+        let zero = (pos + n == self.geo.epa()).then(|| {
+            let next = self.geo.area_chunk(area + 1);
+            (
+                next.saturating_mul(self.geo.cs.bytes()),
+                self.geo.cs.bytes(),
+            )
+        });
+        MetaIo {
+            flush_first: true,
+            zero,
+            write: Some((offset, bytes)),
+            flush_after: true,
+        }
+    }
+
+    fn complete_commit(&mut self, batch: &[(ChunkIndex, ChunkIndex)]) {
+        for (old, new) in batch {
+            self.table.push((old.0, new.0));
+            self.map.insert(old.0, new.0);
+        }
+    }
+
+    fn plan_invalidate(&self) -> MetaIo {
+        let header = Header {
+            magic: SNAP_MAGIC,
+            valid: false,
+            version: DISK_VERSION,
+            chunk_size: self.geo.cs.sectors() as u32,
+        };
+        MetaIo {
+            write: Some((0, header.to_sector())),
+            flush_after: true,
+            ..MetaIo::default()
+        }
+    }
+
+    fn usage(&self) -> Usage {
+        let cs = self.geo.cs.sectors();
+        let (area, _) = self.current_area();
+        Usage {
+            allocated_sectors: self.next_free.saturating_mul(cs),
+            total_sectors: self.cow_sectors,
+            metadata_sectors: (area + 2).saturating_mul(cs),
+        }
+    }
+
+    fn last_run(&self) -> Option<Run> {
+        let l = self.table.len() as u64;
+        let &(old, new) = self.table.last()?;
+        let area_start = (l - 1) / self.geo.epa() * self.geo.epa();
+        let mut len = 1;
+        while len < l - area_start {
+            let (o, n) = self.table[(l - 1 - len) as usize];
+            if o.checked_add(len) != Some(old) || n.checked_add(len) != Some(new) {
+                break;
+            }
+            len += 1;
+        }
+        Some(Run {
+            old: ChunkIndex(old - (len - 1)),
+            new: ChunkIndex(new - (len - 1)),
+            len,
+        })
+    }
+
+    fn plan_merge_clear(&self, n: u64) -> MetaIo {
+        let l = self.table.len() as u64;
+        let n = n.min(l);
+        if n == 0 {
+            return MetaIo::default();
+        }
+        let epa = self.geo.epa();
+        let area = (l - 1) / epa;
+        let base = area * epa;
+        let (from, to) = (l - n - base, l - base);
+        let (offset, bytes) = self.area_sectors(area, from, to, |j| {
+            if j < from {
+                self.table.get((base + j) as usize).copied()
+            } else {
+                None
+            }
+        });
+        MetaIo {
+            flush_first: false,
+            zero: None,
+            write: Some((offset, bytes)),
+            flush_after: true,
+        }
+    }
+
+    fn complete_merge_clear(&mut self, n: u64) {
+        for _ in 0..n {
+            if let Some((old, _)) = self.table.pop() {
+                self.map.remove(&old);
+            }
+        }
+        let (area, committed) = self.current_area();
+        // As Linux: next_free as if the remaining exceptions had been committed in order.
+        self.next_free = self.geo.area_chunk(area) + committed + 1;
+    }
+}
+
+#[cfg(test)]
+#[path = "persistent_tests.rs"]
+mod tests;

@@ -1,0 +1,176 @@
+//! Format tests for the persistent store: hand-built bytes, area math, status strings, loading.
+
+use super::*;
+use crate::storage::device::MemDevice;
+
+const KIB4: usize = 4096;
+
+fn fresh(chunks: usize, cs: u64) -> (MemDevice, Persistent) {
+    let dev = MemDevice::new(chunks * cs as usize * 512);
+    let l = Persistent::open(&dev, "cow", StoreKind::Persistent, cs, 512, true).unwrap();
+    assert!(l.created);
+    (dev, l.store)
+}
+
+fn commit(store: &mut Persistent, dev: &MemDevice, old: u64) -> std::io::Result<ChunkIndex> {
+    let new = store.prepare().ok_or(std::io::ErrorKind::StorageFull)?;
+    let batch = [(ChunkIndex(old), new)];
+    store.plan_commit(&batch).run(dev)?;
+    store.complete_commit(&batch);
+    Ok(new)
+}
+
+fn entry(old: u64, new: u64) -> Vec<u8> {
+    [old.to_le_bytes(), new.to_le_bytes()].concat()
+}
+
+#[test]
+fn fresh_cs8_store_has_the_linux_header_and_an_empty_area() {
+    let (dev, store) = fresh(64, 8);
+    let bytes = dev.contents();
+    let mut want = vec![0u8; 2 * KIB4];
+    want[..16].copy_from_slice(&[0x53, 0x6e, 0x41, 0x70, 1, 0, 0, 0, 1, 0, 0, 0, 8, 0, 0, 0]);
+    assert_eq!(&bytes[..2 * KIB4], &want[..]);
+    assert_eq!(store.usage().to_string(), "16/512 16");
+}
+
+#[test]
+fn exceptions_are_written_as_le64_pairs_in_area_0() {
+    let (dev, mut store) = fresh(64, 8);
+    assert_eq!(commit(&mut store, &dev, 10).unwrap(), ChunkIndex(2));
+    assert_eq!(commit(&mut store, &dev, 11).unwrap(), ChunkIndex(3));
+    assert_eq!(commit(&mut store, &dev, 0).unwrap(), ChunkIndex(4));
+    let bytes = dev.contents();
+    let mut want = vec![0u8; KIB4];
+    let entries = [entry(10, 2), entry(11, 3), entry(0, 4)].concat();
+    want[..48].copy_from_slice(&entries);
+    assert_eq!(&bytes[KIB4..2 * KIB4], &want[..]);
+    assert_eq!(
+        &bytes[..16],
+        &[0x53, 0x6e, 0x41, 0x70, 1, 0, 0, 0, 1, 0, 0, 0, 8, 0, 0, 0]
+    );
+    let again = Persistent::open(&dev, "cow", StoreKind::Persistent, 8, 512, true).unwrap();
+    assert_eq!(again.store.entries(), &[(10, 2), (11, 3), (0, 4)]);
+    assert_eq!(again.store.next_free(), 5);
+    assert_eq!(again.store.lookup(ChunkIndex(0)), Some(ChunkIndex(4)));
+}
+
+#[test]
+fn cs8_geometry_area_0_at_1_data_2_to_257_area_1_at_258() {
+    let g = Geometry {
+        cs: ChunkSize::new(8, "c").unwrap(),
+    };
+    assert_eq!((g.epa(), g.stride()), (256, 257));
+    assert_eq!(g.area_chunk(0), 1);
+    assert_eq!(g.area_chunk(1), 258);
+    assert!(g.is_metadata(258) && g.is_metadata(0) && !g.is_metadata(257));
+    let (_, mut store) = fresh(1024, 8);
+    let chunks: Vec<u64> = (0..257).map(|_| store.prepare().unwrap().0).collect();
+    assert_eq!(chunks[0], 2);
+    assert_eq!(chunks[255], 257);
+    assert_eq!(chunks[256], 259, "chunk 258 holds area 1");
+}
+
+#[test]
+fn a_258_chunk_cow_fails_the_256th_commit_and_259_chunks_hold_256() {
+    let (dev, mut store) = fresh(258, 8);
+    for old in 0..255 {
+        commit(&mut store, &dev, old).unwrap();
+    }
+    assert!(
+        commit(&mut store, &dev, 255).is_err(),
+        "area 1 cannot be zeroed"
+    );
+    let (dev, mut store) = fresh(259, 8);
+    for old in 0..256 {
+        commit(&mut store, &dev, old).unwrap();
+    }
+    assert!(
+        store.prepare().is_none(),
+        "the 257th exception does not fit"
+    );
+    let again = Persistent::open(&dev, "cow", StoreKind::Persistent, 8, 512, true).unwrap();
+    assert_eq!(again.store.exception_count(), 256);
+}
+
+#[test]
+fn status_after_306_exceptions_is_2472_of_8192_24() {
+    let (dev, mut store) = fresh(1024, 8);
+    assert_eq!(store.usage().to_string(), "16/8192 16");
+    for old in 0..306 {
+        commit(&mut store, &dev, old).unwrap();
+    }
+    assert_eq!(store.usage().to_string(), "2472/8192 24");
+    let again = Persistent::open(&dev, "cow", StoreKind::Persistent, 8, 512, true).unwrap();
+    assert_eq!(again.store.usage().to_string(), "2472/8192 24");
+    assert_eq!(again.store.exception_count(), 306);
+}
+
+#[test]
+fn chunk_size_zero_uses_disk_or_32_and_disk_overrides_request() {
+    let dev = MemDevice::new(1 << 20);
+    let l = Persistent::open(&dev, "c", StoreKind::Persistent, 0, 512, true).unwrap();
+    assert_eq!(l.store.chunk_size().sectors(), 32);
+    let l = Persistent::open(&dev, "c", StoreKind::Persistent, 0, 512, true).unwrap();
+    assert_eq!(l.store.chunk_size().sectors(), 32);
+    let l = Persistent::open(&dev, "c", StoreKind::Persistent, 8, 512, true).unwrap();
+    assert_eq!(l.store.chunk_size().sectors(), 32, "the disk value wins");
+    let blank = MemDevice::new(1 << 20);
+    let e = Persistent::open(&blank, "c", StoreKind::Persistent, 65, 512, true).unwrap_err();
+    assert!(e.to_string().contains("Chunk size is not a power of 2"));
+}
+
+#[test]
+fn bad_magic_and_version_are_errors_and_invalid_loads_empty() {
+    let (dev, mut store) = fresh(64, 8);
+    commit(&mut store, &dev, 3).unwrap();
+    dev.write_at(&[1, 0, 0, 0], 8).unwrap();
+    dev.write_at(&[0, 0, 0, 0], 4).unwrap();
+    let l = Persistent::open(&dev, "c", StoreKind::Persistent, 8, 512, true).unwrap();
+    assert!(!l.header.valid);
+    assert_eq!(l.store.exception_count(), 0);
+    dev.write_at(&[2, 0, 0, 0], 8).unwrap();
+    let e = Persistent::open(&dev, "c", StoreKind::Persistent, 8, 512, true).unwrap_err();
+    assert!(matches!(e, CowError::BadVersion { version: 2, .. }), "{e}");
+    dev.write_at(&[1, 2, 3, 4], 0).unwrap();
+    let e = Persistent::open(&dev, "c", StoreKind::Persistent, 8, 512, true).unwrap_err();
+    assert!(e.to_string().contains("Invalid or corrupt snapshot"), "{e}");
+}
+
+#[test]
+fn entries_past_the_end_or_duplicated_are_named_errors() {
+    let (dev, mut store) = fresh(64, 8);
+    commit(&mut store, &dev, 3).unwrap();
+    dev.write_at(&entry(4, 64), KIB4 as u64 + 16).unwrap();
+    let e = Persistent::open(&dev, "cowfile", StoreKind::Persistent, 8, 512, true).unwrap_err();
+    assert!(matches!(e, CowError::EntryPastEnd { new: 64, .. }), "{e}");
+    assert!(e.to_string().contains("cowfile"));
+    dev.write_at(&entry(3, 5), KIB4 as u64 + 16).unwrap();
+    let e = Persistent::open(&dev, "cowfile", StoreKind::Persistent, 8, 512, true).unwrap_err();
+    assert!(matches!(e, CowError::DuplicateEntry { old: 3, .. }), "{e}");
+    dev.write_at(&entry(1 << 60, 5), KIB4 as u64 + 16).unwrap();
+    let e = Persistent::open(&dev, "cowfile", StoreKind::Persistent, 8, 512, true).unwrap_err();
+    assert!(matches!(e, CowError::ChunkNumberTooLarge { .. }), "{e}");
+}
+
+#[test]
+fn merge_runs_are_consecutive_within_an_area_newest_first() {
+    let (dev, mut store) = fresh(1024, 8);
+    for old in [7, 20, 21, 22] {
+        commit(&mut store, &dev, old).unwrap();
+    }
+    let run = store.last_run().unwrap();
+    assert_eq!(
+        (run.old, run.new, run.len),
+        (ChunkIndex(20), ChunkIndex(3), 3)
+    );
+    store.plan_merge_clear(3).run(&dev).unwrap();
+    store.complete_merge_clear(3);
+    assert_eq!(store.usage().to_string(), "24/8192 16");
+    let again = Persistent::open(&dev, "cow", StoreKind::Persistent, 8, 512, true).unwrap();
+    assert_eq!(again.store.entries(), &[(7, 2)]);
+    store.plan_merge_clear(1).run(&dev).unwrap();
+    store.complete_merge_clear(1);
+    assert_eq!(store.usage().to_string(), "16/8192 16");
+    assert!(store.last_run().is_none());
+}
