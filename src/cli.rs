@@ -18,18 +18,39 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve a raw image file or block device over a vhost-user-blk socket.
+    /// Serve a raw image (--socket, --image) or a device graph (--config) over vhost-user-blk.
     Serve(ServeArgs),
+    /// Copy-on-write file tools.
+    #[command(subcommand)]
+    Cow(CowCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CowCommand {
+    /// Print and validate a persistent COW file: header, chunk size, exceptions, areas, status.
+    Inspect {
+        /// The COW file (or device).
+        file: PathBuf,
+    },
+}
+
+/// What `serve` was asked to do.
+pub enum ServeMode {
+    Image(ServeOptions),
+    Config(PathBuf),
 }
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// Device-graph file (TOML: origins, snapshots, exports); replaces --socket/--image.
+    #[arg(long, conflicts_with_all = ["socket", "image"])]
+    pub config: Option<PathBuf>,
     /// Unix socket path to listen on (created with mode 0600).
-    #[arg(long)]
-    pub socket: PathBuf,
+    #[arg(long, required_unless_present = "config", requires = "image")]
+    pub socket: Option<PathBuf>,
     /// Raw image file or block device to serve.
-    #[arg(long)]
-    pub image: PathBuf,
+    #[arg(long, required_unless_present = "config", requires = "socket")]
+    pub image: Option<PathBuf>,
     /// Export read-only (the guest sees VIRTIO_BLK_F_RO; writes fail).
     #[arg(long)]
     pub readonly: bool,
@@ -63,10 +84,16 @@ fn parse_lbs(s: &str) -> Result<u32, String> {
     }
 }
 
-impl TryFrom<ServeArgs> for ServeOptions {
+impl TryFrom<ServeArgs> for ServeMode {
     type Error = String;
 
     fn try_from(a: ServeArgs) -> Result<Self, String> {
+        if let Some(c) = a.config {
+            return Ok(ServeMode::Config(c));
+        }
+        let (Some(socket), Some(image)) = (a.socket, a.image) else {
+            return Err("serve needs --config FILE, or --socket and --image".into());
+        };
         if !a.queue_size.is_power_of_two() || a.queue_size < 2 {
             return Err(format!(
                 "queue size must be a power of two of at least 2, not {}",
@@ -78,9 +105,9 @@ impl TryFrom<ServeArgs> for ServeOptions {
                 return Err(format!("serial {s:?} is longer than 20 bytes"));
             }
         }
-        Ok(ServeOptions {
-            socket: a.socket,
-            image: a.image,
+        Ok(ServeMode::Image(ServeOptions {
+            socket,
+            image,
             readonly: a.readonly,
             num_queues: a.num_queues,
             queue_size: a.queue_size,
@@ -88,6 +115,6 @@ impl TryFrom<ServeArgs> for ServeOptions {
             logical_block_size: a.logical_block_size,
             direct: a.direct,
             writethrough: a.writethrough,
-        })
+        }))
     }
 }

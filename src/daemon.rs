@@ -1,17 +1,23 @@
-//! `snapblk serve`: opens the image, binds the socket, serves until SIGTERM/SIGINT, then drains,
-//! flushes and exits cleanly.
+//! `snapblk serve`: builds the exports (one image, or a device graph from a config file), binds
+//! every socket, serves each on its own thread until SIGTERM/SIGINT, then drains, flushes and
+//! exits cleanly.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use log::{info, warn};
+use log::{error, info, warn};
 use thiserror::Error;
 
-use crate::storage::{Image, ImageError, OpenOptions};
+use crate::config::{ConfigError, ExportSpec, GraphConfig};
+use crate::graph::{Graph, GraphError};
+use crate::storage::{derive_serial, Image, ImageError, OpenOptions};
 use crate::vhost::stats::QueueStats;
-use crate::vhost::{bind_socket, serve, DiskContext, Export, ServeError, Shutdown};
+use crate::vhost::{bind_socket, serve, Backing, DiskContext, Export, ServeError, Shutdown};
 use crate::virtio_blk::{BlkConfig, DiskGeometry};
+
+/// Helper threads per queue for device-graph exports.
+const GRAPH_THREADS_PER_QUEUE: usize = 4;
 
 /// Validated settings of `snapblk serve` with one image.
 #[derive(Debug, Clone)]
@@ -34,14 +40,22 @@ pub enum DaemonError {
     Image(#[from] ImageError),
     #[error(transparent)]
     Serve(#[from] ServeError),
-    #[error("cannot set up signal handling")]
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Graph(#[from] GraphError),
+    #[error("node {node} is {size} bytes, smaller than one {block}-byte logical block")]
+    TooSmall { node: String, size: u64, block: u32 },
+    #[error("cannot set up signal handling or threads")]
     Signals(#[source] std::io::Error),
-    #[error("cannot flush image {path} at shutdown")]
+    #[error("cannot flush {what} at shutdown")]
     Flush {
-        path: PathBuf,
+        what: String,
         #[source]
         source: std::io::Error,
     },
+    #[error("an export thread failed")]
+    ExportThread,
 }
 
 /// Blocks SIGTERM and SIGINT in every thread and triggers `shutdown` when one arrives.
@@ -73,6 +87,24 @@ pub fn install_signal_thread(shutdown: Arc<Shutdown>) -> Result<(), DaemonError>
     Ok(())
 }
 
+fn capacity(node: &str, size: u64, block: u32) -> Result<u64, DaemonError> {
+    let blocks = size / u64::from(block);
+    if blocks == 0 {
+        return Err(DaemonError::TooSmall {
+            node: node.to_owned(),
+            size,
+            block,
+        });
+    }
+    Ok(blocks * u64::from(block) / 512)
+}
+
+fn stats(queues: u16) -> Vec<Arc<QueueStats>> {
+    (0..queues)
+        .map(|_| Arc::new(QueueStats::default()))
+        .collect()
+}
+
 /// Runs `snapblk serve` for one image until a signal stops it.
 pub fn run(opts: ServeOptions) -> Result<(), DaemonError> {
     let shutdown = Shutdown::new().map_err(DaemonError::Signals)?;
@@ -96,23 +128,20 @@ pub fn run(opts: ServeOptions) -> Result<(), DaemonError> {
         discard: true,
         serial: serial.as_bytes().iter().copied().take(20).collect(),
     };
-    let disk = Arc::new(DiskContext {
-        image: image.clone(),
-        geometry: geometry.clone(),
-        writeback: AtomicBool::new(!opts.writethrough),
-        zero_range: AtomicBool::new(true),
-        stats: (0..opts.num_queues)
-            .map(|_| Arc::new(QueueStats::default()))
-            .collect(),
-    });
     let export = Export {
         socket: opts.socket.clone(),
         config: BlkConfig {
-            geometry,
+            geometry: geometry.clone(),
             num_queues: opts.num_queues,
             queue_size: opts.queue_size,
         },
-        disk,
+        disk: Arc::new(DiskContext {
+            backing: Backing::Image(image.clone()),
+            geometry,
+            writeback: AtomicBool::new(!opts.writethrough),
+            zero_range: AtomicBool::new(true),
+            stats: stats(opts.num_queues),
+        }),
         default_writeback: !opts.writethrough,
     };
     let listener = bind_socket(&opts.socket)?;
@@ -124,15 +153,115 @@ pub fn run(opts: ServeOptions) -> Result<(), DaemonError> {
         if opts.readonly { ", read-only" } else { "" },
         opts.socket.display()
     );
-    let result = serve(&export, listener, &shutdown);
-    if let Err(e) = std::fs::remove_file(&opts.socket) {
-        warn!("cannot remove socket {}: {e}", opts.socket.display());
-    }
+    let result = serve_all(vec![(export, listener)], &shutdown);
     image.sync().map_err(|source| DaemonError::Flush {
-        path: opts.image.clone(),
+        what: opts.image.display().to_string(),
         source,
     })?;
     result?;
     info!("stopped cleanly");
     Ok(())
+}
+
+/// Runs `snapblk serve --config FILE`: every origin, snapshot and export of the file.
+pub fn run_config(path: &Path) -> Result<(), DaemonError> {
+    let shutdown = Shutdown::new().map_err(DaemonError::Signals)?;
+    install_signal_thread(shutdown.clone())?;
+    let cfg = GraphConfig::load(path)?;
+    let graph = Graph::build(&cfg)?;
+    let mut exports = Vec::new();
+    for spec in &cfg.exports {
+        let export = graph_export(&graph, spec)?;
+        let listener = bind_socket(&spec.socket)?;
+        info!(
+            "serving node {} ({} bytes, {} queue(s){}) on {}",
+            spec.node,
+            export.config.geometry.capacity_sectors * 512,
+            spec.num_queues,
+            if spec.readonly { ", read-only" } else { "" },
+            spec.socket.display()
+        );
+        exports.push((export, listener));
+    }
+    let result = serve_all(exports, &shutdown);
+    graph.flush_all().map_err(|source| DaemonError::Flush {
+        what: "the device graph".into(),
+        source,
+    })?;
+    result?;
+    info!("stopped cleanly");
+    Ok(())
+}
+
+/// Builds the export of one graph node.
+pub fn graph_export(graph: &Graph, spec: &ExportSpec) -> Result<Export, DaemonError> {
+    let node = graph.node(&spec.node)?;
+    let capacity_sectors = capacity(&spec.node, node.dev.size(), spec.logical_block_size)?;
+    let serial = spec
+        .serial
+        .clone()
+        .unwrap_or_else(|| derive_serial(&node.identity, 0));
+    let geometry = DiskGeometry {
+        capacity_sectors,
+        logical_block_size: spec.logical_block_size,
+        readonly: spec.readonly,
+        discard: node.discard,
+        serial: serial.as_bytes().iter().copied().take(20).collect(),
+    };
+    Ok(Export {
+        socket: spec.socket.clone(),
+        config: BlkConfig {
+            geometry: geometry.clone(),
+            num_queues: spec.num_queues,
+            queue_size: spec.queue_size,
+        },
+        disk: Arc::new(DiskContext {
+            backing: Backing::Device {
+                dev: node.dev,
+                threads: GRAPH_THREADS_PER_QUEUE,
+            },
+            geometry,
+            writeback: AtomicBool::new(!spec.writethrough),
+            zero_range: AtomicBool::new(true),
+            stats: stats(spec.num_queues),
+        }),
+        default_writeback: !spec.writethrough,
+    })
+}
+
+/// Serves every export on its own thread until shutdown; removes the sockets afterwards.
+fn serve_all(
+    exports: Vec<(Export, std::os::unix::net::UnixListener)>,
+    shutdown: &Arc<Shutdown>,
+) -> Result<(), DaemonError> {
+    let mut threads = Vec::new();
+    for (export, listener) in exports {
+        let shutdown = shutdown.clone();
+        let name = format!("export-{}", threads.len());
+        let t = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || {
+                let r = serve(&export, listener, &shutdown);
+                if let Err(e) = std::fs::remove_file(&export.socket) {
+                    warn!("cannot remove socket {}: {e}", export.socket.display());
+                }
+                if let Err(e) = &r {
+                    error!("{e}");
+                    // One export failing stops the daemon rather than leaving it half up.
+                    shutdown.trigger();
+                }
+                r
+            })
+            .map_err(DaemonError::Signals)?;
+        threads.push(t);
+    }
+    let mut result = Ok(());
+    for t in threads {
+        match t.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => result = Err(DaemonError::Serve(e)),
+            Err(_) => result = Err(DaemonError::ExportThread),
+        }
+    }
+    result
 }

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod config;
 pub mod daemon;
 pub mod frontend;
+pub mod graph;
 pub mod logging;
 pub mod storage;
 pub mod vhost;

@@ -5,9 +5,10 @@ mod cli;
 use std::process::ExitCode;
 
 use clap::Parser;
-use snapblk::daemon::{self, ServeOptions};
+use snapblk::daemon;
+use snapblk::storage::{inspect, FileDevice};
 
-use cli::{Cli, Command};
+use cli::{Cli, Command, CowCommand, ServeMode};
 
 /// Prints an error with its whole source chain.
 fn report(e: &dyn std::error::Error) {
@@ -20,20 +21,41 @@ fn report(e: &dyn std::error::Error) {
     eprintln!("{msg}");
 }
 
+fn exit_with<E: std::error::Error>(r: Result<(), E>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            report(&e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     snapblk::logging::init();
     match cli.command {
-        Command::Serve(args) => {
-            let opts = match ServeOptions::try_from(args) {
-                Ok(o) => o,
+        Command::Serve(args) => match ServeMode::try_from(args) {
+            Ok(ServeMode::Image(opts)) => exit_with(daemon::run(opts)),
+            Ok(ServeMode::Config(path)) => exit_with(daemon::run_config(&path)),
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Cow(CowCommand::Inspect { file }) => {
+            let dev = match std::fs::File::open(&file).and_then(FileDevice::from_file) {
+                Ok(d) => d,
                 Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(2);
+                    eprintln!("error: cannot open COW file {}: {e}", file.display());
+                    return ExitCode::FAILURE;
                 }
             };
-            match daemon::run(opts) {
-                Ok(()) => ExitCode::SUCCESS,
+            match inspect(&dev, &file.to_string_lossy()) {
+                Ok(r) => {
+                    print!("{r}");
+                    ExitCode::SUCCESS
+                }
                 Err(e) => {
                     report(&e);
                     ExitCode::FAILURE

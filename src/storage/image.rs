@@ -52,6 +52,17 @@ pub struct Image {
     ino: u64,
 }
 
+/// A serial for a disk backed by `path`: "sb-" and 16 hex digits of a hash of the canonical
+/// path mixed with `salt` (the inode identity where known).
+pub fn derive_serial(path: &Path, salt: u64) -> String {
+    let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in canon.as_os_str().as_encoded_bytes() {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("sb-{:016x}", h ^ salt)
+}
+
 const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
 const BLKDISCARD: libc::c_ulong = 0x1277;
 const BLKZEROOUT: libc::c_ulong = 0x127f;
@@ -139,12 +150,7 @@ impl Image {
     /// A serial derived from the image's identity (device and inode, and its canonical path),
     /// stable across restarts and different for every image: 20 bytes at most.
     pub fn derived_serial(&self) -> String {
-        let canon = std::fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone());
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in canon.as_os_str().as_encoded_bytes() {
-            h = (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        format!("sb-{:016x}", h ^ self.ino)
+        derive_serial(&self.path, self.ino)
     }
 
     /// Discards a byte range of a block device (BLKDISCARD).

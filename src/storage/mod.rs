@@ -19,7 +19,7 @@ pub use device::{BlockDevice, FileDevice, MemDevice};
 pub use engine::{Origin, OriginConfig, SnapshotConfig, SnapshotId, DEFAULT_COPY_CAP};
 pub use error::{CowError, IoError};
 pub use faulty::{FaultPlan, FaultyDevice};
-pub use image::{Image, ImageError, OpenOptions};
+pub use image::{derive_serial, Image, ImageError, OpenOptions};
 pub use inspect::{inspect, CowReport};
 pub use merge::MergeProgress;
 pub use persistent::Persistent;

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
-use super::queue::DiskContext;
 use crate::storage::Image;
 use crate::virtio_blk::request::{Ranges, Request, RequestKind, Segment, Status};
+use crate::virtio_blk::DiskGeometry;
 
 type Mem = GuestMemoryMmap<()>;
 
@@ -149,7 +149,8 @@ impl Slot {
         &mut self,
         segs: &[Segment],
         mem: &Mem,
-        disk: &DiskContext,
+        geometry: &DiskGeometry,
+        direct: bool,
     ) -> Result<(), PrepareError> {
         if !matches!(self.op, IoOp::Read | IoOp::Write) {
             return Ok(());
@@ -163,12 +164,12 @@ impl Slot {
                 }));
             }
         }
-        let align = (disk.geometry.logical_block_size as usize).max(512);
+        let align = (geometry.logical_block_size as usize).max(512);
         let aligned = self
             .iov
             .iter()
             .all(|v| (v.0.iov_base as usize) % align == 0 && v.0.iov_len % align == 0);
-        if disk.image.direct() && !aligned {
+        if direct && !aligned {
             let mut bounce = Bounce::new(self.data_len as usize);
             if self.op == IoOp::Write {
                 let mut off = 0;

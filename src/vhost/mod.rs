@@ -2,10 +2,11 @@
 
 pub mod backend;
 pub mod inflight;
+pub mod pool;
 pub mod queue;
 pub mod server;
 pub mod stats;
 
 pub use backend::BlkBackend;
-pub use queue::DiskContext;
+pub use queue::{Backing, DiskContext};
 pub use server::{bind_socket, serve, Export, ServeError, Shutdown};

@@ -14,9 +14,10 @@ use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::inflight::{IoOp, Progress, Slots};
+use super::pool::{Job, JobOp, Pool};
 use super::stats::QueueStats;
 use crate::logging::RateLimiter;
-use crate::storage::Image;
+use crate::storage::{BlockDevice, Image};
 use crate::virtio_blk::request::{
     parse, Rejected, Request, RequestKind, Segment, Status, ID_BYTES,
 };
@@ -25,9 +26,21 @@ use crate::virtio_blk::DiskGeometry;
 type Mem = GuestMemoryMmap<()>;
 type Vring = VringRwLock<GuestMemoryAtomic<Mem>>;
 
+/// What an export's requests run against.
+pub enum Backing {
+    /// A raw image: zero-copy io_uring straight from and into guest memory.
+    Image(Arc<Image>),
+    /// A device-graph node (origin with snapshots, snapshot): synchronous calls on each
+    /// queue's own helper threads.
+    Device {
+        dev: Arc<dyn BlockDevice>,
+        threads: usize,
+    },
+}
+
 /// Shared, read-mostly settings of one export, given to every queue.
 pub struct DiskContext {
-    pub image: Arc<Image>,
+    pub backing: Backing,
     pub geometry: DiskGeometry,
     /// Guest-visible write cache mode: false = writethrough (every write is O_DSYNC).
     pub writeback: AtomicBool,
@@ -50,6 +63,8 @@ pub struct QueueWorker {
     stats: Arc<QueueStats>,
     /// Used entries were added since the guest was last signalled.
     pending_signal: bool,
+    pool: Option<Pool>,
+    pool_done: Vec<(usize, i32)>,
 }
 
 const FIXED_IMAGE: types::Fixed = types::Fixed(0);
@@ -68,8 +83,19 @@ impl QueueWorker {
         let ring = IoUring::builder().build(entries)?;
         let event = EventFd::new(EFD_NONBLOCK)?;
         ring.submitter().register_eventfd(event.as_raw_fd())?;
-        ring.submitter()
-            .register_files(&[disk.image.file().as_raw_fd()])?;
+        let pool = match &disk.backing {
+            Backing::Image(image) => {
+                ring.submitter()
+                    .register_files(&[image.file().as_raw_fd()])?;
+                None
+            }
+            Backing::Device { dev, threads } => Some(Pool::new(
+                dev.clone(),
+                *threads,
+                &event,
+                &format!("q{index}"),
+            )?),
+        };
         let stats = disk.stats[index].clone();
         Ok(QueueWorker {
             index,
@@ -83,6 +109,8 @@ impl QueueWorker {
             log: RateLimiter::new(10),
             stats,
             pending_signal: false,
+            pool,
+            pool_done: Vec::with_capacity(queue_size as usize),
         })
     }
 
@@ -149,7 +177,9 @@ impl QueueWorker {
     /// Waits for every request in flight and completes it (GET_VRING_BASE, disconnect).
     pub fn drain(&mut self) {
         while self.slots.in_flight() > 0 {
-            if let Err(e) = self.ring.submit_and_wait(1) {
+            if self.pool.is_some() {
+                self.wait_pool();
+            } else if let Err(e) = self.ring.submit_and_wait(1) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
                     error!(
                         "queue {}: waiting for in-flight I/O failed: {e}",
@@ -175,6 +205,18 @@ impl QueueWorker {
                 }
             }
         }
+    }
+
+    /// Blocks until a pool thread posts a completion (its write to the eventfd).
+    fn wait_pool(&mut self) {
+        let mut fds = [libc::pollfd {
+            fd: self.event.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: one valid pollfd; a timeout bounds the wait so a lost wakeup cannot hang.
+        unsafe { libc::poll(fds.as_mut_ptr(), 1, 100) };
+        let _ = self.event.read();
     }
 
     fn reject(
@@ -211,7 +253,7 @@ impl QueueWorker {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let immediate = match req.kind {
             RequestKind::GetId => Some(self.get_id(mem)),
-            RequestKind::Flush if self.disk.image.readonly() => Some(1),
+            RequestKind::Flush if self.disk.geometry.readonly => Some(1),
             _ => None,
         };
         if let Some(used) = immediate {
@@ -227,7 +269,38 @@ impl QueueWorker {
         };
         let slot = self.slots.get_mut(idx);
         slot.begin(head, req, mem.clone());
-        if let Err(e) = slot.prepare(&self.parse_buf, mem, &self.disk) {
+        if let Some(pool) = &self.pool {
+            let op = match slot.op {
+                IoOp::Read => JobOp::Read,
+                IoOp::Write => JobOp::Write,
+                IoOp::Flush => JobOp::Flush,
+                IoOp::Discard => JobOp::Discard,
+                IoOp::WriteZeroes { .. } => JobOp::WriteZeroes,
+            };
+            slot.pending = 1;
+            let job = Job {
+                slot: idx,
+                op,
+                offset: slot.offset,
+                len: slot.data_len,
+                segs: self.parse_buf.clone(),
+                ranges: slot.ranges,
+                mem: mem.clone(),
+            };
+            if pool.submit(job).is_err() {
+                slot.failed = true;
+                if let Some((head, used)) = self.finish(idx) {
+                    self.add_used(state, head, used);
+                }
+            }
+            return;
+        }
+        let Backing::Image(image) = &self.disk.backing else {
+            return;
+        };
+        let image = image.clone();
+        let slot = self.slots.get_mut(idx);
+        if let Err(e) = slot.prepare(&self.parse_buf, mem, &self.disk.geometry, image.direct()) {
             if self.log.allow() {
                 warn!("queue {}: request {head}: {e}", self.index);
             }
@@ -237,11 +310,9 @@ impl QueueWorker {
             }
             return;
         }
-        if matches!(slot.op, IoOp::Discard | IoOp::WriteZeroes { .. })
-            && self.disk.image.is_block_device()
-        {
+        if matches!(slot.op, IoOp::Discard | IoOp::WriteZeroes { .. }) && image.is_block_device() {
             // Block devices discard through ioctls, synchronously (rare, slow path).
-            slot.failed = slot.block_device_ranges(&self.disk.image).is_err();
+            slot.failed = slot.block_device_ranges(&image).is_err();
             if let Some((head, used)) = self.finish(idx) {
                 self.add_used(state, head, used);
             }
@@ -363,6 +434,21 @@ impl QueueWorker {
 
     /// Reaps completions; finished requests go to the used ring.
     fn reap(&mut self, vring: &Vring) {
+        if let Some(pool) = &self.pool {
+            pool.take_done(&mut self.pool_done);
+            if !self.pool_done.is_empty() {
+                let done = std::mem::take(&mut self.pool_done);
+                let mut state = vring.get_mut();
+                for &(idx, res) in &done {
+                    if let Some((head, used)) = self.on_cqe(idx as u64, res) {
+                        self.add_used(&mut state, head, used);
+                    }
+                }
+                drop(state);
+                self.pool_done = done;
+                self.pool_done.clear();
+            }
+        }
         let mut batch = [(0u64, 0i32); 64];
         loop {
             let mut n = 0;

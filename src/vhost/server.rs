@@ -180,7 +180,10 @@ pub fn serve(
             shutdown.register(h);
         }
         match daemon.wait() {
-            Ok(()) => info!("{}: frontend disconnected", path.display()),
+            Ok(())
+            | Err(vhost_user_backend::Error::HandleRequest(
+                vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
+            )) => info!("{}: frontend disconnected", path.display()),
             Err(e) => warn!("{}: connection ended: {e}", path.display()),
         }
         shutdown.clear();

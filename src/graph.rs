@@ -1,0 +1,306 @@
+//! The device graph: origins (engine + image) and their snapshots, by name, built from a config
+//! and able to gain and lose nodes while serving. Exports look nodes up here.
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions as FsOpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use log::info;
+use thiserror::Error;
+
+use crate::config::{GraphConfig, OriginSpec, SnapshotSpec, StoreType};
+use crate::storage::{
+    BlockDevice, CowError, FileDevice, Origin, OriginConfig, SnapshotConfig, SnapshotDevice,
+    SnapshotId, StoreKind, DEFAULT_COPY_CAP,
+};
+
+/// Errors building or changing the graph. Each names the node and file concerned.
+#[derive(Debug, Error)]
+pub enum GraphError {
+    #[error("cannot open {what} {path}")]
+    Open {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("COW file {0} does not exist and no create_size was given")]
+    NoCow(PathBuf),
+    #[error("cannot attach snapshot {name} (COW {cow})")]
+    Attach {
+        name: String,
+        cow: PathBuf,
+        #[source]
+        source: CowError,
+    },
+    #[error("node {0:?} already exists")]
+    Exists(String),
+    #[error("no node named {0:?}")]
+    NoSuchNode(String),
+    #[error("origin {0:?} still has snapshots")]
+    HasSnapshots(String),
+    #[error("cannot remove snapshot {name}")]
+    Detach {
+        name: String,
+        #[source]
+        source: CowError,
+    },
+}
+
+/// An origin node.
+pub struct OriginNode {
+    pub spec: OriginSpec,
+    pub origin: Arc<Origin>,
+}
+
+/// A snapshot node.
+pub struct SnapshotNode {
+    pub spec: SnapshotSpec,
+    pub id: SnapshotId,
+    pub origin: Arc<Origin>,
+    pub dev: Arc<SnapshotDevice>,
+}
+
+/// A node as an export sees it.
+pub struct NodeHandle {
+    pub dev: Arc<dyn BlockDevice>,
+    /// A stable identity for deriving a serial (the image or COW path).
+    pub identity: PathBuf,
+    /// Discard/write-zeroes make sense on this node.
+    pub discard: bool,
+}
+
+#[derive(Default)]
+struct Nodes {
+    origins: BTreeMap<String, OriginNode>,
+    snapshots: BTreeMap<String, SnapshotNode>,
+}
+
+/// The graph. One mutex guards the name maps (control path only; never held during I/O).
+#[derive(Default)]
+pub struct Graph {
+    nodes: Mutex<Nodes>,
+}
+
+fn open_rw(path: &Path, direct: bool, what: &'static str) -> Result<std::fs::File, GraphError> {
+    let mut oo = FsOpenOptions::new();
+    oo.read(true).write(true);
+    if direct {
+        oo.custom_flags(libc::O_DIRECT);
+    }
+    oo.open(path).map_err(|source| GraphError::Open {
+        what,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+impl Graph {
+    /// Builds every origin and snapshot of `cfg`, loading existing persistent COWs.
+    pub fn build(cfg: &GraphConfig) -> Result<Graph, GraphError> {
+        let g = Graph::default();
+        for o in &cfg.origins {
+            g.add_origin(o.clone())?;
+        }
+        for s in &cfg.snapshots {
+            g.add_snapshot(s.clone())?;
+        }
+        Ok(g)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Nodes> {
+        self.nodes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn add_origin(&self, spec: OriginSpec) -> Result<(), GraphError> {
+        if self.contains(&spec.name) {
+            return Err(GraphError::Exists(spec.name));
+        }
+        let file = open_rw(&spec.image, spec.direct, "origin image")?;
+        let dev = FileDevice::from_file(file).map_err(|source| GraphError::Open {
+            what: "origin image",
+            path: spec.image.clone(),
+            source,
+        })?;
+        let cfg = OriginConfig {
+            copy_cap: spec.copy_cap.unwrap_or(DEFAULT_COPY_CAP),
+        };
+        let origin = Arc::new(Origin::new(
+            Arc::new(dev),
+            &spec.image.to_string_lossy(),
+            cfg,
+        ));
+        info!(
+            "origin {} ({}): {} bytes",
+            spec.name,
+            spec.image.display(),
+            origin.size()
+        );
+        let mut n = self.lock();
+        if n.origins.contains_key(&spec.name) || n.snapshots.contains_key(&spec.name) {
+            return Err(GraphError::Exists(spec.name));
+        }
+        n.origins
+            .insert(spec.name.clone(), OriginNode { spec, origin });
+        Ok(())
+    }
+
+    pub fn add_snapshot(&self, spec: SnapshotSpec) -> Result<(), GraphError> {
+        if self.contains(&spec.name) {
+            return Err(GraphError::Exists(spec.name));
+        }
+        let origin = self
+            .lock()
+            .origins
+            .get(&spec.origin)
+            .map(|o| o.origin.clone())
+            .ok_or_else(|| GraphError::NoSuchNode(spec.origin.clone()))?;
+        if !spec.cow.exists() {
+            let size = spec
+                .create_size
+                .ok_or_else(|| GraphError::NoCow(spec.cow.clone()))?;
+            let f = FsOpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&spec.cow)
+                .and_then(|f| f.set_len(size.0).map(|_| f))
+                .map_err(|source| GraphError::Open {
+                    what: "new COW file",
+                    path: spec.cow.clone(),
+                    source,
+                })?;
+            drop(f);
+        }
+        let file = open_rw(&spec.cow, false, "COW file")?;
+        let cow = FileDevice::from_file(file).map_err(|source| GraphError::Open {
+            what: "COW file",
+            path: spec.cow.clone(),
+            source,
+        })?;
+        let kind = match spec.store {
+            StoreType::P => StoreKind::Persistent,
+            StoreType::PO => StoreKind::PersistentOverflow,
+            StoreType::N => StoreKind::Transient,
+        };
+        let mut scfg =
+            SnapshotConfig::new(&spec.cow.to_string_lossy(), kind, spec.chunk_size.0 / 512);
+        scfg.discard_zeroes_cow = spec.discard_zeroes_cow;
+        scfg.discard_passdown_origin = spec.discard_passdown_origin;
+        let id = origin
+            .add_snapshot(Arc::new(cow), scfg)
+            .map_err(|source| GraphError::Attach {
+                name: spec.name.clone(),
+                cow: spec.cow.clone(),
+                source,
+            })?;
+        let status = origin.status(id).unwrap_or_default();
+        info!(
+            "snapshot {} of {} ({}): {status}",
+            spec.name,
+            spec.origin,
+            spec.cow.display()
+        );
+        let dev = Arc::new(SnapshotDevice {
+            origin: origin.clone(),
+            id,
+        });
+        let mut n = self.lock();
+        n.snapshots.insert(
+            spec.name.clone(),
+            SnapshotNode {
+                spec,
+                id,
+                origin,
+                dev,
+            },
+        );
+        Ok(())
+    }
+
+    /// Detaches a snapshot (its COW file stays).
+    pub fn remove_snapshot(&self, name: &str) -> Result<(), GraphError> {
+        let mut n = self.lock();
+        let s = n
+            .snapshots
+            .get(name)
+            .ok_or_else(|| GraphError::NoSuchNode(name.to_owned()))?;
+        s.origin
+            .remove_snapshot(s.id)
+            .map_err(|source| GraphError::Detach {
+                name: name.to_owned(),
+                source,
+            })?;
+        n.snapshots.remove(name);
+        Ok(())
+    }
+
+    /// Removes an origin that has no snapshots.
+    pub fn remove_origin(&self, name: &str) -> Result<(), GraphError> {
+        let mut n = self.lock();
+        if !n.origins.contains_key(name) {
+            return Err(GraphError::NoSuchNode(name.to_owned()));
+        }
+        if n.snapshots.values().any(|s| s.spec.origin == name) {
+            return Err(GraphError::HasSnapshots(name.to_owned()));
+        }
+        n.origins.remove(name);
+        Ok(())
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        let n = self.lock();
+        n.origins.contains_key(name) || n.snapshots.contains_key(name)
+    }
+
+    /// The device behind a node name.
+    pub fn node(&self, name: &str) -> Result<NodeHandle, GraphError> {
+        let n = self.lock();
+        if let Some(o) = n.origins.get(name) {
+            return Ok(NodeHandle {
+                dev: o.origin.clone(),
+                identity: o.spec.image.clone(),
+                discard: true,
+            });
+        }
+        if let Some(s) = n.snapshots.get(name) {
+            return Ok(NodeHandle {
+                dev: s.dev.clone(),
+                identity: s.spec.cow.clone(),
+                discard: s.spec.discard_zeroes_cow,
+            });
+        }
+        Err(GraphError::NoSuchNode(name.to_owned()))
+    }
+
+    /// `dmsetup status`-style line of a snapshot.
+    pub fn snapshot_status(&self, name: &str) -> Result<String, GraphError> {
+        let n = self.lock();
+        let s = n
+            .snapshots
+            .get(name)
+            .ok_or_else(|| GraphError::NoSuchNode(name.to_owned()))?;
+        s.origin.status(s.id).map_err(|source| GraphError::Detach {
+            name: name.to_owned(),
+            source,
+        })
+    }
+
+    /// Snapshot names, sorted.
+    pub fn snapshot_names(&self) -> Vec<String> {
+        self.lock().snapshots.keys().cloned().collect()
+    }
+
+    /// Flushes every origin and snapshot (shutdown).
+    pub fn flush_all(&self) -> std::io::Result<()> {
+        let n = self.lock();
+        for o in n.origins.values() {
+            o.origin.flush().map_err(std::io::Error::from)?;
+        }
+        for s in n.snapshots.values() {
+            s.dev.flush()?;
+        }
+        Ok(())
+    }
+}

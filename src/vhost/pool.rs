@@ -1,0 +1,170 @@
+//! A queue's helper threads for devices served through synchronous calls (origins with
+//! snapshots, snapshots): they run requests against a `BlockDevice`, copying between guest
+//! memory and a buffer, and post completions back to the queue thread through its eventfd.
+//! Each queue has its own pool, so no lock is shared between queues.
+
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use vm_memory::{Bytes, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::storage::BlockDevice;
+use crate::virtio_blk::request::{Ranges, Segment};
+
+type Mem = GuestMemoryMmap<()>;
+
+/// What a job does.
+#[derive(Debug, Clone, Copy)]
+pub enum JobOp {
+    Read,
+    Write,
+    Flush,
+    Discard,
+    WriteZeroes,
+}
+
+/// One request for a pool thread.
+pub struct Job {
+    pub slot: usize,
+    pub op: JobOp,
+    pub offset: u64,
+    pub len: u32,
+    pub segs: Vec<Segment>,
+    pub ranges: Ranges,
+    pub mem: Arc<Mem>,
+}
+
+/// Completed jobs: (slot, result) with result = bytes done or -errno, as io_uring reports.
+pub type Done = Arc<Mutex<Vec<(usize, i32)>>>;
+
+/// The pool of one queue.
+pub struct Pool {
+    tx: Option<Sender<Job>>,
+    threads: Vec<JoinHandle<()>>,
+    pub done: Done,
+}
+
+impl Pool {
+    pub fn new(
+        dev: Arc<dyn BlockDevice>,
+        threads: usize,
+        notify: &EventFd,
+        name: &str,
+    ) -> std::io::Result<Pool> {
+        let (tx, rx) = channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        let done: Done = Arc::new(Mutex::new(Vec::new()));
+        let mut handles = Vec::new();
+        for i in 0..threads.max(1) {
+            let rx = rx.clone();
+            let done = done.clone();
+            let dev = dev.clone();
+            let notify = notify.try_clone()?;
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("{name}-io{i}"))
+                    .spawn(move || worker(&*dev, &rx, &done, &notify))?,
+            );
+        }
+        Ok(Pool {
+            tx: Some(tx),
+            threads: handles,
+            done,
+        })
+    }
+
+    /// Queues a job. Fails only if every pool thread has exited.
+    pub fn submit(&self, job: Job) -> Result<(), Job> {
+        match &self.tx {
+            Some(tx) => tx.send(job).map_err(|e| e.0),
+            None => Err(job),
+        }
+    }
+
+    /// Takes the completions posted so far.
+    pub fn take_done(&self, out: &mut Vec<(usize, i32)>) {
+        let mut d = self.done.lock().unwrap_or_else(|p| p.into_inner());
+        out.append(&mut d);
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.tx = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn worker(
+    dev: &dyn BlockDevice,
+    rx: &Mutex<Receiver<Job>>,
+    done: &Mutex<Vec<(usize, i32)>>,
+    notify: &EventFd,
+) {
+    loop {
+        let job = {
+            let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
+            match rx.recv() {
+                Ok(j) => j,
+                Err(_) => return,
+            }
+        };
+        let res = match run(dev, &job) {
+            Ok(()) => i32::try_from(job.len).unwrap_or(i32::MAX),
+            Err(e) => {
+                log::debug!("{:?} at byte {} failed: {e}", job.op, job.offset);
+                -e.raw_os_error().unwrap_or(libc::EIO)
+            }
+        };
+        done.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((job.slot, res));
+        let _ = notify.write(1);
+    }
+}
+
+fn run(dev: &dyn BlockDevice, job: &Job) -> std::io::Result<()> {
+    let guest = |_| std::io::Error::from_raw_os_error(libc::EFAULT);
+    match job.op {
+        JobOp::Read => {
+            let mut buf = vec![0u8; job.len as usize];
+            dev.read_at(&mut buf, job.offset)?;
+            let mut off = 0;
+            for s in &job.segs {
+                let end = off + s.len as usize;
+                job.mem.write_slice(&buf[off..end], s.addr).map_err(guest)?;
+                off = end;
+            }
+            Ok(())
+        }
+        JobOp::Write => {
+            let mut buf = vec![0u8; job.len as usize];
+            let mut off = 0;
+            for s in &job.segs {
+                let end = off + s.len as usize;
+                job.mem
+                    .read_slice(&mut buf[off..end], s.addr)
+                    .map_err(guest)?;
+                off = end;
+            }
+            dev.write_at(&buf, job.offset)
+        }
+        JobOp::Flush => dev.flush(),
+        JobOp::Discard => {
+            for r in job.ranges.as_slice() {
+                dev.discard(r.sector * 512, u64::from(r.sectors) * 512)?;
+            }
+            Ok(())
+        }
+        JobOp::WriteZeroes => {
+            for r in job.ranges.as_slice() {
+                dev.write_zeroes(r.sector * 512, u64::from(r.sectors) * 512)?;
+            }
+            Ok(())
+        }
+    }
+}
