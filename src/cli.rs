@@ -32,6 +32,17 @@ pub enum CowCommand {
         /// The COW file (or device).
         file: PathBuf,
     },
+    /// Merge a persistent COW back into its origin, offline (nothing may use either file).
+    Merge {
+        /// The origin image the snapshot was taken of.
+        #[arg(long)]
+        origin: PathBuf,
+        /// The persistent COW file.
+        cow: PathBuf,
+        /// Stop after this many runs (a partial merge, resumable later).
+        #[arg(long)]
+        runs: Option<u64>,
+    },
 }
 
 /// What `serve` was asked to do.

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod cowcmd;
 pub mod daemon;
 pub mod frontend;
 pub mod graph;

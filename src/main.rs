@@ -5,8 +5,8 @@ mod cli;
 use std::process::ExitCode;
 
 use clap::Parser;
+use snapblk::cowcmd;
 use snapblk::daemon;
-use snapblk::storage::{inspect, FileDevice};
 
 use cli::{Cli, Command, CowCommand, ServeMode};
 
@@ -44,23 +44,12 @@ fn main() -> ExitCode {
             }
         },
         Command::Cow(CowCommand::Inspect { file }) => {
-            let dev = match std::fs::File::open(&file).and_then(FileDevice::from_file) {
-                Ok(d) => d,
-                Err(e) => {
-                    eprintln!("error: cannot open COW file {}: {e}", file.display());
-                    return ExitCode::FAILURE;
-                }
-            };
-            match inspect(&dev, &file.to_string_lossy()) {
-                Ok(r) => {
-                    print!("{r}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    report(&e);
-                    ExitCode::FAILURE
-                }
-            }
+            exit_with(cowcmd::inspect_file(&file).map(|r| print!("{r}")))
         }
+        Command::Cow(CowCommand::Merge { origin, cow, runs }) => exit_with(
+            cowcmd::merge_offline(&origin, &cow, runs).map(|(runs, left)| {
+                println!("merged {runs} run(s); {left} exception(s) left");
+            }),
+        ),
     }
 }
