@@ -1,0 +1,301 @@
+# shellcheck shell=bash
+# vm-tests/lib.sh: helpers sourced by the scenarios: backends (snapblk or qemu-storage-daemon),
+# QEMU TCG guest boots with a per-test script, and host-side image checks.
+#
+# Environment: VMT_BACKEND=snapblk|qsd (default snapblk), SNAPBLK (default target/release/snapblk),
+# VMT_TIMEOUT (seconds per guest boot, default 240), VMT_TMPDIR (default /tmp), VMT_KEEP=1 keeps the
+# per-run directory. A scenario calls vmt_init NAME first; every helper that detects a failure calls
+# vmt_fail, which prints the reason and ends the scenario (the EXIT trap cleans up).
+
+VMT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+VMT_REPO=$(cd "$VMT_DIR/.." && pwd)
+VMT_CACHE="$VMT_DIR/.cache"
+VMT_BACKEND=${VMT_BACKEND:-snapblk}
+SNAPBLK=${SNAPBLK:-$VMT_REPO/target/release/snapblk}
+VMT_TIMEOUT=${VMT_TIMEOUT:-240}
+export PATH="$PATH:/usr/sbin:/sbin"
+
+declare -A VMT_BACKEND_PID=()
+VMT_NAME=
+VMT_TMP=
+VMT_GUEST_PID=
+VMT_GUEST_DIR=
+VMT_GUEST_SEQ=0
+
+vmt_log() { printf '[%s] %s\n' "$VMT_NAME" "$*"; }
+vmt_note() { printf 'note: %s\n' "$*"; }
+
+vmt_fail() {
+    printf '[%s] FAIL: %s\n' "$VMT_NAME" "$*" >&2
+    exit 1
+}
+
+# vmt_init NAME: per-scenario setup: temp dir, cleanup trap, backend sanity.
+vmt_init() {
+    VMT_NAME=$1
+    case "$VMT_BACKEND" in
+        snapblk) [ -x "$SNAPBLK" ] || vmt_fail "no snapblk binary at $SNAPBLK (set SNAPBLK or VMT_BACKEND=qsd)" ;;
+        qsd) command -v qemu-storage-daemon >/dev/null || vmt_fail "qemu-storage-daemon not installed" ;;
+        *) vmt_fail "unknown VMT_BACKEND '$VMT_BACKEND' (snapblk or qsd)" ;;
+    esac
+    if [ ! -s "$VMT_CACHE/vmlinuz" ] || [ ! -s "$VMT_CACHE/base.cpio" ]; then
+        vmt_fail "guest not built: run vm-tests/build-guest.sh"
+    fi
+    VMT_TMP=$(mktemp -d "${VMT_TMPDIR:-/tmp}/vmt-$VMT_NAME.XXXXXX")
+    trap vmt_cleanup EXIT
+}
+
+vmt_cleanup() {
+    local rc=$? name pid
+    trap - EXIT
+    if [ -n "$VMT_GUEST_PID" ] && kill -0 "$VMT_GUEST_PID" 2>/dev/null; then
+        # The pid is timeout(1): SIGTERM makes it stop QEMU too (and SIGKILL it 10 s later).
+        kill -TERM "$VMT_GUEST_PID" 2>/dev/null || true
+        wait "$VMT_GUEST_PID" 2>/dev/null || true
+    fi
+    for name in "${!VMT_BACKEND_PID[@]}"; do
+        pid=${VMT_BACKEND_PID[$name]}
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+        if [ "$rc" -ne 0 ]; then
+            echo "--- backend $name log (tail) ---" >&2
+            tail -n 30 "$VMT_TMP/$name.backend.log" >&2 2>/dev/null || true
+        fi
+    done
+    if [ -n "$VMT_TMP" ]; then
+        if [ "$rc" -ne 0 ] || [ "${VMT_KEEP:-0}" = 1 ]; then
+            echo "[$VMT_NAME] logs and images kept in $VMT_TMP" >&2
+        else
+            rm -rf "$VMT_TMP"
+        fi
+    fi
+    exit "$rc"
+}
+
+# wait_for SECONDS CMD...: polls CMD every 50 ms until it succeeds; returns 1 after SECONDS.
+wait_for() {
+    local deadline=$((SECONDS + $1))
+    shift
+    until "$@"; do
+        [ "$SECONDS" -lt "$deadline" ] || return 1
+        sleep 0.05
+    done
+}
+
+pid_gone() { ! kill -0 "$1" 2>/dev/null; }
+
+# socket_listening PATH: true when a process listens on the unix socket PATH (/proc/net/unix flag
+# __SO_ACCEPTCON), without connecting to it.
+socket_listening() {
+    [ -S "$1" ] && awk -v p="$1" '$NF == p && $4 == "00010000" {found = 1} END {exit !found}' /proc/net/unix
+}
+
+backend_alive_and_listening() {
+    kill -0 "$1" 2>/dev/null || return 2
+    socket_listening "$2"
+}
+
+# start_backend NAME IMAGE SOCKET [--readonly] [--num-queues N (default $VMT_QUEUES or 2)] [--serial S] [other
+# snapblk args]
+# Starts the backend in the background and returns once SOCKET accepts connections.
+start_backend() {
+    local name=$1 image=$2 sock=$3
+    shift 3
+    [ -z "${VMT_BACKEND_PID[$name]:-}" ] || vmt_fail "backend $name already running"
+    case "$sock" in /*) ;; *) sock="$PWD/$sock" ;; esac
+    local readonly=0 queues=${VMT_QUEUES:-2} serial='' extra=()
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --readonly) readonly=1 ;;
+            --num-queues) queues=$2; shift ;;
+            --serial) serial=$2; shift ;;
+            *) extra+=("$1") ;;
+        esac
+        shift
+    done
+    local cmd=()
+    case "$VMT_BACKEND" in
+        snapblk)
+            cmd=("$SNAPBLK" serve --socket "$sock" --image "$image")
+            [ "$readonly" = 0 ] || cmd+=(--readonly)
+            cmd+=(--num-queues "$queues")
+            [ -z "$serial" ] || cmd+=(--serial "$serial")
+            cmd+=("${extra[@]}")
+            ;;
+        qsd)
+            [ -z "$serial" ] || vmt_fail "qsd cannot set a serial (skip that check for qsd)"
+            [ "${#extra[@]}" -eq 0 ] || vmt_fail "qsd backend: unsupported args: ${extra[*]}"
+            local writable=on
+            [ "$readonly" = 0 ] || writable=off
+            local ro=''
+            [ "$readonly" = 0 ] || ro=",read-only=on"
+            cmd=(qemu-storage-daemon
+                --blockdev "driver=file,node-name=d,filename=$image,aio=io_uring,discard=unmap$ro"
+                --export "type=vhost-user-blk,id=e,addr.type=unix,addr.path=$sock,node-name=d,writable=$writable,num-queues=$queues")
+            ;;
+    esac
+    # A socket file nobody listens on is stale (a killed backend); remove it so the check is honest.
+    if [ -e "$sock" ] && ! socket_listening "$sock"; then rm -f "$sock"; fi
+    socket_listening "$sock" && vmt_fail "something already listens on $sock"
+    printf '$ %s\n' "${cmd[*]}" >>"$VMT_TMP/$name.backend.log"
+    "${cmd[@]}" >>"$VMT_TMP/$name.backend.log" 2>&1 </dev/null &
+    local pid=$!
+    VMT_BACKEND_PID[$name]=$pid
+    local rc=0
+    wait_for 20 backend_alive_and_listening "$pid" "$sock" || rc=$?
+    if [ "$rc" -ne 0 ]; then
+        if ! kill -0 "$pid" 2>/dev/null; then
+            wait "$pid" || rc=$?
+            unset "VMT_BACKEND_PID[$name]"
+            vmt_fail "backend $name exited (status $rc) before listening on $sock"
+        fi
+        vmt_fail "backend $name not listening on $sock after 20 s"
+    fi
+}
+
+# stop_backend NAME: SIGTERM, wait (bounded), and require a clean exit (status 0 for snapblk).
+stop_backend() {
+    local name=$1 pid rc=0
+    pid=${VMT_BACKEND_PID[$name]:-}
+    [ -n "$pid" ] || vmt_fail "stop_backend: no backend named $name"
+    kill -TERM "$pid" 2>/dev/null || true
+    if ! wait_for 20 pid_gone "$pid"; then
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+        unset "VMT_BACKEND_PID[$name]"
+        vmt_fail "backend $name ignored SIGTERM for 20 s (killed)"
+    fi
+    wait "$pid" || rc=$?
+    unset "VMT_BACKEND_PID[$name]"
+    [ "$rc" -eq 0 ] || vmt_fail "backend $name exited with status $rc after SIGTERM"
+}
+
+# --- guests ---------------------------------------------------------------------------------
+
+# guest_start SOCKET SCRIPT [qemu args...]: boots a guest in the background that runs SCRIPT (a
+# file) as /test.sh. Env: VMT_QUEUES (virtqueues asked by QEMU, default 2), VMT_CHARDEV_OPTS
+# (appended to the vhost-user chardev, e.g. ",reconnect=1"), VMT_REBOOT=1 (leave out -no-reboot).
+guest_start() {
+    local sock=$1 script=$2
+    shift 2
+    [ -f "$script" ] || vmt_fail "guest script $script missing"
+    [ -z "$VMT_GUEST_PID" ] || vmt_fail "a guest is already running"
+    VMT_GUEST_SEQ=$((VMT_GUEST_SEQ + 1))
+    VMT_GUEST_DIR="$VMT_TMP/guest$VMT_GUEST_SEQ"
+    mkdir -p "$VMT_GUEST_DIR/cpio"
+    cp "$script" "$VMT_GUEST_DIR/cpio/test.sh"
+    (cd "$VMT_GUEST_DIR/cpio" && echo test.sh | cpio --quiet -o -H newc -R 0:0) >"$VMT_GUEST_DIR/test.cpio"
+    cat "$VMT_CACHE/base.cpio" "$VMT_GUEST_DIR/test.cpio" >"$VMT_GUEST_DIR/initrd"
+    mkfifo "$VMT_GUEST_DIR/ctl.in" "$VMT_GUEST_DIR/ctl.out"
+    : >"$VMT_GUEST_DIR/console.log"
+    local reboot=(-no-reboot)
+    [ "${VMT_REBOOT:-0}" != 1 ] || reboot=()
+    # shellcheck disable=SC2054 # commas are QEMU option syntax
+    local cmd=(timeout --kill-after=10 "$VMT_TIMEOUT" qemu-system-x86_64
+        -accel tcg -m 512 -smp 2
+        -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem
+        -nographic -nodefaults -no-user-config "${reboot[@]}"
+        -serial "file:$VMT_GUEST_DIR/console.log" -serial "pipe:$VMT_GUEST_DIR/ctl"
+        -kernel "$VMT_CACHE/vmlinuz" -initrd "$VMT_GUEST_DIR/initrd"
+        -append "console=ttyS0 quiet panic=-1"
+        -chardev "socket,id=c0,path=$sock${VMT_CHARDEV_OPTS:-}"
+        -device "vhost-user-blk-pci,chardev=c0,num-queues=${VMT_QUEUES:-2}"
+        "$@")
+    printf '$ %s\n' "${cmd[*]}" >"$VMT_GUEST_DIR/qemu.log"
+    "${cmd[@]}" >>"$VMT_GUEST_DIR/qemu.log" 2>&1 </dev/null &
+    VMT_GUEST_PID=$!
+}
+
+guest_dump() {
+    {
+        echo "--- guest console ($VMT_GUEST_DIR/console.log) ---"
+        tr -d '\r' <"$VMT_GUEST_DIR/console.log" | tail -n 80
+        echo "--- qemu output ---"
+        tail -n 20 "$VMT_GUEST_DIR/qemu.log"
+    } >&2
+}
+
+# guest_wait: waits for the running guest to end and requires "VMT-RESULT: PASS" on its console.
+guest_wait() {
+    local rc=0 pid=$VMT_GUEST_PID result
+    [ -n "$pid" ] || vmt_fail "guest_wait: no guest running"
+    wait "$pid" || rc=$?
+    VMT_GUEST_PID=
+    result=$(tr -d '\r' <"$VMT_GUEST_DIR/console.log" | grep -a -o 'VMT-RESULT: .*' | tail -n1 || true)
+    if [ "$result" = "VMT-RESULT: PASS" ] && [ "$rc" -eq 0 ]; then
+        return 0
+    fi
+    guest_dump
+    if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+        vmt_fail "guest timed out after ${VMT_TIMEOUT}s (last result: ${result:-none})"
+    elif [ -z "$result" ]; then
+        vmt_fail "guest ended (qemu status $rc) without a VMT-RESULT line"
+    elif [ "$rc" -ne 0 ]; then
+        vmt_fail "qemu exited with status $rc (${result})"
+    fi
+    vmt_fail "guest: ${result#VMT-RESULT: }"
+}
+
+# run_guest SOCKET SCRIPT [qemu args...]: boots, runs SCRIPT in the guest, requires PASS.
+run_guest() {
+    guest_start "$@"
+    guest_wait
+}
+
+console_has() { tr -d '\r' <"$VMT_GUEST_DIR/console.log" | grep -a -q -- "$1"; }
+
+guest_has_or_ended() {
+    console_has "$1" && return 0
+    kill -0 "$VMT_GUEST_PID" 2>/dev/null || return 0
+    return 1
+}
+
+# wait_console PATTERN [SECONDS]: waits until the running guest prints PATTERN.
+wait_console() {
+    local pat=$1 secs=${2:-$VMT_TIMEOUT}
+    wait_for "$secs" guest_has_or_ended "$pat" || { guest_dump; vmt_fail "no '$pat' on the console after ${secs}s"; }
+    console_has "$pat" || { guest_wait; vmt_fail "guest ended before printing '$pat'"; }
+}
+
+# guest_sync TOKEN: waits for the guest's host_sync TOKEN, then answers it (unblocks the guest).
+guest_sync_wait() { wait_console "VMT-SYNC $1"; }
+guest_sync_reply() { printf '%s\n' "$1" >"$VMT_GUEST_DIR/ctl.in"; }
+
+# guest_out KEY: the last value the guest reported with `out KEY VALUE`.
+guest_out() {
+    local v
+    v=$(tr -d '\r' <"$VMT_GUEST_DIR/console.log" | awk -v k="$1" '$1 == "VMT-OUT" && $2 == k {v = $3} END {print v}')
+    [ -n "$v" ] || vmt_fail "guest did not report '$1'"
+    printf '%s\n' "$v"
+}
+
+# --- host-side image helpers ----------------------------------------------------------------
+
+# make_image PATH SIZE: sparse image of SIZE (truncate syntax, e.g. 64M).
+make_image() { rm -f "$1" && truncate -s "$2" "$1"; }
+
+# fill_random PATH MIB: fully allocated image of MIB MiB of random bytes.
+fill_random() { dd if=/dev/urandom of="$1" bs=1M count="$2" status=none conv=fsync; }
+
+# img_sha PATH OFFSET_MIB LEN_MIB: sha256 of a MiB-aligned region of an image file.
+img_sha() { dd if="$1" bs=1M skip="$2" count="$3" status=none | sha256sum | cut -d' ' -f1; }
+
+# file_sha PATH: sha256 of a whole file.
+file_sha() { sha256sum "$1" | cut -d' ' -f1; }
+
+# alloc_bytes PATH: bytes allocated on disk for a file.
+alloc_bytes() { echo $(($(stat -c '%b * %B' "$1"))); }
+
+# expect_eq GOT WANT WHAT: fails the scenario unless GOT == WANT.
+expect_eq() { [ "$1" = "$2" ] || vmt_fail "$3: got '$1', want '$2'"; }
+
+# guest_script PATH [VAR=VALUE...] <<'EOF': writes a guest test script: the VAR assignments
+# (shell-quoted), then stdin.
+guest_script() {
+    local path=$1 kv
+    shift
+    {
+        for kv in "$@"; do printf '%s=%q\n' "${kv%%=*}" "${kv#*=}"; done
+        cat
+    } >"$path"
+}
