@@ -350,7 +350,10 @@ impl Origin {
         pos: u64,
     ) -> Result<(), IoError> {
         let mut r = if copy {
-            self.copy_chunks(std::slice::from_ref(&t)).remove(0)
+            self.copy_chunks(std::slice::from_ref(&t))
+                .into_iter()
+                .next()
+                .unwrap_or(Ok(()))
         } else {
             Ok(())
         };
