@@ -57,6 +57,8 @@ enum WritePlan {
     New(Target, bool),
     Merge,
     Wait,
+    /// The snapshot's state changed (full COW): plan again without waiting.
+    Retry,
 }
 
 fn cow_err(name: &str) -> impl Fn(io::Error) -> IoError + '_ {
@@ -239,12 +241,13 @@ impl Origin {
                 };
                 match plan {
                     WritePlan::Wait => g = self.wait(g),
+                    WritePlan::Retry => {}
                     p => break (p, n),
                 }
             };
             drop(g);
             match plan {
-                WritePlan::Wait => {}
+                WritePlan::Wait | WritePlan::Retry => {}
                 WritePlan::Merge => done += self.merge_write(data.slice(done, len - done), pos)?,
                 WritePlan::Cow(cow, at, c) => {
                     let r = data.slice(done, n).apply(&*cow, at);
@@ -307,7 +310,7 @@ impl Origin {
             };
             g.deferred.extend(invalidation);
             self.cv.notify_all();
-            return WritePlan::Wait;
+            return WritePlan::Retry;
         };
         s.pending.insert(c.0, new.0);
         s.commit.outstanding += 1;
@@ -347,7 +350,10 @@ impl Origin {
         pos: u64,
     ) -> Result<(), IoError> {
         let mut r = if copy {
-            self.copy_chunks(std::slice::from_ref(&t)).remove(0)
+            self.copy_chunks(std::slice::from_ref(&t))
+                .into_iter()
+                .next()
+                .unwrap_or(Ok(()))
         } else {
             Ok(())
         };

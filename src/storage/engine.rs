@@ -248,8 +248,19 @@ impl Origin {
         while !g.origin_writes.is_empty() {
             g = self.wait(g);
         }
+        // No origin write is in flight and none can start: make the view durable (outside the
+        // lock), then publish the snapshot.
+        drop(g);
+        let flushed = self.dev.flush();
+        g = self.lock();
         g.barrier -= 1;
         self.cv.notify_all();
+        if let Err(source) = flushed {
+            return Err(CowError::Io {
+                cow: self.name.clone(),
+                source,
+            });
+        }
         if g.merge.is_some() {
             return Err(CowError::Merging);
         }

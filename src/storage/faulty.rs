@@ -4,7 +4,8 @@
 //! refuse writes past a size limit with ENOSPC.
 
 use std::io;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::device::{check_range, BlockDevice, MemDevice};
 
@@ -20,8 +21,35 @@ pub struct FaultPlan {
     pub size_limit: Option<u64>,
 }
 
+/// A power-loss instant shared by several devices: the `at`-th write or flush among all of
+/// them happens after the crash, so each device freezes what may survive at that moment.
+#[derive(Debug)]
+pub struct CrashClock {
+    ticks: AtomicU64,
+    at: u64,
+}
+
+impl CrashClock {
+    pub fn new(at: u64) -> Arc<CrashClock> {
+        Arc::new(CrashClock {
+            ticks: AtomicU64::new(0),
+            at,
+        })
+    }
+
+    /// True once the crash instant has passed.
+    pub fn passed(&self) -> bool {
+        self.ticks.load(Ordering::SeqCst) >= self.at
+    }
+}
+
+type Image = (Vec<u8>, Vec<(u64, Vec<u8>)>);
+
 #[derive(Debug, Default)]
 struct State {
+    clock: Option<Arc<CrashClock>>,
+    /// Durable image and unflushed writes at the crash instant.
+    frozen: Option<Image>,
     durable: Vec<u8>,
     unflushed: Vec<(u64, Vec<u8>)>,
     plan: FaultPlan,
@@ -75,6 +103,22 @@ impl FaultyDevice {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Shares a crash instant with other devices (see `CrashClock`).
+    pub fn with_clock(self, clock: Arc<CrashClock>) -> FaultyDevice {
+        self.lock().clock = Some(clock);
+        self
+    }
+
+    /// Counts a write or flush on the clock, freezing the image when the instant passes.
+    fn tick(s: &mut State) {
+        if let Some(c) = &s.clock {
+            let t = c.ticks.fetch_add(1, Ordering::SeqCst) + 1;
+            if t >= c.at && s.frozen.is_none() {
+                s.frozen = Some((s.durable.clone(), s.unflushed.clone()));
+            }
+        }
+    }
+
     /// Replaces the fault plan and restarts the operation counts.
     pub fn set_faults(&self, plan: FaultPlan) {
         let mut s = self.lock();
@@ -99,8 +143,12 @@ impl FaultyDevice {
     pub fn crash(&self, seed: u64) -> FaultyDevice {
         let s = self.lock();
         let mut rng = SplitMix(seed);
-        let mut image = s.durable.clone();
-        for (offset, data) in &s.unflushed {
+        let (durable, unflushed) = match &s.frozen {
+            Some((d, u)) => (d, u),
+            None => (&s.durable, &s.unflushed),
+        };
+        let mut image = durable.clone();
+        for (offset, data) in unflushed {
             let o = *offset as usize;
             match rng.next_u64() % 3 {
                 0 => image[o..o + data.len()].copy_from_slice(data),
@@ -121,6 +169,7 @@ impl FaultyDevice {
     fn before_write(&self, offset: u64, len: u64) -> io::Result<MutexGuard<'_, State>> {
         let mut s = self.lock();
         check_range(s.durable.len() as u64, offset, len)?;
+        FaultyDevice::tick(&mut s);
         s.writes += 1;
         if s.plan.fail_all_writes || s.plan.fail_write == Some(s.writes) {
             return Err(injected("write"));
@@ -159,6 +208,7 @@ impl BlockDevice for FaultyDevice {
 
     fn flush(&self) -> io::Result<()> {
         let mut s = self.lock();
+        FaultyDevice::tick(&mut s);
         s.flushes += 1;
         if s.plan.fail_flush == Some(s.flushes) {
             return Err(injected("flush"));

@@ -42,15 +42,12 @@ impl Origin {
         }
         g.barrier += 1;
         loop {
-            let busy = match g.snap(id) {
-                None => None,
-                Some(s) => Some(
-                    !g.origin_writes.is_empty()
-                        || !s.pending.is_empty()
-                        || s.commit.committing
-                        || !s.commit.queue.is_empty(),
-                ),
-            };
+            let busy = g.snap(id).map(|s| {
+                !g.origin_writes.is_empty()
+                    || !s.pending.is_empty()
+                    || s.commit.committing
+                    || !s.commit.queue.is_empty()
+            });
             match busy {
                 Some(true) => g = self.wait(g),
                 Some(false) if g.merge.is_none() => break,

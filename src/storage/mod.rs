@@ -25,3 +25,6 @@ pub use merge::MergeProgress;
 pub use persistent::Persistent;
 pub use store::{ExceptionStore, StoreKind, Transient, Usage};
 pub use units::{ChunkIndex, ChunkSize, Sector};
+
+#[cfg(test)]
+mod tests;

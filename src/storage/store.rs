@@ -50,13 +50,13 @@ impl fmt::Display for StoreKind {
     }
 }
 
-/// Metadata I/O planned under the lock, run outside it, in this order.
+/// Metadata I/O planned under the lock, run outside it: zero, flush, write, flush.
 #[derive(Debug, Default)]
 pub struct MetaIo {
-    /// Flush the COW first so the data the metadata points at is durable.
-    pub flush_first: bool,
     /// Zero this byte range (offset, len): the next exception area.
     pub zero: Option<(u64, u64)>,
+    /// Flush before the write, so the copied data and the zeroed area are durable first.
+    pub flush_first: bool,
     /// Write these bytes at this offset: part of an exception area or the header.
     pub write: Option<(u64, Vec<u8>)>,
     /// Flush the COW after, making the metadata durable.
@@ -69,11 +69,13 @@ impl MetaIo {
     }
 
     pub fn run(&self, dev: &dyn BlockDevice) -> io::Result<()> {
-        if self.flush_first {
-            dev.flush()?;
-        }
+        // The next area is zeroed before the flush, so it is durable before the entry that
+        // makes the table run into it.
         if let Some((offset, len)) = self.zero {
             dev.write_zeroes(offset, len)?;
+        }
+        if self.flush_first {
+            dev.flush()?;
         }
         if let Some((offset, bytes)) = &self.write {
             dev.write_at(bytes, *offset)?;
