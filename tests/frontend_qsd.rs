@@ -4,14 +4,18 @@
 //! socket (polling with a deadline). Without qemu-storage-daemon the tests print SKIP and pass.
 
 use std::fs::File;
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use snapblk::bench::{self, BenchArgs, Rw};
-use snapblk::frontend::{BlkFrontend, BlkStatus, FrontendOptions, Segment, SECTOR_SIZE};
-use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_T_IN};
+use snapblk::frontend::{
+    BlkFrontend, BlkStatus, FrontendError, FrontendOptions, Segment, SECTOR_SIZE,
+};
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_T_IN,
+};
 
 const QSD: &str = "qemu-storage-daemon";
 const IMAGE_SIZE: u64 = 64 << 20;
@@ -29,7 +33,8 @@ impl Qsd {
     fn start(test: &str) -> Option<Self> {
         match Command::new(QSD).arg("--version").output() {
             Err(e) if e.kind() == ErrorKind::NotFound => {
-                eprintln!("SKIP {test}: {QSD} is not installed");
+                // Straight to stderr: libtest captures eprintln! of passing tests.
+                let _ = writeln!(std::io::stderr(), "SKIP {test}: {QSD} is not installed");
                 return None;
             }
             other => {
@@ -113,6 +118,20 @@ fn config_reports_the_image_capacity_and_two_queues() {
 }
 
 #[test]
+fn writeback_byte_can_be_switched_with_set_config() {
+    let Some(qsd) = Qsd::start("writeback") else {
+        return;
+    };
+    let mut dev = qsd.connect();
+    assert!(dev.has_feature(VIRTIO_BLK_F_CONFIG_WCE));
+    assert_eq!(dev.set_writeback(false).expect("writethrough").writeback, 0);
+    assert_eq!(dev.set_writeback(true).expect("writeback").writeback, 1);
+    // The session still serves I/O afterwards.
+    let mut q = dev.blk_queue(0, 1, 4096).expect("queue 0");
+    assert_eq!(q.flush().unwrap().status, BlkStatus::Ok);
+}
+
+#[test]
 fn write_read_flush_and_get_id_round_trip() {
     let Some(qsd) = Qsd::start("write_read") else {
         return;
@@ -190,6 +209,27 @@ fn raw_chain_read_completes_like_a_typed_read() {
     let mut st = [0xffu8];
     q.memory().read(status, &mut st).unwrap();
     assert_eq!(st[0], 0);
+}
+
+#[test]
+fn stopped_backend_gives_a_timeout_not_a_hang() {
+    let Some(qsd) = Qsd::start("timeout") else {
+        return;
+    };
+    let mut dev = qsd.connect();
+    let mut q = dev.blk_queue(0, 1, 4096).expect("queue 0");
+    q.queue().set_timeout(Duration::from_millis(300));
+    assert_eq!(q.read(0, 4096).unwrap().0.status, BlkStatus::Ok);
+    let pid = qsd.child.id() as libc::pid_t;
+    // SAFETY: signals our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let res = q.read(0, 4096);
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    assert!(
+        matches!(res, Err(FrontendError::Timeout { .. })),
+        "got {res:?}"
+    );
 }
 
 #[test]

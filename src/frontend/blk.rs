@@ -16,7 +16,7 @@ use vm_memory::GuestAddress;
 
 use super::error::{FrontendError, Result};
 use super::memory::{GuestMem, Slab};
-use super::queue::{Completion, Queue, Segment, MAX_INDIRECT};
+use super::queue::{Completion, Queue, RawDesc, Segment, MAX_INDIRECT};
 use super::ring::{RingLayout, DESC_SIZE};
 
 /// Bytes per virtio-blk sector, whatever the device's blk_size.
@@ -404,6 +404,18 @@ impl BlkQueue {
             sector,
             nsectors,
             unmap,
+        })
+    }
+
+    /// Submits a verbatim descriptor table (see [`Queue::submit_table`]), kicks, and waits for
+    /// its completion. The queue must be idle.
+    pub fn raw_table(&mut self, descs: &[RawDesc]) -> Result<Completion> {
+        self.ensure_idle()?;
+        self.q.submit_table(descs)?;
+        let c = self.finish_one()?;
+        Ok(Completion {
+            head: c.head,
+            len: c.used_len,
         })
     }
 

@@ -3,7 +3,7 @@
 //! Message order follows QEMU's: SET_OWNER, GET_FEATURES, GET/SET_PROTOCOL_FEATURES,
 //! GET_QUEUE_NUM, SET_FEATURES, GET_CONFIG, SET_MEM_TABLE, then per queue SET_VRING_NUM,
 //! SET_VRING_BASE, SET_VRING_ADDR, SET_VRING_CALL, SET_VRING_KICK, SET_VRING_ENABLE.
-//! Every socket read and write has a timeout, so a hung backend yields an error.
+//! Every exchange has a deadline ([`Channel`]), so a hung backend yields an error.
 
 use std::io::ErrorKind;
 use std::os::unix::net::UnixStream;
@@ -11,16 +11,17 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserHeaderFlag};
-use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures};
+use vhost::vhost_user::message::VhostUserConfigFlags;
+use vhost::vhost_user::{VhostUserFrontend, VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost::{VhostBackend, VringConfigData};
 use virtio_bindings::virtio_blk::VIRTIO_BLK_F_MQ;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 
 use super::blk::BlkQueue;
+use super::channel::Channel;
 use super::config::{bit, BlkConfig, CONFIG_SIZE, DEFAULT_FEATURES, WRITEBACK_OFFSET};
-use super::error::{vhost_op, FrontendError, Result};
+use super::error::{FrontendError, Result};
 use super::memory::GuestMem;
 use super::queue::Queue;
 
@@ -64,7 +65,7 @@ impl Default for FrontendOptions {
 
 /// A connected, negotiated vhost-user-blk session without a VM.
 pub struct BlkFrontend {
-    vu: Frontend,
+    chan: Channel,
     mem: Arc<GuestMem>,
     features: u64,
     protocol: VhostUserProtocolFeatures,
@@ -79,26 +80,21 @@ impl BlkFrontend {
     /// or refusing), negotiates, reads the config and shares guest memory.
     pub fn connect(path: impl AsRef<Path>, opts: FrontendOptions) -> Result<Self> {
         let stream = connect_with_retry(path.as_ref(), opts.connect_timeout)?;
-        stream
-            .set_read_timeout(Some(opts.timeout))
-            .and_then(|()| stream.set_write_timeout(Some(opts.timeout)))
-            .map_err(FrontendError::Socket)?;
-        let mut vu = Frontend::from_stream(stream, 1);
-        vu.set_owner().map_err(vhost_op("SET_OWNER"))?;
-        let offered = vu.get_features().map_err(vhost_op("GET_FEATURES"))?;
+        let mut chan = Channel::new(stream, opts.timeout)?;
+        chan.call("SET_OWNER", |vu| vu.set_owner())?;
+        let offered = chan.call("GET_FEATURES", |vu| vu.get_features())?;
         if offered & bit(VIRTIO_F_VERSION_1) == 0 {
             return Err(FrontendError::MissingFeature("VIRTIO_F_VERSION_1"));
         }
         let features = offered & opts.features;
-        let protocol = negotiate_protocol(&mut vu, features)?;
+        let protocol = negotiate_protocol(&mut chan, features)?;
         let max_queues = if protocol.contains(VhostUserProtocolFeatures::MQ) {
-            vu.get_queue_num().map_err(vhost_op("GET_QUEUE_NUM"))?
+            chan.call("GET_QUEUE_NUM", |vu| vu.get_queue_num())?
         } else {
             1
         };
-        vu.set_features(features)
-            .map_err(vhost_op("SET_FEATURES"))?;
-        let config = read_config(&mut vu)?;
+        chan.call("SET_FEATURES", |vu| vu.set_features(features))?;
+        let config = read_config(&mut chan)?;
         let num_queues = if features & bit(VIRTIO_BLK_F_MQ) != 0 {
             config.num_queues.max(1)
         } else {
@@ -106,10 +102,10 @@ impl BlkFrontend {
         };
         let num_queues = num_queues.min(u16::try_from(max_queues).unwrap_or(u16::MAX));
         let mem = Arc::new(GuestMem::new(opts.mem_size)?);
-        vu.set_mem_table(&mem.regions()?)
-            .map_err(vhost_op("SET_MEM_TABLE"))?;
+        let regions = mem.regions()?;
+        chan.call("SET_MEM_TABLE", |vu| vu.set_mem_table(&regions))?;
         Ok(Self {
-            vu,
+            chan,
             mem,
             features,
             protocol,
@@ -142,7 +138,7 @@ impl BlkFrontend {
 
     /// Reads the config space again.
     pub fn refresh_config(&mut self) -> Result<BlkConfig> {
-        self.config = read_config(&mut self.vu)?;
+        self.config = read_config(&mut self.chan)?;
         Ok(self.config)
     }
 
@@ -150,13 +146,10 @@ impl BlkFrontend {
     pub fn set_writeback(&mut self, writeback: bool) -> Result<BlkConfig> {
         // Flags 0 is "frontend write of a writable field" in the vhost-user spec; the crate's
         // `WRITABLE` (1) is the spec's live-migration value, which QEMU rejects.
-        self.vu
-            .set_config(
-                WRITEBACK_OFFSET,
-                VhostUserConfigFlags::empty(),
-                &[u8::from(writeback)],
-            )
-            .map_err(vhost_op("SET_CONFIG"))?;
+        let byte = [u8::from(writeback)];
+        self.chan.call("SET_CONFIG", |vu| {
+            vu.set_config(WRITEBACK_OFFSET, VhostUserConfigFlags::empty(), &byte)
+        })?;
         self.refresh_config()
     }
 
@@ -209,26 +202,15 @@ impl BlkFrontend {
             avail_ring_addr: self.mem.host_addr(l.avail)?,
             log_addr: None,
         };
-        self.vu
-            .set_vring_num(i, size)
-            .map_err(vhost_op("SET_VRING_NUM"))?;
-        self.vu
-            .set_vring_base(i, 0)
-            .map_err(vhost_op("SET_VRING_BASE"))?;
-        self.vu
-            .set_vring_addr(i, &addrs)
-            .map_err(vhost_op("SET_VRING_ADDR"))?;
-        self.vu
-            .set_vring_call(i, queue.call_fd())
-            .map_err(vhost_op("SET_VRING_CALL"))?;
-        self.vu
-            .set_vring_kick(i, queue.kick_fd())
-            .map_err(vhost_op("SET_VRING_KICK"))?;
-        if self.features & vhost::vhost_user::VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0
-        {
-            self.vu
-                .set_vring_enable(i, true)
-                .map_err(vhost_op("SET_VRING_ENABLE"))?;
+        let (call, kick) = (queue.call_fd(), queue.kick_fd());
+        let chan = &mut self.chan;
+        chan.call("SET_VRING_NUM", |vu| vu.set_vring_num(i, size))?;
+        chan.call("SET_VRING_BASE", |vu| vu.set_vring_base(i, 0))?;
+        chan.call("SET_VRING_ADDR", |vu| vu.set_vring_addr(i, &addrs))?;
+        chan.call("SET_VRING_CALL", |vu| vu.set_vring_call(i, call))?;
+        chan.call("SET_VRING_KICK", |vu| vu.set_vring_kick(i, kick))?;
+        if self.features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
+            chan.call("SET_VRING_ENABLE", |vu| vu.set_vring_enable(i, true))?;
         }
         *slot = true;
         Ok(queue)
@@ -249,11 +231,8 @@ impl BlkFrontend {
         let mut first_err = None;
         for (i, started) in self.started.iter_mut().enumerate() {
             if std::mem::take(started) {
-                if let Err(e) = self.vu.get_vring_base(i) {
-                    first_err.get_or_insert(FrontendError::Vhost {
-                        op: "GET_VRING_BASE",
-                        source: e,
-                    });
+                if let Err(e) = self.chan.call("GET_VRING_BASE", |vu| vu.get_vring_base(i)) {
+                    first_err.get_or_insert(e);
                 }
             }
         }
@@ -290,32 +269,75 @@ fn connect_with_retry(path: &Path, timeout: Duration) -> Result<UnixStream> {
     }
 }
 
-fn negotiate_protocol(vu: &mut Frontend, features: u64) -> Result<VhostUserProtocolFeatures> {
-    let pf = vhost::vhost_user::VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+fn negotiate_protocol(chan: &mut Channel, features: u64) -> Result<VhostUserProtocolFeatures> {
+    let pf = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
     if features & pf == 0 {
         return Err(FrontendError::MissingFeature(
             "VHOST_USER_F_PROTOCOL_FEATURES (needed for config space)",
         ));
     }
-    let offered = vu
-        .get_protocol_features()
-        .map_err(vhost_op("GET_PROTOCOL_FEATURES"))?;
+    let offered = chan.call("GET_PROTOCOL_FEATURES", |vu| vu.get_protocol_features())?;
     let acked = offered & wanted_protocol_features();
-    vu.set_protocol_features(acked)
-        .map_err(vhost_op("SET_PROTOCOL_FEATURES"))?;
+    chan.call("SET_PROTOCOL_FEATURES", |vu| {
+        vu.set_protocol_features(acked)
+    })?;
     if !acked.contains(VhostUserProtocolFeatures::CONFIG) {
         return Err(FrontendError::MissingFeature("the CONFIG protocol feature"));
     }
     if acked.contains(VhostUserProtocolFeatures::REPLY_ACK) {
-        vu.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+        chan.request_acks();
     }
     Ok(acked)
 }
 
-fn read_config(vu: &mut Frontend) -> Result<BlkConfig> {
+fn read_config(chan: &mut Channel) -> Result<BlkConfig> {
     let zero = [0u8; CONFIG_SIZE];
-    let (_, payload) = vu
-        .get_config(0, CONFIG_SIZE as u32, VhostUserConfigFlags::empty(), &zero)
-        .map_err(vhost_op("GET_CONFIG"))?;
+    let (_, payload) = chan.call("GET_CONFIG", |vu| {
+        vu.get_config(0, CONFIG_SIZE as u32, VhostUserConfigFlags::empty(), &zero)
+    })?;
     Ok(BlkConfig::parse(&payload))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+
+    #[test]
+    fn silent_backend_fails_the_handshake_instead_of_hanging() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("silent.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            let conn = listener.accept();
+            let _ = rx.recv();
+            drop(conn);
+        });
+        let opts = FrontendOptions {
+            timeout: Duration::from_millis(200),
+            ..FrontendOptions::default()
+        };
+        let started = Instant::now();
+        let res = BlkFrontend::connect(&path, opts);
+        assert!(
+            matches!(res, Err(FrontendError::SocketTimeout { .. })),
+            "{:?}",
+            res.err()
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        tx.send(()).unwrap();
+        holder.join().unwrap();
+    }
+
+    #[test]
+    fn missing_socket_is_retried_until_the_connect_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = FrontendOptions {
+            connect_timeout: Duration::from_millis(50),
+            ..FrontendOptions::default()
+        };
+        let res = BlkFrontend::connect(dir.path().join("absent.sock"), opts);
+        assert!(matches!(res, Err(FrontendError::Connect { .. })));
+    }
 }

@@ -30,6 +30,8 @@ pub enum FrontendError {
     },
     #[error("Cannot configure the vhost-user socket")]
     Socket(#[source] io::Error),
+    #[error("Backend did not answer {op} within {timeout:?}")]
+    SocketTimeout { op: &'static str, timeout: Duration },
     #[error("vhost-user {op} failed")]
     Vhost {
         op: &'static str,
@@ -90,8 +92,3 @@ pub enum FrontendError {
 
 /// Result alias of the frontend.
 pub type Result<T> = std::result::Result<T, FrontendError>;
-
-/// Wraps a vhost error with the name of the operation that failed.
-pub(crate) fn vhost_op(op: &'static str) -> impl FnOnce(vhost::Error) -> FrontendError {
-    move |source| FrontendError::Vhost { op, source }
-}

@@ -14,6 +14,7 @@
 //! ```
 
 mod blk;
+mod channel;
 mod config;
 mod device;
 mod error;
@@ -29,5 +30,5 @@ pub use config::{bit, BlkConfig, CONFIG_SIZE, DEFAULT_FEATURES, WRITEBACK_OFFSET
 pub use device::{wanted_protocol_features, BlkFrontend, FrontendOptions};
 pub use error::{FrontendError, Result};
 pub use memory::{GuestMem, Slab, GUEST_BASE};
-pub use queue::{Completion, Queue, Segment, MAX_INDIRECT};
+pub use queue::{Completion, Queue, RawDesc, RawNext, Segment, MAX_INDIRECT};
 pub use ring::{valid_queue_size, vring_need_event, RingLayout, DESC_SIZE, USED_ELEM_SIZE};
