@@ -2,7 +2,9 @@
 //!
 //! One thread per queue, each with `iodepth` requests in flight on its own share of the
 //! region (contiguous, `region / queues` bytes). Reports IOPS, MiB/s, latency percentiles
-//! and errors; with `--verify`, writes carry a per-sector pattern and reads check it.
+//! and errors; with `--verify`, writes carry a per-sector pattern and reads check it: a
+//! reads-only run first writes the region, a run with writes reads it all back at the end
+//! (neither pass counts in the figures).
 
 mod histogram;
 mod pattern;
@@ -69,7 +71,8 @@ pub struct BenchArgs {
     /// Length of the timed phase.
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
-    /// Write a checkable pattern and verify every read against the last completed write.
+    /// Write a checkable pattern and verify every read against the last completed write
+    /// (reads-only runs fill the region first; runs with writes read it back at the end).
     #[arg(long)]
     pub verify: bool,
     /// Cap on the addressed region (default: the whole disk).
@@ -306,6 +309,7 @@ fn run_workers(
                     nblocks: per_worker,
                     verify: args.verify,
                     fill_first: args.verify && !args.rw.writes(),
+                    check_after: args.verify && args.rw.writes(),
                     seconds: Duration::from_secs(args.seconds),
                     seed: 0x5eed_0000 + i as u64,
                 };

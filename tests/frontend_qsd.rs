@@ -24,6 +24,7 @@ const IMAGE_SIZE: u64 = 64 << 20;
 struct Qsd {
     child: Child,
     sock: PathBuf,
+    img: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -64,6 +65,7 @@ impl Qsd {
         let mut qsd = Qsd {
             child,
             sock,
+            img,
             _dir: dir,
         };
         qsd.wait_for_socket(Duration::from_secs(10));
@@ -88,6 +90,10 @@ impl Qsd {
 
     fn path(&self) -> &Path {
         &self.sock
+    }
+
+    fn image(&self) -> &Path {
+        &self.img
     }
 }
 
@@ -267,7 +273,7 @@ fn bench_with_verify_runs_one_second_without_errors() {
     let Some(qsd) = Qsd::start("bench") else {
         return;
     };
-    for rw in [Rw::Mixed, Rw::Randread] {
+    for rw in [Rw::Mixed, Rw::Randread, Rw::Randwrite] {
         let args = BenchArgs {
             socket: qsd.path().to_owned(),
             rw,
@@ -285,5 +291,49 @@ fn bench_with_verify_runs_one_second_without_errors() {
         assert_eq!(report.verify_mismatches, 0);
         assert!(report.ops > 0);
         assert!(report.verified_sectors > 0, "verify checked nothing");
+    }
+}
+
+#[test]
+fn bench_verify_detects_corruption_behind_its_back() {
+    let Some(qsd) = Qsd::start("bench_corruption") else {
+        return;
+    };
+    let args = BenchArgs {
+        socket: qsd.path().to_owned(),
+        rw: Rw::Mixed,
+        bs: 4096,
+        iodepth: 4,
+        queues: 1,
+        seconds: 1,
+        verify: true,
+        size: Some(64 << 10),
+        json: false,
+    };
+    // Overwrite the region through the host file (qsd shares its page cache) until the run
+    // ends: reads of blocks the bench wrote earlier must then fail verification.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let result = std::thread::scope(|s| {
+        s.spawn(|| {
+            use std::os::unix::fs::FileExt;
+            let img = File::options()
+                .write(true)
+                .open(qsd.image())
+                .expect("open image");
+            let junk = vec![0xa5u8; 64 << 10];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                img.write_all_at(&junk, 0).expect("corrupt image");
+            }
+        });
+        let result = bench::run(&args);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        result
+    });
+    match result {
+        Err(bench::BenchError::Verify { mismatches, report }) => {
+            assert!(mismatches > 0);
+            assert_eq!(report.verify_mismatches, mismatches);
+        }
+        other => panic!("corruption went unnoticed: {other:?}"),
     }
 }

@@ -28,8 +28,10 @@ pub(super) struct Plan {
     pub first_block: u64,
     pub nblocks: u64,
     pub verify: bool,
-    /// Write every block once before the timed phase (randread/read with verify).
+    /// Write every block once before the timed phase (reads-only runs with verify).
     pub fill_first: bool,
+    /// Read back and verify every written block after the timed phase.
+    pub check_after: bool,
     pub seconds: Duration,
     pub seed: u64,
 }
@@ -54,13 +56,17 @@ struct SlotOp {
     start: Instant,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Phase {
+    /// Write every block once, in order (before verified reads).
     Fill,
+    /// The measured phase: only its requests count in ops and latency.
     Timed { deadline: Instant },
+    /// Read back every block written so far and verify it (after verified writes).
+    Check,
 }
 
-/// Runs the plan on `q`: optional fill, then the barrier, then the timed phase.
+/// Runs the plan on `q`: optional fill, the barrier, the timed phase, optional check.
 pub(super) fn run(q: BlkQueue, plan: Plan, start: &Barrier) -> Result<Stats, FrontendError> {
     let mut w = Worker::new(q, plan);
     let filled = if plan.fill_first {
@@ -70,16 +76,14 @@ pub(super) fn run(q: BlkQueue, plan: Plan, start: &Barrier) -> Result<Stats, Fro
     };
     start.wait();
     filled?;
-    let errors = w.stats.errors;
-    w.stats = Stats {
-        errors,
-        ..Stats::default()
-    };
     let t0 = Instant::now();
     w.drive(Phase::Timed {
         deadline: t0 + plan.seconds,
     })?;
     w.stats.elapsed = t0.elapsed();
+    if plan.check_after {
+        w.drive(Phase::Check)?;
+    }
     Ok(w.stats)
 }
 
@@ -91,7 +95,8 @@ struct Worker {
     gens: Vec<u32>,
     next_gen: u32,
     seq_next: u64,
-    fill_next: u64,
+    /// Next block of the fill or check pass.
+    pass_next: u64,
     slots: Vec<SlotOp>,
     done: Vec<BlkCompletion>,
     buf: Vec<u8>,
@@ -119,7 +124,7 @@ impl Worker {
             gens: vec![0; verify_len],
             next_gen: 1,
             seq_next: 0,
-            fill_next: 0,
+            pass_next: 0,
             slots: vec![idle; depth],
             done: Vec::with_capacity(depth),
             buf: vec![0; if plan.verify { plan.bs as usize } else { 0 }],
@@ -130,6 +135,7 @@ impl Worker {
 
     /// Keeps every slot busy until the phase has no more work, then drains.
     fn drive(&mut self, phase: Phase) -> Result<(), FrontendError> {
+        self.pass_next = 0;
         let now = Instant::now();
         for slot in 0..self.q.depth() {
             if !self.issue(slot, phase, now)? {
@@ -147,7 +153,7 @@ impl Worker {
             for i in 0..self.done.len() {
                 let c = self.done[i];
                 let Some(slot) = c.slot else { continue };
-                self.complete(slot, c, now)?;
+                self.complete(slot, c, phase, now)?;
                 self.issue(slot, phase, now)?;
             }
             self.q.kick()?;
@@ -159,11 +165,22 @@ impl Worker {
     fn next_op(&mut self, phase: Phase, now: Instant) -> Option<(bool, u64)> {
         let n = self.plan.nblocks;
         let (write, block) = match phase {
-            Phase::Fill if self.fill_next < n => {
-                self.fill_next += 1;
-                (true, self.fill_next - 1)
+            Phase::Fill if self.pass_next < n => {
+                self.pass_next += 1;
+                (true, self.pass_next - 1)
             }
             Phase::Fill => return None,
+            Phase::Check => {
+                // All earlier requests have drained, so no block is in flight here.
+                while self.pass_next < n {
+                    let b = self.pass_next;
+                    self.pass_next += 1;
+                    if !matches!(self.gens[b as usize], 0 | UNKNOWN) {
+                        return Some((false, b));
+                    }
+                }
+                return None;
+            }
             Phase::Timed { deadline } if now >= deadline => return None,
             Phase::Timed { .. } => {
                 let write = match self.plan.rw {
@@ -227,16 +244,24 @@ impl Worker {
         Ok(true)
     }
 
-    fn complete(&mut self, slot: u16, c: BlkCompletion, now: Instant) -> Result<(), FrontendError> {
+    fn complete(
+        &mut self,
+        slot: u16,
+        c: BlkCompletion,
+        phase: Phase,
+        now: Instant,
+    ) -> Result<(), FrontendError> {
         let op = self.slots[usize::from(slot)];
-        let lat = now.saturating_duration_since(op.start).as_nanos();
-        self.stats
-            .hist
-            .record(u64::try_from(lat).unwrap_or(u64::MAX));
-        if op.write {
-            self.stats.writes += 1;
-        } else {
-            self.stats.reads += 1;
+        if matches!(phase, Phase::Timed { .. }) {
+            let lat = now.saturating_duration_since(op.start).as_nanos();
+            self.stats
+                .hist
+                .record(u64::try_from(lat).unwrap_or(u64::MAX));
+            if op.write {
+                self.stats.writes += 1;
+            } else {
+                self.stats.reads += 1;
+            }
         }
         let ok = c.status == Some(BlkStatus::Ok);
         if !ok {
