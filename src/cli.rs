@@ -23,6 +23,8 @@ pub enum Command {
     /// Copy-on-write file tools.
     #[command(subcommand)]
     Cow(CowCommand),
+    /// Drive any vhost-user-blk socket from the host (no VM) and report IOPS and latency.
+    Bench(snapblk::bench::BenchArgs),
 }
 
 #[derive(Debug, Subcommand)]

@@ -43,6 +43,16 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Bench(args) => match snapblk::bench::run(&args) {
+            Ok(r) => {
+                println!("{}", snapblk::bench::render(&args, &r).trim_end());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                report(&e);
+                ExitCode::FAILURE
+            }
+        },
         Command::Cow(CowCommand::Inspect { file }) => {
             exit_with(cowcmd::inspect_file(&file).map(|r| print!("{r}")))
         }

@@ -165,12 +165,6 @@ where
         if data.len() == MAX_DESCRIPTORS + 2 {
             return Err(no_status(RequestError::TooManyDescriptors));
         }
-        if !mem.check_range(addr, len as usize) {
-            return Err(no_status(RequestError::OutsideGuestMemory {
-                addr: addr.0,
-                len,
-            }));
-        }
         data.push(Segment {
             addr,
             len,
@@ -180,6 +174,12 @@ where
     let last = data.pop().ok_or(no_status(RequestError::EmptyChain))?;
     if !last.writable || last.len == 0 {
         return Err(no_status(RequestError::MissingStatus));
+    }
+    if !mem.check_range(last.addr, last.len as usize) {
+        return Err(no_status(RequestError::OutsideGuestMemory {
+            addr: last.addr.0,
+            len: last.len,
+        }));
     }
     // Checked above: the whole descriptor is inside guest memory, so its last byte is too.
     let status = GuestAddress(last.addr.0 + u64::from(last.len) - 1);
@@ -193,6 +193,15 @@ where
         status: Some(status),
         error,
     };
+    if let Some(bad) = data
+        .iter()
+        .find(|s| !mem.check_range(s.addr, s.len as usize))
+    {
+        return Err(with_status(RequestError::OutsideGuestMemory {
+            addr: bad.addr.0,
+            len: bad.len,
+        }));
+    }
     match parse_body(mem, geo, data) {
         Ok((kind, data_len)) => Ok(Request {
             kind,

@@ -1,0 +1,186 @@
+//! `snapblk serve --config`: an origin and snapshots served on their own sockets. Origin writes
+//! copy out to the snapshots, snapshot writes stay in their COW, persistent snapshots come back
+//! after a restart, and a bad config is refused with a clear error.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{connect, pattern, Daemon, MIB};
+use snapblk::frontend::BlkStatus;
+
+fn config(dir: &Path, store: &str) -> String {
+    let d = dir.display();
+    format!(
+        r#"
+[[origin]]
+name = "base"
+image = "{d}/base.img"
+
+[[snapshot]]
+name = "s1"
+origin = "base"
+cow = "{d}/s1.cow"
+store = "{store}"
+chunk_size = "4K"
+create_size = "8M"
+
+[[snapshot]]
+name = "s2"
+origin = "base"
+cow = "{d}/s2.cow"
+store = "{store}"
+chunk_size = "16K"
+create_size = "8M"
+
+[[export]]
+node = "base"
+socket = "{d}/base.sock"
+num_queues = 2
+
+[[export]]
+node = "s1"
+socket = "{d}/s1.sock"
+
+[[export]]
+node = "s2"
+socket = "{d}/s2.sock"
+readonly = true
+"#
+    )
+}
+
+fn start(dir: &Path) -> Daemon {
+    let cfg = dir.join("graph.toml");
+    let socks: Vec<_> = ["base", "s1", "s2"]
+        .iter()
+        .map(|n| dir.join(format!("{n}.sock")))
+        .collect();
+    let refs: Vec<&Path> = socks.iter().map(|p| p.as_path()).collect();
+    Daemon::start(
+        &["--config", cfg.to_str().unwrap()],
+        &refs,
+        &dir.join("daemon.log"),
+    )
+}
+
+fn read(sock: &Path, sector: u64, len: u32) -> Vec<u8> {
+    let mut fe = connect(sock);
+    let mut q = fe.blk_queue(0, 2, len).unwrap();
+    let (r, data) = q.read(sector, len).unwrap();
+    assert_eq!(r.status, BlkStatus::Ok);
+    data
+}
+
+fn write(sock: &Path, sector: u64, data: &[u8]) {
+    let mut fe = connect(sock);
+    let mut q = fe.blk_queue(0, 2, data.len() as u32).unwrap();
+    assert_eq!(q.write(sector, data).unwrap().status, BlkStatus::Ok);
+    assert_eq!(q.flush().unwrap().status, BlkStatus::Ok);
+}
+
+#[test]
+fn origin_writes_copy_out_and_persistent_snapshots_survive_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let orig = pattern(1, 4 * MIB as usize);
+    std::fs::write(p.join("base.img"), &orig).unwrap();
+    std::fs::write(p.join("graph.toml"), config(p, "P")).unwrap();
+    let d = start(p);
+    // Origin write of 64 KiB at 1 MiB; snapshot write of 4 KiB at 2 MiB.
+    write(&p.join("base.sock"), 2048, &pattern(2, 65536));
+    write(&p.join("s1.sock"), 4096, &pattern(3, 4096));
+    let check = |d: &Daemon| {
+        let _ = d;
+        assert!(
+            read(&p.join("base.sock"), 2048, 65536) == pattern(2, 65536),
+            "origin has the new data"
+        );
+        assert!(
+            read(&p.join("s1.sock"), 2048, 65536)[..] == orig[MIB as usize..MIB as usize + 65536],
+            "s1 keeps the old data"
+        );
+        assert!(
+            read(&p.join("s2.sock"), 2048, 65536)[..] == orig[MIB as usize..MIB as usize + 65536],
+            "s2 keeps the old data"
+        );
+        assert!(
+            read(&p.join("s1.sock"), 4096, 4096) == pattern(3, 4096),
+            "s1 has its own write"
+        );
+        assert!(
+            read(&p.join("base.sock"), 4096, 4096)[..]
+                == orig[2 * MIB as usize..2 * MIB as usize + 4096],
+            "origin does not see s1's write"
+        );
+    };
+    check(&d);
+    // A read-only snapshot export refuses writes.
+    let mut fe = connect(&p.join("s2.sock"));
+    let mut q = fe.blk_queue(0, 2, 4096).unwrap();
+    assert_eq!(q.write(0, &[1u8; 4096]).unwrap().status, BlkStatus::IoErr);
+    drop(q);
+    drop(fe);
+    d.stop();
+
+    // Restart: both persistent snapshots are reloaded from their COW files.
+    let d = start(p);
+    check(&d);
+    d.stop();
+
+    let out = Command::new(env!("CARGO_BIN_EXE_snapblk"))
+        .args(["cow", "inspect"])
+        .arg(p.join("s1.cow"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    // 16 copied chunks + 1 snapshot write: (2 + 17) * 8 sectors allocated of 16384.
+    assert!(text.contains("152/16384 16"), "{text}");
+}
+
+#[test]
+fn transient_snapshots_work_and_bad_configs_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let orig = pattern(7, 2 * MIB as usize);
+    std::fs::write(p.join("base.img"), &orig).unwrap();
+    std::fs::write(p.join("graph.toml"), config(p, "N")).unwrap();
+    let d = start(p);
+    write(&p.join("base.sock"), 0, &pattern(8, 8192));
+    assert!(read(&p.join("s1.sock"), 0, 8192)[..] == orig[..8192]);
+    d.stop();
+
+    std::fs::write(
+        p.join("bad.toml"),
+        config(p, "N").replace("origin = \"base\"", "origin = \"nope\""),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_snapblk"))
+        .args(["serve", "--config"])
+        .arg(p.join("bad.toml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown origin") && err.contains("bad.toml"),
+        "{err}"
+    );
+
+    // Chunk size 0 for a transient store is a clear error naming the COW.
+    let zero = config(p, "N").replace("chunk_size = \"4K\"", "chunk_size = 0");
+    std::fs::write(p.join("zero.toml"), zero).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_snapblk"))
+        .args(["serve", "--config"])
+        .arg(p.join("zero.toml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Chunk size not set") && err.contains("s1.cow"),
+        "{err}"
+    );
+}
