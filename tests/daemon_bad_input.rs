@@ -204,7 +204,7 @@ fn malformed_chains_get_the_right_status_and_change_nothing() {
     d.stop();
     let now = std::fs::read(&img).unwrap();
     assert!(now[..4096] == orig[..4096] && now[8192..] == orig[8192..]);
-    let log = std::fs::read_to_string(&d_log(&sock)).unwrap_or_default();
+    let log = std::fs::read_to_string(d_log(&sock)).unwrap_or_default();
     assert!(log.contains("refused"), "bad requests are logged");
 }
 

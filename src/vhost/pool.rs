@@ -39,6 +39,10 @@ pub struct Job {
 /// Completed jobs: (slot, result) with result = bytes done or -errno, as io_uring reports.
 pub type Done = Arc<Mutex<Vec<(usize, i32)>>>;
 
+/// Every thread of the pool has exited.
+#[derive(Debug)]
+pub struct PoolGone;
+
 /// The pool of one queue.
 pub struct Pool {
     tx: Option<Sender<Job>>,
@@ -76,10 +80,10 @@ impl Pool {
     }
 
     /// Queues a job. Fails only if every pool thread has exited.
-    pub fn submit(&self, job: Job) -> Result<(), Job> {
+    pub fn submit(&self, job: Job) -> Result<(), PoolGone> {
         match &self.tx {
-            Some(tx) => tx.send(job).map_err(|e| e.0),
-            None => Err(job),
+            Some(tx) => tx.send(job).map_err(|_| PoolGone),
+            None => Err(PoolGone),
         }
     }
 
