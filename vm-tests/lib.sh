@@ -72,11 +72,15 @@ vmt_cleanup() {
     exit "$rc"
 }
 
-# wait_for SECONDS CMD...: polls CMD every 50 ms until it succeeds; returns 1 after SECONDS.
+# wait_for SECONDS CMD...: polls CMD every 50 ms until it succeeds (returns 0); returns 1 after
+# SECONDS, or 2 at once when CMD returns 2 (nothing left to wait for).
 wait_for() {
-    local deadline=$((SECONDS + $1))
+    local deadline=$((SECONDS + $1)) rc
     shift
-    until "$@"; do
+    while :; do
+        "$@" && return 0
+        rc=$?
+        [ "$rc" -ne 2 ] || return 2
         [ "$SECONDS" -lt "$deadline" ] || return 1
         sleep 0.05
     done
@@ -95,9 +99,9 @@ backend_alive_and_listening() {
     socket_listening "$2"
 }
 
-# start_backend NAME IMAGE SOCKET [--readonly] [--num-queues N (default $VMT_QUEUES or 2)] [--serial S] [other
-# snapblk args]
-# Starts the backend in the background and returns once SOCKET accepts connections.
+# start_backend NAME IMAGE SOCKET [--readonly] [--num-queues N] [--serial S] [other snapblk args]
+# Starts the backend in the background and returns once SOCKET accepts connections. --num-queues
+# defaults to $VMT_QUEUES or 2, what run_guest's QEMU asks for.
 start_backend() {
     local name=$1 image=$2 sock=$3
     shift 3
@@ -153,7 +157,7 @@ start_backend() {
     fi
 }
 
-# stop_backend NAME: SIGTERM, wait (bounded), and require a clean exit (status 0 for snapblk).
+# stop_backend NAME: SIGTERM, wait (bounded), and require exit status 0 (snapblk and qsd alike).
 stop_backend() {
     local name=$1 pid rc=0
     pid=${VMT_BACKEND_PID[$name]:-}
