@@ -166,6 +166,55 @@ impl Inner {
     }
 }
 
+/// A snapshot whose store is open, ready to attach to a frozen origin.
+pub struct PreparedSnapshot {
+    cfg: SnapshotConfig,
+    cow: Arc<dyn BlockDevice>,
+    store: Box<dyn ExceptionStore>,
+    valid: bool,
+}
+
+/// An origin with writes held back (see [`Origin::freeze`]); dropping it resumes them.
+pub struct Frozen<'a> {
+    origin: &'a Origin,
+}
+
+impl Frozen<'_> {
+    /// Publishes a prepared snapshot: it sees exactly the origin as frozen.
+    pub fn attach(&self, p: PreparedSnapshot) -> Result<SnapshotId, CowError> {
+        let mut g = self.origin.lock();
+        if g.merge.is_some() {
+            return Err(CowError::Merging);
+        }
+        let id = SnapshotId(g.next_id);
+        g.next_id += 1;
+        g.snaps.push(Snap {
+            id,
+            cfg: p.cfg,
+            cow: p.cow,
+            store: p.store,
+            health: if p.valid {
+                Health::Valid
+            } else {
+                Health::Invalid
+            },
+            pending: HashMap::new(),
+            reads: HashMap::new(),
+            cow_writes: HashMap::new(),
+            commit: CommitState::default(),
+        });
+        Ok(id)
+    }
+}
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        let mut g = self.origin.lock();
+        g.barrier -= 1;
+        self.origin.cv.notify_all();
+    }
+}
+
 /// An origin device and its snapshots. Every method takes `&self` and may be called from many
 /// threads at once.
 pub struct Origin {
@@ -213,6 +262,16 @@ impl Origin {
         cow: Arc<dyn BlockDevice>,
         cfg: SnapshotConfig,
     ) -> Result<SnapshotId, CowError> {
+        let prepared = self.prepare_snapshot(cow, cfg)?;
+        self.freeze()?.attach(prepared)
+    }
+
+    /// Opens a snapshot's exception store (all of its I/O), without attaching it yet.
+    pub fn prepare_snapshot(
+        &self,
+        cow: Arc<dyn BlockDevice>,
+        cfg: SnapshotConfig,
+    ) -> Result<PreparedSnapshot, CowError> {
         let origin_block = self.dev.logical_block_size();
         let cow_sectors = cow.size() / SECTOR_BYTES;
         let (store, valid): (Box<dyn ExceptionStore>, bool) = match cfg.kind {
@@ -240,6 +299,18 @@ impl Origin {
                 (Box::new(l.store), l.header.valid)
             }
         };
+        Ok(PreparedSnapshot {
+            cfg,
+            cow,
+            store,
+            valid,
+        })
+    }
+
+    /// Holds new origin writes back, waits for those in flight and flushes the origin: a
+    /// consistent point. Writes resume when the returned guard is dropped. Freezing several
+    /// origins (in one fixed order) gives one consistent point across disks.
+    pub fn freeze(&self) -> Result<Frozen<'_>, CowError> {
         let mut g = self.lock();
         if g.merge.is_some() {
             return Err(CowError::Merging);
@@ -249,39 +320,14 @@ impl Origin {
             g = self.wait(g);
         }
         // No origin write is in flight and none can start: make the view durable (outside the
-        // lock), then publish the snapshot.
+        // lock).
         drop(g);
-        let flushed = self.dev.flush();
-        g = self.lock();
-        g.barrier -= 1;
-        self.cv.notify_all();
-        if let Err(source) = flushed {
-            return Err(CowError::Io {
-                cow: self.name.clone(),
-                source,
-            });
-        }
-        if g.merge.is_some() {
-            return Err(CowError::Merging);
-        }
-        let id = SnapshotId(g.next_id);
-        g.next_id += 1;
-        g.snaps.push(Snap {
-            id,
-            cfg,
-            cow,
-            store,
-            health: if valid {
-                Health::Valid
-            } else {
-                Health::Invalid
-            },
-            pending: HashMap::new(),
-            reads: HashMap::new(),
-            cow_writes: HashMap::new(),
-            commit: CommitState::default(),
-        });
-        Ok(id)
+        let frozen = Frozen { origin: self };
+        self.dev.flush().map_err(|source| CowError::Io {
+            cow: self.name.clone(),
+            source,
+        })?;
+        Ok(frozen)
     }
 
     /// Drops a snapshot. I/O already in flight to it completes or fails on its own.

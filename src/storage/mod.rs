@@ -16,7 +16,9 @@ pub mod units;
 
 pub use datapath::SnapshotDevice;
 pub use device::{BlockDevice, FileDevice, MemDevice};
-pub use engine::{Origin, OriginConfig, SnapshotConfig, SnapshotId, DEFAULT_COPY_CAP};
+pub use engine::{
+    Frozen, Origin, OriginConfig, PreparedSnapshot, SnapshotConfig, SnapshotId, DEFAULT_COPY_CAP,
+};
 pub use error::{CowError, IoError};
 pub use faulty::{FaultPlan, FaultyDevice};
 pub use image::{derive_serial, Image, ImageError, OpenOptions};

@@ -1,7 +1,7 @@
 //! The `VhostUserBackend` of one export connection: one worker thread per queue, each queue's
 //! state behind its own mutex (never shared between queues), config space and features.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use log::{debug, error};
@@ -29,6 +29,8 @@ struct Inner {
     queues: Vec<Mutex<QueueWorker>>,
     acked: AtomicU64,
     exit: Mutex<Vec<EventNotifier>>,
+    /// Set when the daemon stops: queues pop no new requests.
+    stopping: Arc<AtomicBool>,
 }
 
 impl BlkBackend {
@@ -37,9 +39,11 @@ impl BlkBackend {
         disk: Arc<DiskContext>,
         mem: GuestMemoryAtomic<Mem>,
     ) -> std::io::Result<BlkBackend> {
+        let stopping = Arc::new(AtomicBool::new(false));
         let queues = (0..config.num_queues as usize)
             .map(|i| {
-                QueueWorker::new(i, config.queue_size, disk.clone(), mem.clone()).map(Mutex::new)
+                let (d, m, st) = (disk.clone(), mem.clone(), stopping.clone());
+                QueueWorker::new(i, config.queue_size, d, m, st).map(Mutex::new)
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(BlkBackend(Arc::new(Inner {
@@ -48,6 +52,7 @@ impl BlkBackend {
             queues,
             acked: AtomicU64::new(0),
             exit: Mutex::new(Vec::new()),
+            stopping,
         })))
     }
 
@@ -68,6 +73,14 @@ impl BlkBackend {
         for n in lock(&self.0.exit).drain(..) {
             let _ = n.notify();
         }
+    }
+
+    /// Stops popping new requests and completes every request in flight into the used rings,
+    /// while the frontend is still connected: a frontend that reconnects later resumes at
+    /// exactly the used index, losing and repeating nothing.
+    pub fn quiesce(&self) {
+        self.0.stopping.store(true, Ordering::SeqCst);
+        self.drain();
     }
 
     /// Waits for all in-flight requests of every queue to finish.

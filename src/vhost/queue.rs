@@ -65,6 +65,7 @@ pub struct QueueWorker {
     pending_signal: bool,
     pool: Option<Pool>,
     pool_done: Vec<(usize, i32)>,
+    stopping: Arc<AtomicBool>,
 }
 
 const FIXED_IMAGE: types::Fixed = types::Fixed(0);
@@ -78,6 +79,7 @@ impl QueueWorker {
         queue_size: u16,
         disk: Arc<DiskContext>,
         mem: GuestMemoryAtomic<Mem>,
+        stopping: Arc<AtomicBool>,
     ) -> std::io::Result<QueueWorker> {
         let entries = (u32::from(queue_size) * 2).next_power_of_two();
         let ring = IoUring::builder().build(entries)?;
@@ -111,6 +113,7 @@ impl QueueWorker {
             pending_signal: false,
             pool,
             pool_done: Vec::with_capacity(queue_size as usize),
+            stopping,
         })
     }
 
@@ -123,6 +126,9 @@ impl QueueWorker {
     pub fn handle_kick(&mut self, vring: &Vring) {
         if self.vring.is_none() {
             self.vring = Some(vring.clone());
+        }
+        if self.stopping.load(Ordering::Relaxed) {
+            return;
         }
         loop {
             let mem = self.mem.memory().into_inner();

@@ -48,7 +48,7 @@ pub enum ServeError {
 pub struct Shutdown {
     requested: AtomicBool,
     event: EventFd,
-    connections: Mutex<Vec<ShutdownHandle>>,
+    connections: Mutex<Vec<(ShutdownHandle, BlkBackend)>>,
 }
 
 impl Shutdown {
@@ -60,16 +60,14 @@ impl Shutdown {
         }))
     }
 
-    /// Stops accepting and disconnects every frontend.
+    /// Stops accepting; completes the requests in flight on every connection, then
+    /// disconnects its frontend.
     pub fn trigger(&self) {
         self.requested.store(true, Ordering::SeqCst);
         let _ = self.event.write(1);
-        for h in self
-            .connections
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
+        let conns = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        for (h, backend) in conns.iter() {
+            backend.quiesce();
             h.shutdown();
         }
     }
@@ -78,14 +76,13 @@ impl Shutdown {
         self.requested.load(Ordering::SeqCst)
     }
 
-    fn register(&self, h: ShutdownHandle) {
-        self.connections
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(h.clone());
+    fn register(&self, h: ShutdownHandle, backend: BlkBackend) {
+        let mut conns = self.connections.lock().unwrap_or_else(|p| p.into_inner());
         if self.requested() {
+            backend.quiesce();
             h.shutdown();
         }
+        conns.push((h, backend));
     }
 
     fn clear(&self) {
@@ -177,7 +174,7 @@ pub fn serve(
         daemon.start(&mut listener).map_err(daemon_err)?;
         info!("{}: frontend connected", path.display());
         if let Some(h) = daemon.shutdown_handle() {
-            shutdown.register(h);
+            shutdown.register(h, backend.clone());
         }
         match daemon.wait() {
             Ok(())

@@ -1,9 +1,10 @@
 #!/bin/bash
 # vm-tests/scenarios/55-restart-inflight.sh: a backend restart (SIGTERM, start again) while the guest
 # has O_DIRECT writes in flight, under a QEMU with reconnect=1: the writer must finish without an
-# I/O error and every byte must land. Skipped for qsd: QEMU 7.2 + qemu-storage-daemon replay a
-# request the old daemon already completed in about half the runs ("req.0:id 1 is not a head!").
-# vmt-optional: run.sh runs it only when named (`run.sh restart-inflight`).
+# I/O error and every byte must land. snapblk completes every request it popped before it
+# closes the connection, so QEMU resumes at exactly the used index. Skipped for qsd: QEMU 7.2 +
+# qemu-storage-daemon replay a request the old daemon already completed in about half the runs
+# ("req.0:id 1 is not a head!").
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=../lib.sh
 . "$(dirname "$0")/../lib.sh"
