@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use snapblk::daemon::ServeOptions;
+use snapblk::daemon::{GraphOptions, ServeOptions};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -50,7 +50,7 @@ pub enum CowCommand {
 /// What `serve` was asked to do.
 pub enum ServeMode {
     Image(ServeOptions),
-    Config(PathBuf),
+    Graph(GraphOptions),
 }
 
 #[derive(Debug, Args)]
@@ -58,11 +58,14 @@ pub struct ServeArgs {
     /// Device-graph file (TOML: origins, snapshots, exports); replaces --socket/--image.
     #[arg(long, conflicts_with_all = ["socket", "image"])]
     pub config: Option<PathBuf>,
+    /// State directory: the graph is saved there on every change and restored on start.
+    #[arg(long, conflicts_with_all = ["socket", "image"])]
+    pub state_dir: Option<PathBuf>,
     /// Unix socket path to listen on (created with mode 0600).
-    #[arg(long, required_unless_present = "config", requires = "image")]
+    #[arg(long, required_unless_present_any = ["config", "state_dir"], requires = "image")]
     pub socket: Option<PathBuf>,
     /// Raw image file or block device to serve.
-    #[arg(long, required_unless_present = "config", requires = "socket")]
+    #[arg(long, required_unless_present_any = ["config", "state_dir"], requires = "socket")]
     pub image: Option<PathBuf>,
     /// Export read-only (the guest sees VIRTIO_BLK_F_RO; writes fail).
     #[arg(long)]
@@ -101,8 +104,11 @@ impl TryFrom<ServeArgs> for ServeMode {
     type Error = String;
 
     fn try_from(a: ServeArgs) -> Result<Self, String> {
-        if let Some(c) = a.config {
-            return Ok(ServeMode::Config(c));
+        if a.config.is_some() || a.state_dir.is_some() {
+            return Ok(ServeMode::Graph(GraphOptions {
+                config: a.config,
+                state_dir: a.state_dir,
+            }));
         }
         let (Some(socket), Some(image)) = (a.socket, a.image) else {
             return Err("serve needs --config FILE, or --socket and --image".into());

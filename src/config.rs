@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// Errors reading or validating a config file. Each names the file and the offending entry.
@@ -27,7 +27,7 @@ pub enum ConfigError {
 }
 
 /// Store type of a snapshot, as in the dm-snapshot table line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 pub enum StoreType {
     P,
     PO,
@@ -71,6 +71,12 @@ impl std::str::FromStr for ByteSize {
     }
 }
 
+impl Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ByteSize, D::Error> {
         #[derive(Deserialize)]
@@ -86,7 +92,7 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OriginSpec {
     pub name: String,
@@ -98,7 +104,7 @@ pub struct OriginSpec {
     pub direct: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotSpec {
     pub name: String,
@@ -123,7 +129,7 @@ fn default_store() -> StoreType {
     StoreType::P
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExportSpec {
     /// An origin or snapshot name.
@@ -154,7 +160,7 @@ fn default_lbs() -> u32 {
 }
 
 /// The whole file.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct GraphConfig {
     #[serde(default, rename = "origin")]

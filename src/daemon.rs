@@ -2,22 +2,20 @@
 //! every socket, serves each on its own thread until SIGTERM/SIGINT, then drains, flushes and
 //! exits cleanly.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use log::{error, info, warn};
 use thiserror::Error;
 
-use crate::config::{ConfigError, ExportSpec, GraphConfig};
-use crate::graph::{Graph, GraphError};
-use crate::storage::{derive_serial, Image, ImageError, OpenOptions};
+use crate::config::{ConfigError, GraphConfig};
+use crate::graph::GraphError;
+use crate::manager::{Manager, ManagerError};
+use crate::storage::{Image, ImageError, OpenOptions};
 use crate::vhost::stats::QueueStats;
 use crate::vhost::{bind_socket, serve, Backing, DiskContext, Export, ServeError, Shutdown};
 use crate::virtio_blk::{BlkConfig, DiskGeometry};
-
-/// Helper threads per queue for device-graph exports.
-const GRAPH_THREADS_PER_QUEUE: usize = 4;
 
 /// Validated settings of `snapblk serve` with one image.
 #[derive(Debug, Clone)]
@@ -44,6 +42,8 @@ pub enum DaemonError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Graph(#[from] GraphError),
+    #[error(transparent)]
+    Manager(#[from] ManagerError),
     #[error("node {node} is {size} bytes, smaller than one {block}-byte logical block")]
     TooSmall { node: String, size: u64, block: u32 },
     #[error("cannot set up signal handling or threads")]
@@ -85,18 +85,6 @@ pub fn install_signal_thread(shutdown: Arc<Shutdown>) -> Result<(), DaemonError>
         })
         .map_err(DaemonError::Signals)?;
     Ok(())
-}
-
-fn capacity(node: &str, size: u64, block: u32) -> Result<u64, DaemonError> {
-    let blocks = size / u64::from(block);
-    if blocks == 0 {
-        return Err(DaemonError::TooSmall {
-            node: node.to_owned(),
-            size,
-            block,
-        });
-    }
-    Ok(blocks * u64::from(block) / 512)
 }
 
 fn stats(queues: u16) -> Vec<Arc<QueueStats>> {
@@ -163,70 +151,39 @@ pub fn run(opts: ServeOptions) -> Result<(), DaemonError> {
     Ok(())
 }
 
-/// Runs `snapblk serve --config FILE`: every origin, snapshot and export of the file.
-pub fn run_config(path: &Path) -> Result<(), DaemonError> {
-    let shutdown = Shutdown::new().map_err(DaemonError::Signals)?;
-    install_signal_thread(shutdown.clone())?;
-    let cfg = GraphConfig::load(path)?;
-    let graph = Graph::build(&cfg)?;
-    let mut exports = Vec::new();
-    for spec in &cfg.exports {
-        let export = graph_export(&graph, spec)?;
-        let listener = bind_socket(&spec.socket)?;
-        info!(
-            "serving node {} ({} bytes, {} queue(s){}) on {}",
-            spec.node,
-            export.config.geometry.capacity_sectors * 512,
-            spec.num_queues,
-            if spec.readonly { ", read-only" } else { "" },
-            spec.socket.display()
-        );
-        exports.push((export, listener));
-    }
-    let result = serve_all(exports, &shutdown);
-    graph.flush_all().map_err(|source| DaemonError::Flush {
-        what: "the device graph".into(),
-        source,
-    })?;
-    result?;
-    info!("stopped cleanly");
-    Ok(())
+/// Where `serve` gets its device graph from.
+#[derive(Debug, Clone, Default)]
+pub struct GraphOptions {
+    /// Initial graph (ignored when the state directory holds a saved one).
+    pub config: Option<PathBuf>,
+    /// Where the graph is saved on every change and restored from on start.
+    pub state_dir: Option<PathBuf>,
 }
 
-/// Builds the export of one graph node.
-pub fn graph_export(graph: &Graph, spec: &ExportSpec) -> Result<Export, DaemonError> {
-    let node = graph.node(&spec.node)?;
-    let capacity_sectors = capacity(&spec.node, node.dev.size(), spec.logical_block_size)?;
-    let serial = spec
-        .serial
-        .clone()
-        .unwrap_or_else(|| derive_serial(&node.identity, 0));
-    let geometry = DiskGeometry {
-        capacity_sectors,
-        logical_block_size: spec.logical_block_size,
-        readonly: spec.readonly,
-        discard: node.discard,
-        serial: serial.as_bytes().iter().copied().take(20).collect(),
+/// Runs `snapblk serve` on a device graph (config file and/or state directory) until a
+/// signal stops it; then every export drains, the graph is flushed, and it exits cleanly.
+pub fn run_graph(opts: GraphOptions) -> Result<(), DaemonError> {
+    let stop = Shutdown::new().map_err(DaemonError::Signals)?;
+    install_signal_thread(stop.clone())?;
+    let cfg = match &opts.config {
+        Some(p) => GraphConfig::load(p)?,
+        None => GraphConfig::default(),
     };
-    Ok(Export {
-        socket: spec.socket.clone(),
-        config: BlkConfig {
-            geometry: geometry.clone(),
-            num_queues: spec.num_queues,
-            queue_size: spec.queue_size,
-        },
-        disk: Arc::new(DiskContext {
-            backing: Backing::Device {
-                dev: node.dev,
-                threads: GRAPH_THREADS_PER_QUEUE,
-            },
-            geometry,
-            writeback: AtomicBool::new(!spec.writethrough),
-            zero_range: AtomicBool::new(true),
-            stats: stats(spec.num_queues),
-        }),
-        default_writeback: !spec.writethrough,
-    })
+    let manager = Manager::start(cfg, opts.state_dir.clone(), Vec::new())?;
+    let mut health = std::collections::BTreeMap::new();
+    while !stop.wait_timeout(std::time::Duration::from_secs(1)) {
+        manager.poll_health(&mut health);
+    }
+    manager.stop_all();
+    manager
+        .graph()
+        .flush_all()
+        .map_err(|source| DaemonError::Flush {
+            what: "the device graph".into(),
+            source,
+        })?;
+    info!("stopped cleanly");
+    Ok(())
 }
 
 /// Serves every export on its own thread until shutdown; removes the sockets afterwards.

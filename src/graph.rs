@@ -6,14 +6,15 @@ use std::fs::OpenOptions as FsOpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use log::info;
 use thiserror::Error;
 
 use crate::config::{GraphConfig, OriginSpec, SnapshotSpec, StoreType};
 use crate::storage::{
-    BlockDevice, CowError, FileDevice, Origin, OriginConfig, SnapshotConfig, SnapshotDevice,
-    SnapshotId, StoreKind, DEFAULT_COPY_CAP,
+    BlockDevice, CowError, FileDevice, Origin, OriginConfig, PreparedSnapshot, SnapshotConfig,
+    SnapshotDevice, SnapshotId, StoreKind, DEFAULT_COPY_CAP,
 };
 
 /// Errors building or changing the graph. Each names the node and file concerned.
@@ -148,8 +149,14 @@ impl Graph {
     }
 
     pub fn add_snapshot(&self, spec: SnapshotSpec) -> Result<(), GraphError> {
+        self.add_snapshots_consistent(std::slice::from_ref(&spec))
+            .map(|_| ())
+    }
+
+    /// Opens (creating where asked) a snapshot's COW and its store, without attaching it.
+    fn prepare(&self, spec: &SnapshotSpec) -> Result<(Arc<Origin>, PreparedSnapshot), GraphError> {
         if self.contains(&spec.name) {
-            return Err(GraphError::Exists(spec.name));
+            return Err(GraphError::Exists(spec.name.clone()));
         }
         let origin = self
             .lock()
@@ -161,17 +168,16 @@ impl Graph {
             let size = spec
                 .create_size
                 .ok_or_else(|| GraphError::NoCow(spec.cow.clone()))?;
-            let f = FsOpenOptions::new()
+            FsOpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .open(&spec.cow)
-                .and_then(|f| f.set_len(size.0).map(|_| f))
+                .and_then(|f| f.set_len(size.0))
                 .map_err(|source| GraphError::Open {
                     what: "new COW file",
                     path: spec.cow.clone(),
                     source,
                 })?;
-            drop(f);
         }
         let file = open_rw(&spec.cow, false, "COW file")?;
         let cow = FileDevice::from_file(file).map_err(|source| GraphError::Open {
@@ -188,35 +194,113 @@ impl Graph {
             SnapshotConfig::new(&spec.cow.to_string_lossy(), kind, spec.chunk_size.0 / 512);
         scfg.discard_zeroes_cow = spec.discard_zeroes_cow;
         scfg.discard_passdown_origin = spec.discard_passdown_origin;
-        let id = origin
-            .add_snapshot(Arc::new(cow), scfg)
-            .map_err(|source| GraphError::Attach {
+        let attach_err = |source| GraphError::Attach {
+            name: spec.name.clone(),
+            cow: spec.cow.clone(),
+            source,
+        };
+        let prepared = origin
+            .prepare_snapshot(Arc::new(cow), scfg)
+            .map_err(attach_err)?;
+        Ok((origin, prepared))
+    }
+
+    /// Attaches snapshots of several origins (at most one each) at one consistent point:
+    /// every origin is frozen (in a fixed order), the snapshots attached, then all resume.
+    /// Returns how long each origin's writes were held back.
+    pub fn add_snapshots_consistent(
+        &self,
+        specs: &[SnapshotSpec],
+    ) -> Result<Vec<(String, Duration)>, GraphError> {
+        let mut prepared = Vec::new();
+        for spec in specs {
+            let (origin, p) = self.prepare(spec)?;
+            prepared.push((spec, origin, p));
+        }
+        prepared.sort_by(|a, b| a.0.origin.cmp(&b.0.origin));
+        let origins: Vec<(Arc<Origin>, &SnapshotSpec)> =
+            prepared.iter().map(|(s, o, _)| (o.clone(), *s)).collect();
+        let mut frozen = Vec::new();
+        let mut pauses = Vec::new();
+        for (origin, spec) in &origins {
+            let t0 = Instant::now();
+            let f = origin.freeze().map_err(|source| GraphError::Attach {
                 name: spec.name.clone(),
                 cow: spec.cow.clone(),
                 source,
             })?;
-        let status = origin.status(id).unwrap_or_default();
-        info!(
-            "snapshot {} of {} ({}): {status}",
-            spec.name,
-            spec.origin,
-            spec.cow.display()
-        );
-        let dev = Arc::new(SnapshotDevice {
-            origin: origin.clone(),
-            id,
-        });
+            frozen.push((f, t0));
+        }
+        let mut attached = Vec::new();
+        let mut result = Ok(());
+        for (spec, origin, p) in prepared.into_iter() {
+            let f = frozen
+                .iter()
+                .find(|(f, _)| std::ptr::eq(f.origin(), &*origin))
+                .map(|(f, _)| f);
+            let Some(f) = f else { continue };
+            match f.attach(p) {
+                Ok(id) => attached.push((spec, origin, id)),
+                Err(source) => {
+                    result = Err(GraphError::Attach {
+                        name: spec.name.clone(),
+                        cow: spec.cow.clone(),
+                        source,
+                    });
+                    break;
+                }
+            }
+        }
+        for (f, t0) in frozen {
+            let origin = f.origin().name().to_owned();
+            drop(f);
+            pauses.push((origin, t0.elapsed()));
+        }
+        if let Err(e) = result {
+            for (_, origin, id) in attached {
+                let _ = origin.remove_snapshot(id);
+            }
+            return Err(e);
+        }
         let mut n = self.lock();
-        n.snapshots.insert(
-            spec.name.clone(),
-            SnapshotNode {
-                spec,
+        for (spec, origin, id) in attached {
+            let status = origin.status(id).unwrap_or_default();
+            info!(
+                "snapshot {} of {} ({}): {status}",
+                spec.name,
+                spec.origin,
+                spec.cow.display()
+            );
+            let dev = Arc::new(SnapshotDevice {
+                origin: origin.clone(),
                 id,
-                origin,
-                dev,
-            },
-        );
-        Ok(())
+            });
+            n.snapshots.insert(
+                spec.name.clone(),
+                SnapshotNode {
+                    spec: spec.clone(),
+                    id,
+                    origin,
+                    dev,
+                },
+            );
+        }
+        Ok(pauses)
+    }
+
+    /// The engine and id behind a snapshot name.
+    pub fn snapshot_engine(&self, name: &str) -> Result<(Arc<Origin>, SnapshotId), GraphError> {
+        let n = self.lock();
+        let s = n
+            .snapshots
+            .get(name)
+            .ok_or_else(|| GraphError::NoSuchNode(name.to_owned()))?;
+        Ok((s.origin.clone(), s.id))
+    }
+
+    /// Drops a snapshot the engine already removed (a finished merge).
+    pub fn forget_snapshot(&self, name: &str) -> bool {
+        self.lock().snapshots.remove(name).is_some()
     }
 
     /// Detaches a snapshot (its COW file stays).

@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod frontend;
 pub mod graph;
 pub mod logging;
+pub mod manager;
 pub mod storage;
 pub mod vhost;
 pub mod virtio_blk;

@@ -37,7 +37,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => match ServeMode::try_from(args) {
             Ok(ServeMode::Image(opts)) => exit_with(daemon::run(opts)),
-            Ok(ServeMode::Config(path)) => exit_with(daemon::run_config(&path)),
+            Ok(ServeMode::Graph(opts)) => exit_with(daemon::run_graph(opts)),
             Err(e) => {
                 eprintln!("error: {e}");
                 ExitCode::from(2)

@@ -180,6 +180,11 @@ pub struct Frozen<'a> {
 }
 
 impl Frozen<'_> {
+    /// The frozen origin.
+    pub fn origin(&self) -> &Origin {
+        self.origin
+    }
+
     /// Publishes a prepared snapshot: it sees exactly the origin as frozen.
     pub fn attach(&self, p: PreparedSnapshot) -> Result<SnapshotId, CowError> {
         let mut g = self.origin.lock();

@@ -72,6 +72,22 @@ impl Shutdown {
         }
     }
 
+    /// Waits up to `timeout` for shutdown; true when it was requested.
+    pub fn wait_timeout(&self, timeout: std::time::Duration) -> bool {
+        if self.requested() {
+            return true;
+        }
+        let mut fds = [libc::pollfd {
+            fd: self.event.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(fds.as_mut_ptr(), 1, ms) };
+        self.requested()
+    }
+
     pub fn requested(&self) -> bool {
         self.requested.load(Ordering::SeqCst)
     }

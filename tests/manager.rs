@@ -1,0 +1,178 @@
+//! The runtime graph manager: live snapshots of served origins, exports added and removed while
+//! serving, the state directory restoring everything, merges in the background, refusals.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{connect, pattern, MIB};
+use snapblk::config::{ByteSize, ExportSpec, GraphConfig, OriginSpec, SnapshotSpec, StoreType};
+use snapblk::frontend::BlkStatus;
+use snapblk::manager::Manager;
+
+fn origin(p: &Path, name: &str) -> OriginSpec {
+    OriginSpec {
+        name: name.into(),
+        image: p.join(format!("{name}.img")),
+        copy_cap: None,
+        direct: false,
+    }
+}
+
+fn snap(p: &Path, origin: &str, name: &str) -> SnapshotSpec {
+    SnapshotSpec {
+        name: name.into(),
+        origin: origin.into(),
+        cow: p.join(format!("{name}.cow")),
+        store: StoreType::P,
+        chunk_size: ByteSize(4096),
+        create_size: Some(ByteSize(8 * MIB)),
+        discard_zeroes_cow: false,
+        discard_passdown_origin: false,
+    }
+}
+
+fn export(p: &Path, node: &str) -> ExportSpec {
+    ExportSpec {
+        node: node.into(),
+        socket: p.join(format!("{node}.sock")),
+        readonly: false,
+        num_queues: 1,
+        queue_size: 256,
+        serial: None,
+        logical_block_size: 512,
+        writethrough: false,
+    }
+}
+
+fn read(sock: &Path, sector: u64, len: u32) -> Vec<u8> {
+    let mut fe = connect(sock);
+    let mut q = fe.blk_queue(0, 2, len).unwrap();
+    let (r, d) = q.read(sector, len).unwrap();
+    assert_eq!(r.status, BlkStatus::Ok);
+    d
+}
+
+fn write(sock: &Path, sector: u64, data: &[u8]) {
+    let mut fe = connect(sock);
+    let mut q = fe.blk_queue(0, 2, data.len() as u32).unwrap();
+    assert_eq!(q.write(sector, data).unwrap().status, BlkStatus::Ok);
+    assert_eq!(q.flush().unwrap().status, BlkStatus::Ok);
+}
+
+#[test]
+fn live_snapshots_exports_and_state_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let state = p.join("state");
+    let a0 = pattern(1, 4 * MIB as usize);
+    let b0 = pattern(2, 4 * MIB as usize);
+    std::fs::write(p.join("a.img"), &a0).unwrap();
+    std::fs::write(p.join("b.img"), &b0).unwrap();
+    let cfg = GraphConfig {
+        origins: vec![origin(p, "a"), origin(p, "b")],
+        snapshots: vec![],
+        exports: vec![export(p, "a"), export(p, "b")],
+    };
+    let m = Manager::start(cfg, Some(state.clone()), vec![]).unwrap();
+    write(&p.join("a.sock"), 0, &pattern(3, 8192));
+    // One consistent point across both disks.
+    let pauses = m
+        .snapshot_create(vec![snap(p, "a", "a1"), snap(p, "b", "b1")])
+        .unwrap();
+    assert_eq!(pauses.len(), 2);
+    m.export_add(export(p, "a1")).unwrap();
+    m.export_add(export(p, "b1")).unwrap();
+    write(&p.join("a.sock"), 0, &pattern(4, 8192));
+    write(&p.join("b.sock"), 8, &pattern(5, 4096));
+    assert!(
+        read(&p.join("a1.sock"), 0, 8192) == pattern(3, 8192),
+        "a1 is a at the snapshot"
+    );
+    assert!(
+        read(&p.join("b1.sock"), 8, 4096)[..] == b0[4096..8192],
+        "b1 is b at the snapshot"
+    );
+
+    // Refusals change nothing.
+    assert_eq!(
+        m.origin_remove("a", false).unwrap_err().code(),
+        "has_snapshots"
+    );
+    assert_eq!(
+        m.snapshot_delete("a1", false).unwrap_err().code(),
+        "exported"
+    );
+    let mut rel = export(p, "a1");
+    rel.socket = "rel.sock".into();
+    assert_eq!(m.export_add(rel).unwrap_err().code(), "invalid_argument");
+    let mut clash = snap(p, "a", "a2");
+    clash.cow = p.join("b.img");
+    assert_eq!(m.snapshot_create(vec![clash]).unwrap_err().code(), "in_use");
+    assert_eq!(m.export_add(export(p, "a1")).unwrap_err().code(), "in_use");
+    assert_eq!(
+        m.snapshot_create(vec![snap(p, "a", "a1")])
+            .unwrap_err()
+            .code(),
+        "exists"
+    );
+
+    m.stop_all();
+    m.graph().flush_all().unwrap();
+    drop(m);
+    for s in ["a", "b", "a1", "b1"] {
+        assert!(
+            !p.join(format!("{s}.sock")).exists(),
+            "{s}.sock removed at stop"
+        );
+    }
+
+    // Restart from the state directory alone.
+    let m = Manager::start(GraphConfig::default(), Some(state), vec![]).unwrap();
+    assert!(read(&p.join("a1.sock"), 0, 8192) == pattern(3, 8192));
+    assert!(read(&p.join("a.sock"), 0, 8192) == pattern(4, 8192));
+    assert!(read(&p.join("b1.sock"), 8, 4096)[..] == b0[4096..8192]);
+    m.export_remove(&p.join("b1.sock")).unwrap();
+    m.snapshot_delete("b1", false).unwrap();
+    m.stop_all();
+}
+
+#[test]
+fn merge_runs_in_the_background_and_the_origin_takes_the_snapshot_view() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let a0 = pattern(11, 4 * MIB as usize);
+    std::fs::write(p.join("a.img"), &a0).unwrap();
+    let cfg = GraphConfig {
+        origins: vec![origin(p, "a")],
+        snapshots: vec![snap(p, "a", "s")],
+        exports: vec![export(p, "a"), export(p, "s")],
+    };
+    let m: Arc<Manager> = Manager::start(cfg, None, vec![]).unwrap();
+    // The snapshot diverges: its own writes, and origin writes it does not see.
+    write(&p.join("s.sock"), 0, &pattern(12, 65536));
+    write(&p.join("a.sock"), 1024, &pattern(13, 65536));
+    let want: Vec<u8> = read(&p.join("s.sock"), 0, (MIB) as u32);
+    let st = m.merge_start("s").unwrap();
+    assert_eq!(st.state, "running");
+    assert_eq!(m.merge_start("s").unwrap_err().code(), "merge_in_progress");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = m.merge_status().unwrap();
+        if st.state == "done" {
+            break;
+        }
+        assert_ne!(st.state, "failed", "{}", st.message);
+        assert!(Instant::now() < deadline, "merge did not finish");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        read(&p.join("a.sock"), 0, MIB as u32) == want,
+        "origin == snapshot view"
+    );
+    assert!(m.snapshot_specs().is_empty(), "merged snapshot removed");
+    assert!(m.events(0).iter().any(|e| e.kind == "merge-done"));
+    m.stop_all();
+}
