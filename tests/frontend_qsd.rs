@@ -206,9 +206,9 @@ fn raw_chain_read_completes_like_a_typed_read() {
     mem.write(hdr, &snapblk::frontend::header(VIRTIO_BLK_T_IN, 0))
         .unwrap();
     let chain = [
-        Segment::out(hdr, 16),
-        Segment::inp(buf, 4096),
-        Segment::inp(status, 1),
+        Segment::to_device(hdr, 16),
+        Segment::from_device(buf, 4096),
+        Segment::from_device(status, 1),
     ];
     let c = q.raw_chain(&chain, false).expect("raw read");
     assert_eq!(c.len, 4097);

@@ -231,16 +231,24 @@ impl BlkQueue {
         let (ty, sector, data_seg) = match req {
             Request::Read { sector, len } => {
                 self.check_len(u64::from(len))?;
-                (VIRTIO_BLK_T_IN, sector, Some(Segment::inp(data, len)))
+                (
+                    VIRTIO_BLK_T_IN,
+                    sector,
+                    Some(Segment::from_device(data, len)),
+                )
             }
             Request::Write { sector, len } => {
                 self.check_len(u64::from(len))?;
-                (VIRTIO_BLK_T_OUT, sector, Some(Segment::out(data, len)))
+                (
+                    VIRTIO_BLK_T_OUT,
+                    sector,
+                    Some(Segment::to_device(data, len)),
+                )
             }
             Request::Flush => (VIRTIO_BLK_T_FLUSH, 0, None),
             Request::GetId => {
                 self.check_len(u64::from(VIRTIO_BLK_ID_BYTES))?;
-                let seg = Segment::inp(data, VIRTIO_BLK_ID_BYTES);
+                let seg = Segment::from_device(data, VIRTIO_BLK_ID_BYTES);
                 (VIRTIO_BLK_T_GET_ID, 0, Some(seg))
             }
             Request::Discard { sector, nsectors } => {
@@ -265,8 +273,8 @@ impl BlkQueue {
         mem.write(meta, &header(ty, sector))?;
         let status = GuestAddress(meta.0 + META_STATUS);
         mem.store(status, STATUS_UNSET, Ordering::Relaxed)?;
-        let hdr = Segment::out(meta, HEADER_SIZE);
-        let st = Segment::inp(status, 1);
+        let hdr = Segment::to_device(meta, HEADER_SIZE);
+        let st = Segment::from_device(status, 1);
         let head = match data_seg {
             Some(d) if d.len > 0 => self.q.submit(&[hdr, d, st], self.indirect)?,
             _ => self.q.submit(&[hdr, st], self.indirect)?,
@@ -282,7 +290,7 @@ impl BlkQueue {
     }
 
     fn range_seg(&self, meta: GuestAddress) -> Segment {
-        Segment::out(GuestAddress(meta.0 + META_PAYLOAD), 16)
+        Segment::to_device(GuestAddress(meta.0 + META_PAYLOAD), 16)
     }
 
     /// Publishes a raw chain (no slot, no kick). Its completion comes back with `slot: None`.

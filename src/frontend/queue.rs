@@ -39,7 +39,7 @@ pub struct Segment {
 
 impl Segment {
     /// A buffer the device reads.
-    pub fn out(addr: GuestAddress, len: u32) -> Self {
+    pub fn to_device(addr: GuestAddress, len: u32) -> Self {
         Self {
             addr: addr.0,
             len,
@@ -48,7 +48,7 @@ impl Segment {
     }
 
     /// A buffer the device writes.
-    pub fn inp(addr: GuestAddress, len: u32) -> Self {
+    pub fn from_device(addr: GuestAddress, len: u32) -> Self {
         Self {
             addr: addr.0,
             len,

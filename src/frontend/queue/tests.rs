@@ -26,9 +26,9 @@ fn read_desc(q: &Queue, addr: GuestAddress) -> Descriptor {
 fn direct_chain_is_linked_in_order() {
     let mut q = queue(8, false);
     let segs = [
-        Segment::out(GuestAddress(0x1000), 16),
-        Segment::inp(GuestAddress(0x2000), 512),
-        Segment::inp(GuestAddress(0x3000), 1),
+        Segment::to_device(GuestAddress(0x1000), 16),
+        Segment::from_device(GuestAddress(0x2000), 512),
+        Segment::from_device(GuestAddress(0x3000), 1),
     ];
     let head = q.submit(&segs, false).unwrap();
     let mut cur = head;
@@ -55,7 +55,7 @@ fn direct_chain_is_linked_in_order() {
 #[test]
 fn completion_returns_descriptors_to_the_free_list() {
     let mut q = queue(4, false);
-    let segs = [Segment::out(GuestAddress(0), 1); 3];
+    let segs = [Segment::to_device(GuestAddress(0), 1); 3];
     let head = q.submit(&segs, false).unwrap();
     assert!(matches!(
         q.submit(&segs, false),
@@ -71,7 +71,7 @@ fn completion_returns_descriptors_to_the_free_list() {
 #[test]
 fn indirect_chain_uses_one_ring_descriptor() {
     let mut q = queue(4, false);
-    let segs = [Segment::inp(GuestAddress(0x10), 9); 10];
+    let segs = [Segment::from_device(GuestAddress(0x10), 9); 10];
     let head = q.submit(&segs, true).unwrap();
     let d = read_desc(&q, q.layout().desc_addr(head));
     assert!(d.refers_to_indirect_table());
@@ -85,7 +85,7 @@ fn indirect_chain_uses_one_ring_descriptor() {
 fn unknown_used_id_is_an_error_not_a_panic() {
     let mut q = queue(4, false);
     let head = q
-        .submit(&[Segment::out(GuestAddress(0), 1)], false)
+        .submit(&[Segment::to_device(GuestAddress(0), 1)], false)
         .unwrap();
     complete(&q, head + 1, 0);
     assert!(matches!(q.pop_used(), Err(FrontendError::BadUsedId { .. })));
@@ -100,7 +100,7 @@ fn unknown_used_id_is_an_error_not_a_panic() {
 #[test]
 fn kick_honours_avail_event() {
     let mut q = queue(8, true);
-    let seg = [Segment::out(GuestAddress(0), 1)];
+    let seg = [Segment::to_device(GuestAddress(0), 1)];
     // Device wants a kick once avail idx passes 0: the first submission notifies.
     q.submit(&seg, false).unwrap();
     assert!(q.kick().unwrap());
@@ -123,7 +123,7 @@ fn kick_honours_no_notify_without_event_idx() {
     q.mem
         .store(q.layout().used_flags(), 1u16, Ordering::Release)
         .unwrap();
-    q.submit(&[Segment::out(GuestAddress(0), 1)], false)
+    q.submit(&[Segment::to_device(GuestAddress(0), 1)], false)
         .unwrap();
     assert!(!q.kick().unwrap());
 }
@@ -132,7 +132,7 @@ fn kick_honours_no_notify_without_event_idx() {
 fn wait_arms_used_event_and_times_out() {
     let mut q = queue(8, true);
     let head = q
-        .submit(&[Segment::out(GuestAddress(0), 1)], false)
+        .submit(&[Segment::to_device(GuestAddress(0), 1)], false)
         .unwrap();
     assert!(matches!(q.wait(), Err(FrontendError::Timeout { .. })));
     let ev: u16 = q
