@@ -40,8 +40,12 @@ impl Raw<'_> {
 
     fn std(&mut self, ty: u32, sector: u64, data: Segment) -> u8 {
         let (h, s) = (self.hdr(), self.status());
-        self.send(ty, sector, &[Segment::out(h, 16), data, Segment::inp(s, 1)])
-            .0
+        self.send(
+            ty,
+            sector,
+            &[Segment::to_device(h, 16), data, Segment::from_device(s, 1)],
+        )
+        .0
     }
 }
 
@@ -66,14 +70,14 @@ fn malformed_chains_get_the_right_status_and_change_nothing() {
     let (st, used) = r.send(
         VIRTIO_BLK_T_IN,
         0,
-        &[Segment::out(h, 16), Segment::out(data, 512)],
+        &[Segment::to_device(h, 16), Segment::to_device(data, 512)],
     );
     assert_eq!((st, used), (UNSET, 0), "chain without a status byte");
     // Header shorter than 16 bytes.
     let (st, _) = r.send(
         VIRTIO_BLK_T_IN,
         0,
-        &[Segment::out(h, 8), Segment::inp(s, 1)],
+        &[Segment::to_device(h, 8), Segment::from_device(s, 1)],
     );
     assert_eq!(st, IOERR, "short header");
     // Header device-writable (wrong direction).
@@ -81,43 +85,43 @@ fn malformed_chains_get_the_right_status_and_change_nothing() {
         VIRTIO_BLK_T_IN,
         0,
         &[
-            Segment::inp(h, 16),
-            Segment::inp(data, 512),
-            Segment::inp(s, 1),
+            Segment::from_device(h, 16),
+            Segment::from_device(data, 512),
+            Segment::from_device(s, 1),
         ],
     );
     assert_eq!(st, IOERR, "writable header");
     // Read into a device-readable buffer; write from a device-writable one.
     assert_eq!(
-        r.std(VIRTIO_BLK_T_IN, 0, Segment::out(data, 512)),
+        r.std(VIRTIO_BLK_T_IN, 0, Segment::to_device(data, 512)),
         IOERR,
         "read, wrong direction"
     );
     assert_eq!(
-        r.std(VIRTIO_BLK_T_OUT, 0, Segment::inp(data, 512)),
+        r.std(VIRTIO_BLK_T_OUT, 0, Segment::from_device(data, 512)),
         IOERR,
         "write, wrong direction"
     );
     // Data not a multiple of 512.
     assert_eq!(
-        r.std(VIRTIO_BLK_T_OUT, 0, Segment::out(data, 100)),
+        r.std(VIRTIO_BLK_T_OUT, 0, Segment::to_device(data, 100)),
         IOERR,
         "odd length"
     );
     // Past capacity, and overflowing sector + length.
     assert_eq!(
-        r.std(VIRTIO_BLK_T_OUT, cap - 1, Segment::out(data, 1024)),
+        r.std(VIRTIO_BLK_T_OUT, cap - 1, Segment::to_device(data, 1024)),
         IOERR,
         "past capacity"
     );
     assert_eq!(
-        r.std(VIRTIO_BLK_T_IN, u64::MAX, Segment::inp(data, 512)),
+        r.std(VIRTIO_BLK_T_IN, u64::MAX, Segment::from_device(data, 512)),
         IOERR,
         "overflow"
     );
     // Unknown type.
     assert_eq!(
-        r.std(0x7777, 0, Segment::inp(data, 512)),
+        r.std(0x7777, 0, Segment::from_device(data, 512)),
         UNSUPP,
         "unknown type"
     );
@@ -147,7 +151,7 @@ fn malformed_chains_get_the_right_status_and_change_nothing() {
         .write(data, &range_segment(cap - 8, 16, 0))
         .unwrap();
     assert_eq!(
-        r.std(VIRTIO_BLK_T_DISCARD, 0, Segment::out(data, 16)),
+        r.std(VIRTIO_BLK_T_DISCARD, 0, Segment::to_device(data, 16)),
         IOERR,
         "discard past end"
     );
@@ -158,7 +162,7 @@ fn malformed_chains_get_the_right_status_and_change_nothing() {
         )
         .unwrap();
     assert_eq!(
-        r.std(VIRTIO_BLK_T_DISCARD, 0, Segment::out(data, 16)),
+        r.std(VIRTIO_BLK_T_DISCARD, 0, Segment::to_device(data, 16)),
         UNSUPP,
         "discard with unmap flag"
     );
@@ -166,12 +170,12 @@ fn malformed_chains_get_the_right_status_and_change_nothing() {
         .write(data, &range_segment(0, 8, 0x40))
         .unwrap();
     assert_eq!(
-        r.std(VIRTIO_BLK_T_WRITE_ZEROES, 0, Segment::out(data, 16)),
+        r.std(VIRTIO_BLK_T_WRITE_ZEROES, 0, Segment::to_device(data, 16)),
         UNSUPP,
         "write zeroes bad flag"
     );
     assert_eq!(
-        r.std(VIRTIO_BLK_T_DISCARD, 0, Segment::out(data, 12)),
+        r.std(VIRTIO_BLK_T_DISCARD, 0, Segment::to_device(data, 12)),
         IOERR,
         "partial segment"
     );
@@ -182,9 +186,9 @@ fn malformed_chains_get_the_right_status_and_change_nothing() {
     r.q.memory().write(s, &[UNSET]).unwrap();
     let c = r.q.raw_chain(
         &[
-            Segment::out(h, 16),
-            Segment::inp(data, 512),
-            Segment::inp(s, 1),
+            Segment::to_device(h, 16),
+            Segment::from_device(data, 512),
+            Segment::from_device(s, 1),
         ],
         true,
     );
