@@ -78,6 +78,9 @@ pub struct BenchArgs {
     /// Cap on the addressed region (default: the whole disk).
     #[arg(long, value_parser = parse_size)]
     pub size: Option<u64>,
+    /// Sequential read/write: stop after one pass over the region (--seconds stays a limit).
+    #[arg(long)]
+    pub once: bool,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -311,6 +314,7 @@ fn run_workers(
                     fill_first: args.verify && !args.rw.writes(),
                     check_after: args.verify && args.rw.writes(),
                     seconds: Duration::from_secs(args.seconds),
+                    once: args.once,
                     seed: 0x5eed_0000 + i as u64,
                 };
                 let start = &start;

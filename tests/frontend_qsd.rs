@@ -283,6 +283,7 @@ fn bench_with_verify_runs_one_second_without_errors() {
             seconds: 1,
             verify: true,
             size: Some(8 << 20),
+            once: false,
             json: false,
         };
         let report = bench::run(&args).expect("bench run");
@@ -308,6 +309,7 @@ fn bench_verify_detects_corruption_behind_its_back() {
         seconds: 1,
         verify: true,
         size: Some(64 << 10),
+        once: false,
         json: false,
     };
     // Overwrite the region through the host file (qsd shares its page cache) until the run

@@ -33,6 +33,8 @@ pub(super) struct Plan {
     /// Read back and verify every written block after the timed phase.
     pub check_after: bool,
     pub seconds: Duration,
+    /// Sequential runs stop after one pass over the region (`seconds` is then a limit).
+    pub once: bool,
     pub seed: u64,
 }
 
@@ -95,6 +97,8 @@ struct Worker {
     gens: Vec<u32>,
     next_gen: u32,
     seq_next: u64,
+    /// Sequential blocks issued in the timed phase.
+    seq_issued: u64,
     /// Next block of the fill or check pass.
     pass_next: u64,
     slots: Vec<SlotOp>,
@@ -124,6 +128,7 @@ impl Worker {
             gens: vec![0; verify_len],
             next_gen: 1,
             seq_next: 0,
+            seq_issued: 0,
             pass_next: 0,
             slots: vec![idle; depth],
             done: Vec::with_capacity(depth),
@@ -190,6 +195,10 @@ impl Worker {
                 };
                 let block = match self.plan.rw {
                     Rw::Read | Rw::Write => {
+                        if self.plan.once && self.seq_issued >= n {
+                            return None;
+                        }
+                        self.seq_issued += 1;
                         let b = self.seq_next;
                         self.seq_next = (b + 1) % n;
                         b
