@@ -151,10 +151,10 @@ pub struct CreateArgs {
     /// Size of the COW file to create (bytes or with a K/M/G/T unit).
     #[arg(long, value_parser = parse_size)]
     pub size: Option<u64>,
-    /// Discards on the snapshot drop exceptions (the chunk reads as zeroes afterwards).
+    /// A discard covering whole chunks zeroes their exceptions in the COW (dm-snapshot feature).
     #[arg(long)]
     pub discard_zeroes_cow: bool,
-    /// Discards on the snapshot are passed down to the origin.
+    /// Discards are also passed down to the origin's device (needs --discard-zeroes-cow).
     #[arg(long)]
     pub discard_passdown_origin: bool,
     /// Another snapshot taken at the same point, ORIGIN:NAME:COW (same store and sizes).
@@ -273,7 +273,9 @@ pub fn run(cmd: ControlCommand) -> ExitCode {
         Err(e) => return fail(&e, conn.json),
     };
     let outcome = match action {
-        Action::Call(req) => client.call(&req).map(|resp| print_result(&req, &resp, conn.json)),
+        Action::Call(req) => client
+            .call(&req)
+            .map(|resp| print_result(&req, &resp, conn.json)),
         Action::MergeWait(snapshot) => merge_wait(&mut client, &snapshot, conn.json),
     };
     match outcome {
@@ -442,7 +444,11 @@ fn merge_wait(client: &mut Client, snapshot: &str, json: bool) -> Result<ExitCod
     });
     let mut last = match client.call(&start)? {
         Response::Merge(m) => m,
-        _ => return Err(ClientError::Protocol("merge.start returned no status".into())),
+        _ => {
+            return Err(ClientError::Protocol(
+                "merge.start returned no status".into(),
+            ))
+        }
     };
     let tty = !json && std::io::stdout().is_terminal();
     let poll = Request::MergeStatus(MergeStatusArgs {

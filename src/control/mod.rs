@@ -26,3 +26,6 @@ pub trait ControlHandler: Send + Sync {
     /// [`Response::answers`]), or the client gets an `internal` error instead.
     fn handle(&self, req: Request) -> Result<Response, ControlError>;
 }
+
+#[cfg(test)]
+mod tests;

@@ -2,8 +2,8 @@
 //! and the merge progress line. Pure functions on the protocol types (no I/O).
 
 use super::protocol::{
-    CreateResult, EventList, ExportList, MergeList, MergeStatus, Request, Response,
-    SnapshotList, StatsReport, StatusReport,
+    CreateResult, EventList, ExportList, MergeList, MergeStatus, Request, Response, SnapshotList,
+    StatsReport, StatusReport,
 };
 
 /// Renders the result of `req` for a person. Ends with a newline unless empty.
@@ -98,7 +98,15 @@ fn snapshots(l: &SnapshotList) -> String {
         .collect();
     table(
         &[
-            "NAME", "ORIGIN", "STORE", "CHUNK", "USED", "TOTAL", "USE%", "EXCEPTIONS", "STATE",
+            "NAME",
+            "ORIGIN",
+            "STORE",
+            "CHUNK",
+            "USED",
+            "TOTAL",
+            "USE%",
+            "EXCEPTIONS",
+            "STATE",
             "COW",
         ],
         rows,
@@ -145,7 +153,15 @@ fn status(s: &StatusReport) -> String {
         })
         .collect();
     table(
-        &["NODE", "KIND", "STATE", "USED", "TOTAL", "EXCEPTIONS", "STATUS"],
+        &[
+            "NODE",
+            "KIND",
+            "STATE",
+            "USED",
+            "TOTAL",
+            "EXCEPTIONS",
+            "STATUS",
+        ],
         rows,
     )
 }
@@ -208,7 +224,13 @@ fn merges(m: &MergeList) -> String {
         .collect();
     table(
         &[
-            "SNAPSHOT", "ORIGIN", "STATE", "DONE", "REMAINING", "MERGED", "ELAPSED",
+            "SNAPSHOT",
+            "ORIGIN",
+            "STATE",
+            "DONE",
+            "REMAINING",
+            "MERGED",
+            "ELAPSED",
         ],
         rows,
     )

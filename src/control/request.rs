@@ -292,9 +292,7 @@ impl Request {
                 )),
             },
             Request::Status(s) => s.node.as_deref().map_or(Ok(()), |n| check_name("node", n)),
-            Request::MergeStart(s) | Request::CloneReset(s) => {
-                check_name("snapshot", &s.snapshot)
-            }
+            Request::MergeStart(s) | Request::CloneReset(s) => check_name("snapshot", &s.snapshot),
             Request::MergeStatus(s) => s
                 .snapshot
                 .as_deref()
@@ -338,7 +336,9 @@ fn check_size(what: &str, name: &str, size: Option<u64>) -> Result<(), ControlEr
 
 fn validate_create(c: &SnapshotCreate) -> Result<(), ControlError> {
     if c.snapshots.is_empty() {
-        return Err(ControlError::invalid("snapshot.create needs at least one snapshot"));
+        return Err(ControlError::invalid(
+            "snapshot.create needs at least one snapshot",
+        ));
     }
     let mut names = HashSet::new();
     let mut cows = HashSet::new();
@@ -361,6 +361,12 @@ fn validate_create(c: &SnapshotCreate) -> Result<(), ControlError> {
                 s.name
             )));
         }
+        if s.discard_passdown_origin && !s.discard_zeroes_cow {
+            return Err(ControlError::invalid(format!(
+                "snapshot {}: discard_passdown_origin needs discard_zeroes_cow",
+                s.name
+            )));
+        }
         if !names.insert(s.name.as_str()) {
             return Err(ControlError::invalid(format!(
                 "snapshot name {:?} is used twice in one request",
@@ -374,7 +380,11 @@ fn validate_create(c: &SnapshotCreate) -> Result<(), ControlError> {
             )));
         }
     }
-    if let Some(s) = c.snapshots.iter().find(|s| names.contains(s.origin.as_str())) {
+    if let Some(s) = c
+        .snapshots
+        .iter()
+        .find(|s| names.contains(s.origin.as_str()))
+    {
         return Err(ControlError::invalid(format!(
             "{:?} is both an origin and a new snapshot",
             s.origin
