@@ -194,15 +194,17 @@ pub fn parse_request(line: &[u8]) -> Result<(u64, Request), Refused> {
     match obj.get("v") {
         None => return Err(bad("missing field `v`".into())),
         Some(v) if v.as_u64() == Some(u64::from(PROTOCOL_VERSION)) => {}
-        Some(v) if v.is_u64() => return Err(refuse(
-            Some(id),
-            ControlError::new(
-                ErrorCode::UnsupportedVersion,
-                format!(
+        Some(v) if v.is_u64() => {
+            return Err(refuse(
+                Some(id),
+                ControlError::new(
+                    ErrorCode::UnsupportedVersion,
+                    format!(
                     "protocol version {v} is not supported; this daemon speaks {PROTOCOL_VERSION}"
                 ),
-            ),
-        )),
+                ),
+            ))
+        }
         Some(_) => return Err(bad("`v` must be an unsigned integer".into())),
     }
     if let Some(k) = obj.keys().find(|k| !ENVELOPE_KEYS.contains(&k.as_str())) {
