@@ -47,7 +47,11 @@ impl Conn {
     pub fn path(&self) -> PathBuf {
         self.control
             .clone()
-            .or_else(|| std::env::var_os(CONTROL_ENV).map(PathBuf::from))
+            .or_else(|| {
+                std::env::var_os(CONTROL_ENV)
+                    .filter(|v| !v.is_empty())
+                    .map(PathBuf::from)
+            })
             .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_PATH))
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod cli;
 pub mod client;
+mod convert;
 pub mod protocol;
 mod render;
 mod request;

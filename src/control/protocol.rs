@@ -104,7 +104,6 @@ impl std::fmt::Display for ErrorCode {
 
 /// A refused or failed command: a stable code and a message for people.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Error)]
-#[serde(deny_unknown_fields)]
 #[error("{message} ({code})")]
 pub struct ControlError {
     pub code: ErrorCode,
@@ -139,9 +138,9 @@ pub struct RequestLine<'a> {
 }
 
 /// A response as written on the wire. `result` is the command's [`Response`] as JSON; decode
-/// it with [`Response::decode`], which needs the command it answers.
+/// it with [`Response::decode`], which needs the command it answers. Unknown fields are
+/// ignored, so later daemons may add some.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ResponseLine {
     pub v: u32,
     pub id: Option<u64>,

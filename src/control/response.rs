@@ -99,7 +99,12 @@ impl Response {
 
     /// Whether this is the kind of result `request` expects.
     pub fn answers(&self, request: &Request) -> bool {
-        kind_of_cmd(request.cmd()) == Some(self.kind())
+        self.answers_cmd(request.cmd())
+    }
+
+    /// Whether this is the kind of result a `cmd` request expects.
+    pub fn answers_cmd(&self, cmd: &str) -> bool {
+        kind_of_cmd(cmd) == Some(self.kind())
     }
 
     /// Decodes the `result` of a reply to a `cmd` request.

@@ -421,9 +421,8 @@ fn dispatch(
     request: super::Request,
 ) -> Result<super::Response, ControlError> {
     let cmd = request.cmd();
-    let check = request.clone();
     match catch_unwind(AssertUnwindSafe(|| handler.handle(request))) {
-        Ok(Ok(resp)) if resp.answers(&check) => Ok(resp),
+        Ok(Ok(resp)) if resp.answers_cmd(cmd) => Ok(resp),
         Ok(Ok(_)) => {
             error!("control handler returned the wrong result kind for {cmd}");
             Err(ControlError::new(
