@@ -373,6 +373,24 @@ mod tests {
     }
 
     #[test]
+    fn progress_line_draws_a_bar_of_merged_exceptions() {
+        let m = MergeStatus {
+            snapshot: "s".into(),
+            origin: "o".into(),
+            state: super::super::protocol::MergeState::Running,
+            remaining_exceptions: 3,
+            total_exceptions: 4,
+            merged_bytes: 4096,
+            elapsed_s: 2.0,
+        };
+        assert_eq!(
+            progress_line(&m, 8),
+            "[##......]  25% running 1/4 exceptions, 4.0 KiB merged, 2.0s"
+        );
+        assert!(progress_line(&m, 0).starts_with(" 25% running"));
+    }
+
+    #[test]
     fn table_aligns_columns_and_leaves_last_unpadded() {
         let t = table(
             &["A", "BB"],
