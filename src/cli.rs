@@ -25,6 +25,9 @@ pub enum Command {
     Cow(CowCommand),
     /// Drive any vhost-user-blk socket from the host (no VM) and report IOPS and latency.
     Bench(snapblk::bench::BenchArgs),
+    /// Control-socket client commands (origin, snapshot, export, status, stats, merge, ...).
+    #[command(flatten)]
+    Control(snapblk::control::cli::ControlCommand),
 }
 
 #[derive(Debug, Subcommand)]

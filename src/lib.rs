@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod control;
 pub mod cowcmd;
 pub mod daemon;
 pub mod frontend;

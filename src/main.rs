@@ -53,6 +53,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Control(cmd) => snapblk::control::cli::run(cmd),
         Command::Cow(CowCommand::Inspect { file }) => {
             exit_with(cowcmd::inspect_file(&file).map(|r| print!("{r}")))
         }

@@ -1,0 +1,427 @@
+//! Control requests: one variant per command, with typed arguments, and the checks every
+//! request passes before it reaches the daemon (names, absolute paths, ranges). Checks that need
+//! the daemon's state (does the node exist, is the path in use) belong to the handler.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::protocol::ControlError;
+use crate::config::StoreType;
+
+/// Every command of protocol version 1, as written in `cmd`.
+pub const COMMANDS: &[&str] = &[
+    "hello",
+    "origin.add",
+    "origin.remove",
+    "snapshot.create",
+    "snapshot.delete",
+    "snapshot.list",
+    "export.add",
+    "export.remove",
+    "export.list",
+    "status",
+    "stats",
+    "merge.start",
+    "merge.status",
+    "clone.reset",
+    "events",
+];
+
+/// A control request. On the wire `cmd` carries the tag and `args` the fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", content = "args", deny_unknown_fields)]
+pub enum Request {
+    /// Protocol and daemon versions.
+    #[serde(rename = "hello")]
+    Hello {},
+    #[serde(rename = "origin.add")]
+    OriginAdd(OriginAdd),
+    #[serde(rename = "origin.remove")]
+    OriginRemove(RemoveNode),
+    /// One or more snapshots taken at one consistent point (all origins paused together).
+    #[serde(rename = "snapshot.create")]
+    SnapshotCreate(SnapshotCreate),
+    #[serde(rename = "snapshot.delete")]
+    SnapshotDelete(RemoveNode),
+    #[serde(rename = "snapshot.list")]
+    SnapshotList {},
+    #[serde(rename = "export.add")]
+    ExportAdd(ExportAdd),
+    #[serde(rename = "export.remove")]
+    ExportRemove(ExportRemove),
+    #[serde(rename = "export.list")]
+    ExportList {},
+    #[serde(rename = "status")]
+    Status(StatusArgs),
+    #[serde(rename = "stats")]
+    Stats {},
+    #[serde(rename = "merge.start")]
+    MergeStart(SnapshotRef),
+    #[serde(rename = "merge.status")]
+    MergeStatus(MergeStatusArgs),
+    /// Drops every exception of a snapshot: it reads as its origin again.
+    #[serde(rename = "clone.reset")]
+    CloneReset(SnapshotRef),
+    /// Logged events (snapshot invalid/overflow, merge finished/failed) from `since` on.
+    #[serde(rename = "events")]
+    Events(EventsArgs),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OriginAdd {
+    pub name: String,
+    /// Absolute path of the image file or block device.
+    pub image: PathBuf,
+    /// Most copy-outs in flight (absent: the daemon's default; 0: unlimited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy_cap: Option<usize>,
+}
+
+/// `origin.remove` and `snapshot.delete`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveNode {
+    pub name: String,
+    /// Also remove what depends on it (snapshots of an origin, exports of the node).
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// Snapshot store type, as in the dm-snapshot table line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum Store {
+    /// Persistent.
+    #[default]
+    P,
+    /// Persistent, overflow-capable.
+    PO,
+    /// Transient (not kept across restarts).
+    N,
+}
+
+impl std::str::FromStr for Store {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Store, String> {
+        match s.to_ascii_uppercase().as_str() {
+            "P" => Ok(Store::P),
+            "PO" => Ok(Store::PO),
+            "N" => Ok(Store::N),
+            _ => Err(format!("store type {s:?} is not P, PO or N")),
+        }
+    }
+}
+
+impl std::fmt::Display for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Store::P => "P",
+            Store::PO => "PO",
+            Store::N => "N",
+        })
+    }
+}
+
+impl From<Store> for StoreType {
+    fn from(s: Store) -> StoreType {
+        match s {
+            Store::P => StoreType::P,
+            Store::PO => StoreType::PO,
+            Store::N => StoreType::N,
+        }
+    }
+}
+
+impl From<StoreType> for Store {
+    fn from(s: StoreType) -> Store {
+        match s {
+            StoreType::P => Store::P,
+            StoreType::PO => Store::PO,
+            StoreType::N => Store::N,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotCreate {
+    /// One entry per snapshot; all are taken at the same point.
+    pub snapshots: Vec<NewSnapshot>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewSnapshot {
+    pub origin: String,
+    pub name: String,
+    /// Absolute path of the COW file; created when `size` is given and it does not exist.
+    pub cow: PathBuf,
+    #[serde(default)]
+    pub store: Store,
+    /// Chunk size in bytes (a power of two, at least 512); absent: the on-disk value or the
+    /// daemon's default for P/PO, required for N.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_size: Option<u64>,
+    /// Size in bytes of the COW file to create.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub discard_zeroes_cow: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub discard_passdown_origin: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportAdd {
+    /// An origin or snapshot name.
+    pub node: String,
+    /// Absolute path of the vhost-user socket to create.
+    pub socket: PathBuf,
+    #[serde(default)]
+    pub readonly: bool,
+    #[serde(default = "one")]
+    pub num_queues: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_size: Option<u16>,
+    /// Disk serial, up to 20 bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// 512 or 4096.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logical_block_size: Option<u32>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub writethrough: bool,
+}
+
+fn one() -> u16 {
+    1
+}
+
+/// `export.remove`: exactly one of `socket` and `node`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportRemove {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Disconnect a connected frontend.
+    #[serde(default)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusArgs {
+    /// One node; absent: every node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotRef {
+    pub snapshot: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MergeStatusArgs {
+    /// One snapshot; absent: every merge the daemon knows of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsArgs {
+    /// Only events with `seq >= since`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<u64>,
+}
+
+/// Longest node name accepted.
+pub const MAX_NAME: usize = 128;
+
+impl Request {
+    /// The command name, as written in `cmd`.
+    pub fn cmd(&self) -> &'static str {
+        match self {
+            Request::Hello {} => "hello",
+            Request::OriginAdd(_) => "origin.add",
+            Request::OriginRemove(_) => "origin.remove",
+            Request::SnapshotCreate(_) => "snapshot.create",
+            Request::SnapshotDelete(_) => "snapshot.delete",
+            Request::SnapshotList {} => "snapshot.list",
+            Request::ExportAdd(_) => "export.add",
+            Request::ExportRemove(_) => "export.remove",
+            Request::ExportList {} => "export.list",
+            Request::Status(_) => "status",
+            Request::Stats {} => "stats",
+            Request::MergeStart(_) => "merge.start",
+            Request::MergeStatus(_) => "merge.status",
+            Request::CloneReset(_) => "clone.reset",
+            Request::Events(_) => "events",
+        }
+    }
+
+    /// Checks what can be checked without the daemon's state: names, absolute paths, ranges.
+    pub fn validate(&self) -> Result<(), ControlError> {
+        match self {
+            Request::Hello {}
+            | Request::SnapshotList {}
+            | Request::ExportList {}
+            | Request::Stats {}
+            | Request::Events(_) => Ok(()),
+            Request::OriginAdd(a) => {
+                check_name("origin", &a.name)?;
+                check_absolute("image", &a.image)
+            }
+            Request::OriginRemove(a) | Request::SnapshotDelete(a) => check_name("node", &a.name),
+            Request::SnapshotCreate(c) => validate_create(c),
+            Request::ExportAdd(a) => validate_export(a),
+            Request::ExportRemove(r) => match (&r.socket, &r.node) {
+                (Some(s), None) => check_absolute("socket", s),
+                (None, Some(n)) => check_name("node", n),
+                _ => Err(ControlError::invalid(
+                    "export.remove needs exactly one of `socket` and `node`",
+                )),
+            },
+            Request::Status(s) => s.node.as_deref().map_or(Ok(()), |n| check_name("node", n)),
+            Request::MergeStart(s) | Request::CloneReset(s) => check_name("snapshot", &s.snapshot),
+            Request::MergeStatus(s) => s
+                .snapshot
+                .as_deref()
+                .map_or(Ok(()), |n| check_name("snapshot", n)),
+        }
+    }
+}
+
+fn check_name(what: &str, name: &str) -> Result<(), ControlError> {
+    if name.is_empty() || name.len() > MAX_NAME {
+        return Err(ControlError::invalid(format!(
+            "{what} name must be 1 to {MAX_NAME} bytes long"
+        )));
+    }
+    if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ControlError::invalid(format!(
+            "{what} name {name:?} contains whitespace or control characters"
+        )));
+    }
+    Ok(())
+}
+
+fn check_absolute(what: &str, path: &Path) -> Result<(), ControlError> {
+    if !path.is_absolute() {
+        return Err(ControlError::invalid(format!(
+            "{what} path {} is relative; the daemon needs an absolute path",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+fn check_size(what: &str, name: &str, size: Option<u64>) -> Result<(), ControlError> {
+    if size == Some(0) {
+        return Err(ControlError::invalid(format!(
+            "{what} of snapshot {name} must not be zero"
+        )));
+    }
+    Ok(())
+}
+
+fn validate_create(c: &SnapshotCreate) -> Result<(), ControlError> {
+    if c.snapshots.is_empty() {
+        return Err(ControlError::invalid(
+            "snapshot.create needs at least one snapshot",
+        ));
+    }
+    let mut names = HashSet::new();
+    let mut cows = HashSet::new();
+    for s in &c.snapshots {
+        check_name("origin", &s.origin)?;
+        check_name("snapshot", &s.name)?;
+        check_absolute("COW", &s.cow)?;
+        check_size("chunk size", &s.name, s.chunk_size)?;
+        check_size("size", &s.name, s.size)?;
+        if let Some(cs) = s.chunk_size {
+            if !cs.is_power_of_two() || cs < 512 {
+                return Err(ControlError::invalid(format!(
+                    "chunk size {cs} of snapshot {} is not a power of two of at least 512",
+                    s.name
+                )));
+            }
+        } else if s.store == Store::N {
+            return Err(ControlError::invalid(format!(
+                "transient snapshot {} needs a chunk size",
+                s.name
+            )));
+        }
+        if s.discard_passdown_origin && !s.discard_zeroes_cow {
+            return Err(ControlError::invalid(format!(
+                "snapshot {}: discard_passdown_origin needs discard_zeroes_cow",
+                s.name
+            )));
+        }
+        if !names.insert(s.name.as_str()) {
+            return Err(ControlError::invalid(format!(
+                "snapshot name {:?} is used twice in one request",
+                s.name
+            )));
+        }
+        if !cows.insert(s.cow.as_path()) {
+            return Err(ControlError::invalid(format!(
+                "COW path {} is used twice in one request",
+                s.cow.display()
+            )));
+        }
+    }
+    if let Some(s) = c
+        .snapshots
+        .iter()
+        .find(|s| names.contains(s.origin.as_str()))
+    {
+        return Err(ControlError::invalid(format!(
+            "{:?} is both an origin and a new snapshot",
+            s.origin
+        )));
+    }
+    Ok(())
+}
+
+fn validate_export(a: &ExportAdd) -> Result<(), ControlError> {
+    check_name("node", &a.node)?;
+    check_absolute("socket", &a.socket)?;
+    if !(1..=64).contains(&a.num_queues) {
+        return Err(ControlError::invalid(format!(
+            "number of queues must be 1 to 64, not {}",
+            a.num_queues
+        )));
+    }
+    if let Some(q) = a.queue_size {
+        if !q.is_power_of_two() || q < 2 {
+            return Err(ControlError::invalid(format!(
+                "queue size must be a power of two of at least 2, not {q}"
+            )));
+        }
+    }
+    if let Some(s) = &a.serial {
+        if s.len() > 20 {
+            return Err(ControlError::invalid(format!(
+                "serial {s:?} is longer than 20 bytes"
+            )));
+        }
+    }
+    if let Some(b) = a.logical_block_size {
+        if b != 512 && b != 4096 {
+            return Err(ControlError::invalid(format!(
+                "logical block size must be 512 or 4096, not {b}"
+            )));
+        }
+    }
+    Ok(())
+}
