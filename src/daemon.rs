@@ -131,6 +131,7 @@ pub fn run(opts: ServeOptions) -> Result<(), DaemonError> {
             stats: stats(opts.num_queues),
         }),
         default_writeback: !opts.writethrough,
+        connected: Arc::new(AtomicBool::new(false)),
     };
     let listener = bind_socket(&opts.socket)?;
     info!(

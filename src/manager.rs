@@ -122,6 +122,7 @@ struct RunningExport {
     stop: Arc<Shutdown>,
     thread: Option<JoinHandle<()>>,
     stats: Vec<Arc<QueueStats>>,
+    connected: Arc<std::sync::atomic::AtomicBool>,
 }
 
 struct MergeJob {
@@ -485,6 +486,7 @@ impl Manager {
         let listener = bind_socket(&spec.socket)?;
         let stop = Shutdown::new().map_err(ManagerError::Thread)?;
         let stats = export.disk.stats.clone();
+        let connected = export.connected.clone();
         let t_stop = stop.clone();
         let thread = std::thread::Builder::new()
             .name(format!("export-{}", spec.node))
@@ -503,6 +505,7 @@ impl Manager {
                 stop,
                 thread: Some(thread),
                 stats,
+                connected,
             },
         );
         Ok(())
@@ -761,5 +764,6 @@ pub fn build_export(graph: &Graph, spec: &ExportSpec) -> Result<Export, ManagerE
                 .collect(),
         }),
         default_writeback: !spec.writethrough,
+        connected: Arc::new(AtomicBool::new(false)),
     })
 }

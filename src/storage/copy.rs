@@ -121,6 +121,9 @@ impl Origin {
             return Plan::Go { token, end };
         }
         if self.cfg.copy_cap != 0 && g.copies >= self.cfg.copy_cap {
+            for &i in &need {
+                g.snaps[i].commit.parked += 1;
+            }
             return Plan::Wait;
         }
         g.copies += 1;
@@ -134,6 +137,7 @@ impl Origin {
                 Some(new) => {
                     s.pending.insert(old.0, new.0);
                     s.commit.outstanding += 1;
+                    s.commit.copies += 1;
                     targets.push(Target {
                         id: s.id,
                         cow: s.cow.clone(),
@@ -268,6 +272,7 @@ impl Origin {
             }
             let io = s.store.plan_commit(&batch);
             s.commit.committing = true;
+            s.commit.commits += 1;
             let cow = s.cow.clone();
             drop(g);
             let r = io.run(&*cow);

@@ -86,6 +86,11 @@ pub(super) struct CommitState {
     pub queue: Vec<(ChunkIndex, ChunkIndex)>,
     /// A thread is writing a commit now.
     pub committing: bool,
+    /// Counters for `stats`: origin chunks copied in, requests parked on the copy cap,
+    /// metadata commits written.
+    pub copies: u64,
+    pub parked: u64,
+    pub commits: u64,
 }
 
 pub(super) struct Snap {
@@ -249,6 +254,13 @@ impl Origin {
 
     pub(super) fn wait<'a>(&self, g: MutexGuard<'a, Inner>) -> MutexGuard<'a, Inner> {
         self.cv.wait(g).unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counters of a snapshot: (copies, parked requests, metadata commits).
+    pub fn snapshot_counters(&self, id: SnapshotId) -> Option<(u64, u64, u64)> {
+        let g = self.lock();
+        g.snap(id)
+            .map(|s| (s.commit.copies, s.commit.parked, s.commit.commits))
     }
 
     /// Size of the origin (and of every snapshot) in bytes.

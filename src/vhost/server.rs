@@ -144,6 +144,8 @@ pub struct Export {
     pub config: BlkConfig,
     pub disk: Arc<DiskContext>,
     pub default_writeback: bool,
+    /// A frontend is connected now.
+    pub connected: Arc<AtomicBool>,
 }
 
 /// Serves `export` until `shutdown` is triggered. Each frontend connection gets a fresh
@@ -189,6 +191,7 @@ pub fn serve(
         }
         daemon.start(&mut listener).map_err(daemon_err)?;
         info!("{}: frontend connected", path.display());
+        export.connected.store(true, Ordering::Relaxed);
         if let Some(h) = daemon.shutdown_handle() {
             shutdown.register(h, backend.clone());
         }
@@ -199,6 +202,7 @@ pub fn serve(
             )) => info!("{}: frontend disconnected", path.display()),
             Err(e) => warn!("{}: connection ended: {e}", path.display()),
         }
+        export.connected.store(false, Ordering::Relaxed);
         shutdown.clear();
         backend.stop_workers();
         backend.drain();
