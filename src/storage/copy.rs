@@ -46,10 +46,57 @@ pub(super) enum GateMode {
 
 /// The plan made under the lock for one gate round.
 enum Plan {
-    Go { token: u64, end: u64 },
+    Go {
+        token: u64,
+        end: u64,
+    },
     Merging,
     Wait,
-    Copy(Vec<Target>),
+    /// Copy these exceptions, holding this many copy slots.
+    Copy(Vec<Target>, usize),
+}
+
+/// Most chunk positions one copy job takes on.
+const MAX_BATCH: usize = 256;
+
+/// What one chunk position needs before the origin may be written there.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Check {
+    Safe,
+    /// A copy or a tracked read is in flight: wait for it.
+    Wait,
+    /// Some snapshot lacks an exception: copy it out.
+    Copy,
+}
+
+/// Checks the chunk position at `pos` in every snapshot; returns where the position ends (the
+/// nearest chunk boundary of any snapshot, or `limit`) and what it needs.
+fn check_chunk(
+    g: &super::engine::Inner,
+    pos: u64,
+    limit: u64,
+    exclude: Option<SnapshotId>,
+) -> (u64, Check) {
+    let mut end = limit;
+    let mut check = Check::Safe;
+    for s in g.snaps.iter() {
+        let cs = s.cs();
+        let c = cs.chunk_of(pos);
+        end = end.min(cs.start(c).saturating_add(cs.bytes()));
+        if Some(s.id) == exclude || s.health == Health::Invalid {
+            continue;
+        }
+        if s.store.lookup(c).is_some() {
+            if s.reads.contains_key(&c.0) {
+                check = Check::Wait;
+            }
+        } else if s.pending.contains_key(&c.0) {
+            check = Check::Wait;
+        } else if check == Check::Safe {
+            check = Check::Copy;
+        }
+    }
+    (end, check)
 }
 
 impl Origin {
@@ -71,9 +118,9 @@ impl Origin {
                 Plan::Go { token, end } => return Gate::Go { token, end },
                 Plan::Merging => return Gate::Merging,
                 Plan::Wait => {}
-                Plan::Copy(targets) => {
+                Plan::Copy(targets, slots) => {
                     let results = self.copy_chunks(&targets);
-                    self.finish_copies(&targets, results, true);
+                    self.finish_copies(&targets, results, slots);
                 }
             }
         }
@@ -93,68 +140,86 @@ impl Origin {
             (Some(_), GateMode::Origin) => return Plan::Merging,
             (m, _) => m,
         };
-        let mut end = limit;
-        let mut need = Vec::new();
-        let mut wait = false;
-        for (i, s) in g.snaps.iter().enumerate() {
-            let cs = s.cs();
-            let c = cs.chunk_of(start);
-            end = end.min(cs.start(c).saturating_add(cs.bytes()));
-            if Some(s.id) == exclude || s.health == Health::Invalid {
-                continue;
+        // The longest prefix of [start, limit) that is safe in every snapshot: one gate round
+        // (and one origin write) covers it, however many chunks it spans.
+        let mut pos = start;
+        let mut first = Check::Safe;
+        while pos < limit {
+            let (step_end, check) = check_chunk(g, pos, limit, exclude);
+            if check != Check::Safe {
+                if pos == start {
+                    first = check;
+                }
+                break;
             }
-            if s.store.lookup(c).is_some() {
-                wait |= s.reads.contains_key(&c.0);
-            } else if s.pending.contains_key(&c.0) {
-                wait = true;
-            } else {
-                need.push(i);
-            }
+            pos = step_end;
         }
-        if wait {
-            return Plan::Wait;
-        }
-        if need.is_empty() {
+        if pos > start {
             let token = g.next_token;
             g.next_token += 1;
-            g.origin_writes.insert(token, (start, end));
-            return Plan::Go { token, end };
+            g.origin_writes.insert(token, (start, pos));
+            return Plan::Go { token, end: pos };
         }
-        if self.cfg.copy_cap != 0 && g.copies >= self.cfg.copy_cap {
-            for &i in &need {
-                g.snaps[i].commit.parked += 1;
+        if first == Check::Wait {
+            return Plan::Wait;
+        }
+        // The first chunk needs copies. Take them, and those of the following chunks of this
+        // request, in one job (one origin read, one commit per snapshot), as far as the cap
+        // allows: each chunk position takes one copy slot.
+        let cap = if self.cfg.copy_cap == 0 {
+            usize::MAX
+        } else {
+            self.cfg.copy_cap
+        };
+        if g.copies >= cap {
+            for s in g.snaps.iter_mut() {
+                s.commit.parked += 1;
             }
             return Plan::Wait;
         }
-        g.copies += 1;
-        g.peak_copies = g.peak_copies.max(g.copies);
         let mut targets = Vec::new();
         let mut invalidations = Vec::new();
-        for i in need {
-            let s = &mut g.snaps[i];
-            let old = s.cs().chunk_of(start);
-            match s.store.prepare() {
-                Some(new) => {
-                    s.pending.insert(old.0, new.0);
-                    s.commit.outstanding += 1;
-                    s.commit.copies += 1;
-                    targets.push(Target {
-                        id: s.id,
-                        cow: s.cow.clone(),
-                        cs: s.cs(),
-                        old,
-                        new,
-                    });
-                }
-                None => {
-                    debug!("{}: COW full on the origin path", s.cfg.name);
-                    invalidations.push(s.invalidate());
+        let mut slots = 0usize;
+        let mut pos = start;
+        while pos < limit && g.copies + slots < cap && slots < MAX_BATCH {
+            let (step_end, check) = check_chunk(g, pos, limit, exclude);
+            if check == Check::Copy {
+                slots += 1;
+                for s in g.snaps.iter_mut() {
+                    if Some(s.id) == exclude || s.health == Health::Invalid {
+                        continue;
+                    }
+                    let old = s.cs().chunk_of(pos);
+                    if s.store.lookup(old).is_some() || s.pending.contains_key(&old.0) {
+                        continue;
+                    }
+                    match s.store.prepare() {
+                        Some(new) => {
+                            s.pending.insert(old.0, new.0);
+                            s.commit.outstanding += 1;
+                            s.commit.copies += 1;
+                            targets.push(Target {
+                                id: s.id,
+                                cow: s.cow.clone(),
+                                cs: s.cs(),
+                                old,
+                                new,
+                            });
+                        }
+                        None => {
+                            debug!("{}: COW full on the origin path", s.cfg.name);
+                            invalidations.push(s.invalidate());
+                        }
+                    }
                 }
             }
+            pos = step_end;
         }
+        g.copies += slots;
+        g.peak_copies = g.peak_copies.max(g.copies);
         // Header writes never run under the lock: finish_copies runs them.
         g.deferred.extend(invalidations.into_iter().flatten());
-        Plan::Copy(targets)
+        Plan::Copy(targets, slots)
     }
 
     /// Drops a gate token once the origin write is done.
@@ -208,14 +273,12 @@ impl Origin {
         &self,
         targets: &[Target],
         results: Vec<io::Result<()>>,
-        slot: bool,
+        slots: usize,
     ) -> Vec<bool> {
         let mut invalidations = Vec::new();
         {
             let mut g = self.lock();
-            if slot {
-                g.copies -= 1;
-            }
+            g.copies -= slots;
             for (t, r) in targets.iter().zip(&results) {
                 let Some(s) = g.snap_mut(t.id) else { continue };
                 s.commit.outstanding -= 1;

@@ -365,7 +365,7 @@ impl Origin {
             .as_ref()
             .err()
             .map(|e| io::Error::new(e.kind(), e.to_string()));
-        let committed = self.finish_copies(std::slice::from_ref(&t), vec![r], copy);
+        let committed = self.finish_copies(std::slice::from_ref(&t), vec![r], usize::from(copy));
         if committed.first().copied().unwrap_or(false) {
             return Ok(());
         }
