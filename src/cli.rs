@@ -64,11 +64,17 @@ pub struct ServeArgs {
     /// State directory: the graph is saved there on every change and restored on start.
     #[arg(long, conflicts_with_all = ["socket", "image"])]
     pub state_dir: Option<PathBuf>,
+    /// Control socket for live changes (`snapblk snapshot create`, ...); mode 0600.
+    #[arg(long, conflicts_with_all = ["socket", "image"])]
+    pub control: Option<PathBuf>,
+    /// Group allowed to use the control socket (mode 0660 then).
+    #[arg(long, requires = "control")]
+    pub control_group: Option<String>,
     /// Unix socket path to listen on (created with mode 0600).
-    #[arg(long, required_unless_present_any = ["config", "state_dir"], requires = "image")]
+    #[arg(long, required_unless_present_any = ["config", "state_dir", "control"], requires = "image")]
     pub socket: Option<PathBuf>,
     /// Raw image file or block device to serve.
-    #[arg(long, required_unless_present_any = ["config", "state_dir"], requires = "socket")]
+    #[arg(long, required_unless_present_any = ["config", "state_dir", "control"], requires = "socket")]
     pub image: Option<PathBuf>,
     /// Export read-only (the guest sees VIRTIO_BLK_F_RO; writes fail).
     #[arg(long)]
@@ -107,10 +113,12 @@ impl TryFrom<ServeArgs> for ServeMode {
     type Error = String;
 
     fn try_from(a: ServeArgs) -> Result<Self, String> {
-        if a.config.is_some() || a.state_dir.is_some() {
+        if a.config.is_some() || a.state_dir.is_some() || a.control.is_some() {
             return Ok(ServeMode::Graph(GraphOptions {
                 config: a.config,
                 state_dir: a.state_dir,
+                control: a.control,
+                control_group: a.control_group,
             }));
         }
         let (Some(socket), Some(image)) = (a.socket, a.image) else {

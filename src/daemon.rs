@@ -10,6 +10,8 @@ use log::{error, info, warn};
 use thiserror::Error;
 
 use crate::config::{ConfigError, GraphConfig};
+use crate::control::server::ControlServerError;
+use crate::control::{bind_control, serve_control, ControlStop, ManagerControl};
 use crate::graph::GraphError;
 use crate::manager::{Manager, ManagerError};
 use crate::storage::{Image, ImageError, OpenOptions};
@@ -44,6 +46,8 @@ pub enum DaemonError {
     Graph(#[from] GraphError),
     #[error(transparent)]
     Manager(#[from] ManagerError),
+    #[error(transparent)]
+    Control(#[from] ControlServerError),
     #[error("node {node} is {size} bytes, smaller than one {block}-byte logical block")]
     TooSmall { node: String, size: u64, block: u32 },
     #[error("cannot set up signal handling or threads")]
@@ -159,6 +163,9 @@ pub struct GraphOptions {
     pub config: Option<PathBuf>,
     /// Where the graph is saved on every change and restored from on start.
     pub state_dir: Option<PathBuf>,
+    /// Control socket, and the group that may use it (mode 0660 then, else 0600).
+    pub control: Option<PathBuf>,
+    pub control_group: Option<String>,
 }
 
 /// Runs `snapblk serve` on a device graph (config file and/or state directory) until a
@@ -170,10 +177,35 @@ pub fn run_graph(opts: GraphOptions) -> Result<(), DaemonError> {
         Some(p) => GraphConfig::load(p)?,
         None => GraphConfig::default(),
     };
-    let manager = Manager::start(cfg, opts.state_dir.clone(), Vec::new())?;
+    let reserved: Vec<PathBuf> = opts.control.iter().cloned().collect();
+    let manager = Manager::start(cfg, opts.state_dir.clone(), reserved)?;
+    let control = match &opts.control {
+        Some(path) => {
+            let listener = bind_control(path, opts.control_group.as_deref())?;
+            let cstop = ControlStop::new().map_err(DaemonError::Signals)?;
+            let handler = Arc::new(ManagerControl(manager.clone()));
+            let c = cstop.clone();
+            let t = std::thread::Builder::new()
+                .name("control".into())
+                .spawn(move || {
+                    if let Err(e) = serve_control(listener, handler, c) {
+                        error!("control socket: {e}");
+                    }
+                })
+                .map_err(DaemonError::Signals)?;
+            info!("control socket on {}", path.display());
+            Some((cstop, t, path.clone()))
+        }
+        None => None,
+    };
     let mut health = std::collections::BTreeMap::new();
     while !stop.wait_timeout(std::time::Duration::from_secs(1)) {
         manager.poll_health(&mut health);
+    }
+    if let Some((cstop, t, path)) = control {
+        cstop.trigger();
+        let _ = t.join();
+        let _ = std::fs::remove_file(path);
     }
     manager.stop_all();
     manager

@@ -540,16 +540,15 @@ impl Manager {
         }
     }
 
-    /// Export specs with their statistics.
-    pub fn exports(&self) -> Vec<(ExportSpec, StatsSnapshot)> {
+    /// Export specs with their statistics and whether a frontend is connected.
+    pub fn exports(&self) -> Vec<(ExportSpec, StatsSnapshot, bool)> {
         self.lock()
             .exports
             .values()
             .map(|e| {
-                (
-                    e.spec.clone(),
-                    StatsSnapshot::sum(e.stats.iter().map(|s| &**s)),
-                )
+                let stats = StatsSnapshot::sum(e.stats.iter().map(|s| &**s));
+                let connected = e.connected.load(std::sync::atomic::Ordering::Relaxed);
+                (e.spec.clone(), stats, connected)
             })
             .collect()
     }

@@ -10,6 +10,7 @@
 pub mod cli;
 pub mod client;
 mod convert;
+mod handler;
 pub mod protocol;
 mod render;
 mod request;
@@ -17,6 +18,7 @@ mod response;
 pub mod server;
 
 pub use client::{Client, ClientError};
+pub use handler::ManagerControl;
 pub use protocol::{ControlError, ErrorCode, Request, Response};
 pub use server::{bind_control, serve_control, serve_control_with, ControlLimits, ControlStop};
 
