@@ -132,6 +132,7 @@ pub fn run(opts: ServeOptions) -> Result<(), DaemonError> {
             geometry,
             writeback: AtomicBool::new(!opts.writethrough),
             zero_range: AtomicBool::new(true),
+            paused: AtomicBool::new(false),
             stats: stats(opts.num_queues),
         }),
         default_writeback: !opts.writethrough,

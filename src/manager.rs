@@ -115,6 +115,10 @@ pub struct State {
     /// The snapshot being merged, resumed on start.
     #[serde(default)]
     pub merging: Option<String>,
+    /// Snapshots whose origin was written since they were created (copy-outs happened): they
+    /// can no longer be reset to their creation state.
+    #[serde(default)]
+    pub origin_written: std::collections::BTreeSet<String>,
 }
 
 struct RunningExport {
@@ -123,6 +127,7 @@ struct RunningExport {
     thread: Option<JoinHandle<()>>,
     stats: Vec<Arc<QueueStats>>,
     connected: Arc<std::sync::atomic::AtomicBool>,
+    disk: Arc<DiskContext>,
 }
 
 struct MergeJob {
@@ -179,7 +184,7 @@ impl Manager {
     ) -> Result<Arc<Manager>, ManagerError> {
         let mut state = State {
             graph: initial,
-            merging: None,
+            ..State::default()
         };
         if let Some(dir) = &state_dir {
             let file = dir.join("graph.json");
@@ -425,7 +430,10 @@ impl Manager {
         }
         self.remove_exports_of(name);
         self.graph.remove_snapshot(name)?;
-        self.lock().state.graph.snapshots.retain(|s| s.name != name);
+        let mut g = self.lock();
+        g.state.graph.snapshots.retain(|s| s.name != name);
+        g.state.origin_written.remove(name);
+        drop(g);
         self.save()
     }
 
@@ -487,6 +495,7 @@ impl Manager {
         let stop = Shutdown::new().map_err(ManagerError::Thread)?;
         let stats = export.disk.stats.clone();
         let connected = export.connected.clone();
+        let disk = export.disk.clone();
         let t_stop = stop.clone();
         let thread = std::thread::Builder::new()
             .name(format!("export-{}", spec.node))
@@ -506,6 +515,7 @@ impl Manager {
                 thread: Some(thread),
                 stats,
                 connected,
+                disk,
             },
         );
         Ok(())
@@ -670,6 +680,50 @@ impl Manager {
             .map(|m| m.status.lock().unwrap_or_else(|p| p.into_inner()).clone())
     }
 
+    // ---- clones --------------------------------------------------------------------------
+
+    /// Drops a writable snapshot's changes while its exports stay connected: their I/O is
+    /// held back, the COW is emptied, then their queues run again. Guests see the creation
+    /// data on their next read (they must drop their caches or reboot for a consistent view).
+    pub fn clone_reset(&self, name: &str) -> Result<(), ManagerError> {
+        let (exports, written) = {
+            let g = self.lock();
+            if !g.state.graph.snapshots.iter().any(|s| s.name == name) {
+                return Err(ManagerError::NotFound(format!(
+                    "no snapshot named {name:?}"
+                )));
+            }
+            let exports: Vec<(Arc<Shutdown>, Arc<DiskContext>)> = g
+                .exports
+                .values()
+                .filter(|e| e.spec.node == name)
+                .map(|e| (e.stop.clone(), e.disk.clone()))
+                .collect();
+            (exports, g.state.origin_written.contains(name))
+        };
+        if written {
+            return Err(ManagerError::InvalidArgument(format!(
+                "the origin of {name:?} was written since it was created: its creation state cannot be rebuilt; delete it and create it again"
+            )));
+        }
+        let (origin, id) = self.graph.snapshot_engine(name)?;
+        for (stop, disk) in &exports {
+            stop.pause(disk);
+        }
+        let r = origin.reset_snapshot(id);
+        for (stop, disk) in &exports {
+            stop.resume(disk);
+        }
+        r.map_err(|e| ManagerError::InvalidArgument(format!("cannot reset {name}: {e}")))?;
+        push_event(
+            &self.events,
+            "clone-reset",
+            name,
+            "reset to its creation state".into(),
+        );
+        Ok(())
+    }
+
     // ---- status and events ----------------------------------------------------------------
 
     pub fn events(&self, since: u64) -> Vec<Event> {
@@ -682,8 +736,26 @@ impl Manager {
             .collect()
     }
 
-    /// Records state changes of snapshots (Invalid, Overflow) as events; call periodically.
+    /// Records state changes of snapshots (Invalid, Overflow) as events, and which snapshots
+    /// received copy-outs (saved, so a reset stays refused after a restart); call periodically.
     pub fn poll_health(&self, last: &mut BTreeMap<String, String>) {
+        let mut newly_written = false;
+        for s in self.snapshot_specs() {
+            let copies = self
+                .graph
+                .snapshot_engine(&s.name)
+                .ok()
+                .and_then(|(o, id)| o.snapshot_counters(id))
+                .map_or(0, |c| c.0);
+            if copies > 0 {
+                newly_written |= self.lock().state.origin_written.insert(s.name.clone());
+            }
+        }
+        if newly_written {
+            if let Err(e) = self.save() {
+                error!("{e}");
+            }
+        }
         for s in self.snapshot_specs() {
             let Ok(status) = self.graph.snapshot_status(&s.name) else {
                 continue;
@@ -758,6 +830,7 @@ pub fn build_export(graph: &Graph, spec: &ExportSpec) -> Result<Export, ManagerE
             geometry,
             writeback: AtomicBool::new(!spec.writethrough),
             zero_range: AtomicBool::new(true),
+            paused: AtomicBool::new(false),
             stats: (0..spec.num_queues)
                 .map(|_| Arc::new(QueueStats::default()))
                 .collect(),

@@ -176,3 +176,48 @@ fn merge_runs_in_the_background_and_the_origin_takes_the_snapshot_view() {
     assert!(m.events(0).iter().any(|e| e.kind == "merge-done"));
     m.stop_all();
 }
+
+#[test]
+fn clone_reset_drops_changes_while_connected_and_is_refused_once_the_origin_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let a0 = pattern(21, 4 * MIB as usize);
+    std::fs::write(p.join("a.img"), &a0).unwrap();
+    let cfg = GraphConfig {
+        origins: vec![origin(p, "a")],
+        snapshots: vec![snap(p, "a", "c")],
+        exports: vec![export(p, "a"), export(p, "c")],
+    };
+    let m = Manager::start(cfg, Some(p.join("state")), vec![]).unwrap();
+    // The clone's guest stays connected across the reset.
+    let mut fe = connect(&p.join("c.sock"));
+    let mut q = fe.blk_queue(0, 2, 65536).unwrap();
+    assert_eq!(
+        q.write(0, &pattern(22, 65536)).unwrap().status,
+        BlkStatus::Ok
+    );
+    assert!(q.read(0, 65536).unwrap().1 == pattern(22, 65536));
+    m.clone_reset("c").unwrap();
+    let (r, after) = q.read(0, 65536).unwrap();
+    assert_eq!(r.status, BlkStatus::Ok);
+    assert!(
+        after[..] == a0[..65536],
+        "the clone is back at its creation state"
+    );
+    assert_eq!(
+        q.write(128, &pattern(23, 4096)).unwrap().status,
+        BlkStatus::Ok
+    );
+    assert!(
+        q.read(128, 4096).unwrap().1 == pattern(23, 4096),
+        "and still writable"
+    );
+    drop(q);
+    drop(fe);
+    // Once the origin has been written (a copy-out into the clone), a reset is refused.
+    write(&p.join("a.sock"), 1024, &pattern(24, 4096));
+    m.poll_health(&mut Default::default());
+    assert_eq!(m.clone_reset("c").unwrap_err().code(), "invalid_argument");
+    assert_eq!(m.clone_reset("nope").unwrap_err().code(), "not_found");
+    m.stop_all();
+}

@@ -204,7 +204,11 @@ impl ControlHandler for ManagerControl {
                 Ok(Response::Done(Done {}))
             }
             Request::SnapshotList {} => Ok(Response::Snapshots(SnapshotList {
-                snapshots: m.snapshot_specs().iter().map(|s| self.snapshot_info(s)).collect(),
+                snapshots: m
+                    .snapshot_specs()
+                    .iter()
+                    .map(|s| self.snapshot_info(s))
+                    .collect(),
             })),
             Request::ExportAdd(a) => {
                 let spec = ExportSpec {
@@ -242,7 +246,10 @@ impl ControlHandler for ManagerControl {
                     if !r.force {
                         return Err(ControlError::new(
                             ErrorCode::InUse,
-                            format!("a frontend is connected to {} (use force)", s.socket.display()),
+                            format!(
+                                "a frontend is connected to {} (use force)",
+                                s.socket.display()
+                            ),
                         ));
                     }
                 }
@@ -309,13 +316,15 @@ impl ControlHandler for ManagerControl {
                     .into_iter()
                     .collect(),
             })),
-            Request::CloneReset(r) => Err(ControlError::new(
-                ErrorCode::InvalidArgument,
-                format!(
-                    "clone.reset of {:?} is not available in this build: delete the snapshot and create it again",
-                    r.snapshot
-                ),
-            )),
+            Request::CloneReset(r) => {
+                m.clone_reset(&r.snapshot).map_err(err)?;
+                let spec = m
+                    .snapshot_specs()
+                    .into_iter()
+                    .find(|s| s.name == r.snapshot)
+                    .ok_or_else(|| ControlError::new(ErrorCode::NotFound, "snapshot vanished"))?;
+                Ok(Response::Snapshot(self.snapshot_info(&spec)))
+            }
             Request::Events(a) => {
                 let events: Vec<WireEvent> = m
                     .events(a.since.unwrap_or(0))

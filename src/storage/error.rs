@@ -76,6 +76,10 @@ pub enum CowError {
     Merging,
     #[error("no merge is in progress")]
     NoMerge,
+    #[error("{cow}: the origin was written since the snapshot was created ({copies} chunks copied out); its creation state cannot be rebuilt: delete the snapshot and create it again")]
+    ResetOriginChanged { cow: String, copies: u64 },
+    #[error("{cow}: I/O to the snapshot is still in flight; pause its exports first")]
+    ResetBusy { cow: String },
     #[error("{cow}: Merge failed")]
     MergeFailed {
         cow: String,

@@ -83,6 +83,13 @@ impl BlkBackend {
         self.drain();
     }
 
+    /// Processes what the guest queued while the export was paused.
+    pub fn resume(&self) {
+        for q in 0..self.0.queues.len() {
+            self.queue(q).resume();
+        }
+    }
+
     /// Waits for all in-flight requests of every queue to finish.
     pub fn drain(&self) {
         for q in 0..self.0.queues.len() {

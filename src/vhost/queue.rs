@@ -46,6 +46,9 @@ pub struct DiskContext {
     pub writeback: AtomicBool,
     /// Cleared when the filesystem refuses FALLOC_FL_ZERO_RANGE (tmpfs).
     pub zero_range: AtomicBool,
+    /// Set while the control plane holds the export's I/O back (clone reset): queues pop no
+    /// new requests; the guest's requests wait in the ring.
+    pub paused: AtomicBool,
     pub stats: Vec<Arc<QueueStats>>,
 }
 
@@ -127,7 +130,7 @@ impl QueueWorker {
         if self.vring.is_none() {
             self.vring = Some(vring.clone());
         }
-        if self.stopping.load(Ordering::Relaxed) {
+        if self.stopping.load(Ordering::Relaxed) || self.disk.paused.load(Ordering::SeqCst) {
             return;
         }
         loop {
@@ -166,6 +169,13 @@ impl QueueWorker {
             }
         }
         self.signal(vring);
+    }
+
+    /// Picks up requests that arrived while the export was paused.
+    pub fn resume(&mut self) {
+        if let Some(v) = self.vring.clone() {
+            self.handle_kick(&v);
+        }
     }
 
     /// Handles the io_uring completion eventfd.

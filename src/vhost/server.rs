@@ -72,6 +72,24 @@ impl Shutdown {
         }
     }
 
+    /// Holds the export's I/O back: queues stop popping requests and those in flight finish.
+    pub fn pause(&self, disk: &DiskContext) {
+        disk.paused.store(true, Ordering::SeqCst);
+        let conns = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        for (_, backend) in conns.iter() {
+            backend.drain();
+        }
+    }
+
+    /// Lets a paused export's queues run again.
+    pub fn resume(&self, disk: &DiskContext) {
+        disk.paused.store(false, Ordering::SeqCst);
+        let conns = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        for (_, backend) in conns.iter() {
+            backend.resume();
+        }
+    }
+
     /// Waits up to `timeout` for shutdown; true when it was requested.
     pub fn wait_timeout(&self, timeout: std::time::Duration) -> bool {
         if self.requested() {
