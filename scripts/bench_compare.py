@@ -112,6 +112,8 @@ def main():
                     c1 = cpu_seconds(dm.proc.pid)
                     dm.stop()
                     ios = r["reads"] + r["writes"]
+                    if r.get("errors", 0):
+                        sys.exit(f"{kind}: {r['errors']} I/O errors in {rw} {bs} QD{depth} {queues}q")
                     res[kind].append((r["iops"], r["latency_us"]["p50"], (c1 - c0) / max(ios, 1) * 1e6))
             med = {k: [statistics.median(x[i] for x in v) for i in range(3)] for k, v in res.items()}
             s, q = med["snapblk"], med["qsd"]

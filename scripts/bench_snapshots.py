@@ -76,6 +76,7 @@ def many(args):
 
 
 def cow_break(args):
+    backends = args.backends.split(",")
     print("\n### Snapshot first write (COW break), 4 KiB, QD32, 1 queue\n")
     print(f"base {args.size_mib} MiB on {args.dir}; each run on a fresh snapshot/overlay. 'first-write': "
           f"sequential 4 KiB writes over the whole disk once (every write breaks a chunk); "
@@ -86,8 +87,7 @@ def cow_break(args):
     base = f"{d}/base.img"
     make_image(base, args.size_mib)
     rows = []
-    for kind, wl in [(k, w) for k in ("snapblk P 4K", "qsd qcow2 64K", "qsd qcow2 4K")
-                     for w in ("first-write", "randwrite")]:
+    for kind, wl in [(k, w) for k in backends for w in ("first-write", "randwrite")]:
         for f in os.listdir(d):
             if f != "base.img":
                 os.unlink(os.path.join(d, f))
@@ -124,6 +124,7 @@ def main():
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--only", choices=["many", "cow"])
+    ap.add_argument("--backends", default="snapblk P 4K,qsd qcow2 64K,qsd qcow2 4K")
     args = ap.parse_args()
     if args.only in (None, "many"):
         many(args)

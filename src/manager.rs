@@ -26,7 +26,7 @@ use crate::vhost::{bind_socket, serve, Backing, DiskContext, Export, ServeError,
 use crate::virtio_blk::{BlkConfig, DiskGeometry};
 
 /// Helper threads per queue for device-graph exports.
-pub const GRAPH_THREADS_PER_QUEUE: usize = 4;
+pub const GRAPH_THREADS_PER_QUEUE: usize = 32;
 
 /// Why a control operation was refused. `code()` is the stable protocol code.
 #[derive(Debug, Error)]
