@@ -126,6 +126,22 @@ impl Image {
         self.block_device
     }
 
+    /// Whether the image lives in memory (tmpfs, ramfs): its I/O never waits for a device.
+    pub fn memory_backed(&self) -> bool {
+        const TMPFS_MAGIC: i64 = 0x0102_1994;
+        const RAMFS_MAGIC: i64 = 0x8584_58f6;
+        if self.block_device {
+            return false;
+        }
+        // SAFETY: fstatfs fills the zeroed struct through a valid pointer.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstatfs(self.file.as_raw_fd(), &mut st) } != 0 {
+            return false;
+        }
+        let t = st.f_type as i64;
+        t == TMPFS_MAGIC || t == RAMFS_MAGIC
+    }
+
     pub fn readonly(&self) -> bool {
         self.options.readonly
     }
