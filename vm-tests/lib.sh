@@ -157,6 +157,46 @@ start_backend() {
     fi
 }
 
+# backend_listening_all PID SOCKET...: 2 when PID is gone, 0 when every SOCKET listens, else 1.
+backend_listening_all() {
+    local pid=$1 s
+    shift
+    kill -0 "$pid" 2>/dev/null || return 2
+    for s in "$@"; do socket_listening "$s" || return 1; done
+}
+
+# start_backend_config NAME CONFIG SOCKET...: `snapblk serve --config CONFIG` (a device graph) in
+# the background; returns once every SOCKET (the exports of CONFIG, absolute paths) listens. Same
+# bookkeeping as start_backend: stop_backend NAME stops it, the cleanup trap kills it. snapblk only.
+start_backend_config() {
+    local name=$1 config=$2 s
+    shift 2
+    [ "$VMT_BACKEND" = snapblk ] || vmt_fail "start_backend_config needs VMT_BACKEND=snapblk"
+    [ -z "${VMT_BACKEND_PID[$name]:-}" ] || vmt_fail "backend $name already running"
+    [ -f "$config" ] || vmt_fail "config file $config missing"
+    [ $# -gt 0 ] || vmt_fail "start_backend_config $name: no sockets to wait for"
+    for s in "$@"; do
+        case "$s" in /*) ;; *) vmt_fail "start_backend_config: socket $s is not an absolute path" ;; esac
+        if [ -e "$s" ] && ! socket_listening "$s"; then rm -f "$s"; fi
+        socket_listening "$s" && vmt_fail "something already listens on $s"
+    done
+    local cmd=("$SNAPBLK" serve --config "$config")
+    printf '$ %s\n' "${cmd[*]}" >>"$VMT_TMP/$name.backend.log"
+    "${cmd[@]}" >>"$VMT_TMP/$name.backend.log" 2>&1 </dev/null &
+    local pid=$!
+    VMT_BACKEND_PID[$name]=$pid
+    local rc=0
+    wait_for 20 backend_listening_all "$pid" "$@" || rc=$?
+    if [ "$rc" -ne 0 ]; then
+        if ! kill -0 "$pid" 2>/dev/null; then
+            wait "$pid" || rc=$?
+            unset "VMT_BACKEND_PID[$name]"
+            vmt_fail "backend $name exited (status $rc) before listening on all of: $*"
+        fi
+        vmt_fail "backend $name not listening on all of $* after 20 s"
+    fi
+}
+
 # stop_backend NAME: SIGTERM, wait (bounded), and require exit status 0 (snapblk and qsd alike).
 stop_backend() {
     local name=$1 pid rc=0
@@ -177,13 +217,18 @@ stop_backend() {
 # --- guests ---------------------------------------------------------------------------------
 
 # guest_start SOCKET SCRIPT [qemu args...]: boots a guest in the background that runs SCRIPT (a
-# file) as /test.sh. Env: VMT_QUEUES (virtqueues asked by QEMU, default 2), VMT_CHARDEV_OPTS
-# (appended to the vhost-user chardev, e.g. ",reconnect=1"), VMT_REBOOT=1 (leave out -no-reboot),
-# VMT_APPEND (more kernel arguments, e.g. "loglevel=7" to see the boot).
+# file) as /test.sh. SOCKET "none" attaches no vhost-user disk (the qemu args must then give the
+# guest a virtio disk: see qemu_vhost_user and qemu_plain_disk). Env: VMT_QUEUES (virtqueues asked
+# by QEMU, default 2), VMT_CHARDEV_OPTS (appended to the vhost-user chardev, e.g. ",reconnect=1"),
+# VMT_REBOOT=1 (leave out -no-reboot), VMT_APPEND (more kernel arguments, e.g. "loglevel=7" to see
+# the boot).
 guest_start() {
-    local sock=$1 script=$2
+    local sock=$1 script=$2 vhost=()
     shift 2
     [ -f "$script" ] || vmt_fail "guest script $script missing"
+    # shellcheck disable=SC2054 # commas are QEMU option syntax
+    [ "$sock" = none ] || vhost=(-chardev "socket,id=c0,path=$sock${VMT_CHARDEV_OPTS:-}"
+        -device "vhost-user-blk-pci,chardev=c0,num-queues=${VMT_QUEUES:-2}")
     [ -z "$VMT_GUEST_PID" ] || vmt_fail "a guest is already running"
     VMT_GUEST_SEQ=$((VMT_GUEST_SEQ + 1))
     VMT_GUEST_DIR="$VMT_TMP/guest$VMT_GUEST_SEQ"
@@ -192,6 +237,8 @@ guest_start() {
     (cd "$VMT_GUEST_DIR/cpio" && echo test.sh | cpio --quiet -o -H newc -R 0:0) >"$VMT_GUEST_DIR/test.cpio"
     cat "$VMT_CACHE/base.cpio" "$VMT_GUEST_DIR/test.cpio" >"$VMT_GUEST_DIR/initrd"
     mkfifo "$VMT_GUEST_DIR/ctl.in" "$VMT_GUEST_DIR/ctl.out"
+    # no_timer_check: on a loaded host the TCG guest's early IO-APIC timer check can fail and panic
+    # ("IO-APIC + timer doesn't work!", seen while benchmarks ran beside the tests).
     : >"$VMT_GUEST_DIR/console.log"
     local reboot=(-no-reboot)
     [ "${VMT_REBOOT:-0}" != 1 ] || reboot=()
@@ -202,14 +249,33 @@ guest_start() {
         -nographic -nodefaults -no-user-config "${reboot[@]}"
         -serial "file:$VMT_GUEST_DIR/console.log" -serial "pipe:$VMT_GUEST_DIR/ctl"
         -kernel "$VMT_CACHE/vmlinuz" -initrd "$VMT_GUEST_DIR/initrd"
-        -append "console=ttyS0 quiet panic=-1 ${VMT_APPEND:-}"
-        -chardev "socket,id=c0,path=$sock${VMT_CHARDEV_OPTS:-}"
-        -device "vhost-user-blk-pci,chardev=c0,num-queues=${VMT_QUEUES:-2}"
-        "$@")
+        -append "console=ttyS0 quiet panic=-1 no_timer_check ${VMT_APPEND:-}"
+        "${vhost[@]}" "$@")
     printf '$ %s\n' "${cmd[*]}" >"$VMT_GUEST_DIR/qemu.log"
     "${cmd[@]}" >>"$VMT_GUEST_DIR/qemu.log" 2>&1 </dev/null &
     VMT_GUEST_PID=$!
     guest_watch_boot "${cmd[@]}"
+}
+
+# qemu_vhost_user ARRAY ID SOCKET [QUEUES]: appends to the bash array ARRAY the QEMU args of one more
+# vhost-user-blk disk (chardev ID, default 2 queues; ID must not be c0, which guest_start uses).
+qemu_vhost_user() {
+    local -n _qv_args=$1
+    # shellcheck disable=SC2054 # commas are QEMU option syntax
+    _qv_args+=(-chardev "socket,id=$2,path=$3${VMT_CHARDEV_OPTS:-}"
+        -device "vhost-user-blk-pci,chardev=$2,num-queues=${4:-2}")
+}
+
+# qemu_plain_disk ARRAY IMAGE SERIAL [ro]: appends to ARRAY the QEMU args of a plain virtio-blk disk
+# backed by the raw file IMAGE (QEMU's own block layer, O_DIRECT), with SERIAL: the guest finds it
+# as the /sys/block/vdX whose serial file holds SERIAL. "ro" makes it read-only.
+qemu_plain_disk() {
+    local -n _qp_args=$1
+    local ro=''
+    [ "${4:-}" != ro ] || ro=",readonly=on"
+    # shellcheck disable=SC2054 # commas are QEMU option syntax
+    _qp_args+=(-drive "file=$2,if=none,id=d-$3,format=raw,cache=none,aio=threads$ro"
+        -device "virtio-blk-pci,drive=d-$3,serial=$3")
 }
 
 # guest_watch_boot QEMU-CMD...: waits until the guest's /init runs. TCG guests here very rarely stall
