@@ -394,3 +394,178 @@ guest_script() {
         cat
     } >"$path"
 }
+
+# ============================================================================================
+# --- live control plane and concurrent guests (helpers of the 8X scenarios) -------------------
+# Appended block: uses the functions above and changes none of them.
+
+# start_backend_control NAME CTLSOCK STATEDIR [serve args...]: `snapblk serve --state-dir STATEDIR
+# --control CTLSOCK` in the background (an empty graph unless STATEDIR holds one); returns once the
+# control socket listens, and exports SNAPBLK_CONTROL=CTLSOCK for the CLI (see ctl). Same bookkeeping
+# as start_backend: stop_backend NAME stops it, kill_backend NAME kills it, the cleanup trap kills it.
+start_backend_control() {
+    local name=$1 ctlsock=$2 statedir=$3
+    shift 3
+    [ "$VMT_BACKEND" = snapblk ] || vmt_fail "start_backend_control needs VMT_BACKEND=snapblk"
+    [ -z "${VMT_BACKEND_PID[$name]:-}" ] || vmt_fail "backend $name already running"
+    case "$ctlsock" in /*) ;; *) vmt_fail "start_backend_control: $ctlsock is not an absolute path" ;; esac
+    if [ -e "$ctlsock" ] && ! socket_listening "$ctlsock"; then rm -f "$ctlsock"; fi
+    socket_listening "$ctlsock" && vmt_fail "something already listens on $ctlsock"
+    local cmd=("$SNAPBLK" serve --state-dir "$statedir" --control "$ctlsock" "$@")
+    printf '$ %s\n' "${cmd[*]}" >>"$VMT_TMP/$name.backend.log"
+    "${cmd[@]}" >>"$VMT_TMP/$name.backend.log" 2>&1 </dev/null &
+    local pid=$!
+    VMT_BACKEND_PID[$name]=$pid
+    local rc=0
+    wait_for 20 backend_alive_and_listening "$pid" "$ctlsock" || rc=$?
+    if [ "$rc" -ne 0 ]; then
+        if ! kill -0 "$pid" 2>/dev/null; then
+            wait "$pid" || rc=$?
+            unset "VMT_BACKEND_PID[$name]"
+            vmt_fail "backend $name exited (status $rc) before listening on $ctlsock"
+        fi
+        vmt_fail "backend $name: control socket $ctlsock not listening after 20 s"
+    fi
+    export SNAPBLK_CONTROL=$ctlsock
+}
+
+# kill_backend NAME: SIGKILL (a crash), reaped; the sockets it listened on are left behind.
+kill_backend() {
+    local name=$1 pid
+    pid=${VMT_BACKEND_PID[$name]:-}
+    [ -n "$pid" ] || vmt_fail "kill_backend: no backend named $name"
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    unset "VMT_BACKEND_PID[$name]"
+}
+
+# ctl ARGS...: one snapblk control command (SNAPBLK_CONTROL from start_backend_control); prints its
+# stdout, logs command and output to $VMT_TMP/ctl.log, fails the scenario on a non-zero status.
+ctl() {
+    local out rc=0
+    out=$("$SNAPBLK" "$@" 2>&1) || rc=$?
+    printf '$ snapblk %s\n%s\n' "$*" "$out" >>"$VMT_TMP/ctl.log"
+    [ "$rc" -eq 0 ] || vmt_fail "snapblk $* (status $rc): $out"
+    printf '%s\n' "$out"
+}
+
+# ctl_export_add NODE SOCKET [export add args...]: exports NODE on SOCKET (absolute) and waits until
+# the socket listens. --num-queues defaults to $VMT_QUEUES or 2, what guest_start's QEMU asks for.
+ctl_export_add() {
+    local node=$1 sock=$2
+    shift 2
+    case "$sock" in /*) ;; *) vmt_fail "ctl_export_add: $sock is not an absolute path" ;; esac
+    ctl export add "$node" --socket "$sock" --num-queues "${VMT_QUEUES:-2}" "$@" >/dev/null
+    wait_for 20 socket_listening "$sock" || vmt_fail "export of $node: $sock not listening after 20 s"
+}
+
+# json_field JSON KEY: the first scalar value of "KEY" in a JSON text (numbers, booleans, strings
+# without quotes or escapes); empty when absent. Enough for the CLI's --json lines.
+json_field() {
+    printf '%s' "$1" | grep -o "\"$2\":[^,}]*" | head -n1 | sed 's/^[^:]*://; s/^"//; s/"$//'
+}
+
+# json_fields JSON KEY: every scalar value of "KEY", one a line.
+json_fields() {
+    printf '%s' "$1" | grep -o "\"$2\":[^,}]*" | sed 's/^[^:]*://; s/^"//; s/"$//'
+}
+
+# Several guests at once. guest_start runs one guest (VMT_GUEST_PID/VMT_GUEST_DIR); these helpers keep
+# one such pair per ID and select it, so every helper above (wait_console, guest_out,
+# guest_sync_wait/reply, guest_dump) works on guest ID after guest_use ID.
+declare -A VMT_GN_PID=() VMT_GN_DIR=()
+VMT_GN_CUR=
+
+# vmt_init_multi NAME: vmt_init, plus a cleanup that also stops the guests of guest_start_n.
+vmt_init_multi() {
+    vmt_init "$1"
+    trap vmt_cleanup_multi EXIT
+}
+
+vmt_cleanup_multi() {
+    local rc=$? id pid
+    trap - EXIT
+    for id in "${!VMT_GN_PID[@]}"; do
+        pid=${VMT_GN_PID[$id]}
+        [ -n "$pid" ] || continue
+        if [ "$rc" -ne 0 ] && [ -n "${VMT_GN_DIR[$id]:-}" ]; then
+            echo "--- guest $id ---" >&2
+            VMT_GUEST_DIR=${VMT_GN_DIR[$id]} guest_dump
+        fi
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for id in "${!VMT_GN_PID[@]}"; do
+        pid=${VMT_GN_PID[$id]}
+        [ -z "$pid" ] || wait "$pid" 2>/dev/null || true
+    done
+    set +e # the next line sets $? for vmt_cleanup, which must run whatever it is
+    (exit "$rc")
+    vmt_cleanup
+}
+
+# guest_start_n ID SOCKET SCRIPT [qemu args...]: guest_start for guest ID, which then runs alongside
+# the others (guest_wait_n ID waits for it).
+guest_start_n() {
+    local id=$1
+    shift
+    [ -z "${VMT_GN_PID[$id]:-}" ] || vmt_fail "guest $id already running"
+    VMT_GUEST_PID=
+    guest_start "$@"
+    VMT_GN_PID[$id]=$VMT_GUEST_PID
+    VMT_GN_DIR[$id]=$VMT_GUEST_DIR
+    VMT_GN_CUR=$id
+}
+
+# guest_use ID: makes guest ID the current one for the single-guest helpers.
+guest_use() {
+    [ -n "${VMT_GN_DIR[$1]:-}" ] || vmt_fail "no guest $1"
+    VMT_GUEST_PID=${VMT_GN_PID[$1]}
+    VMT_GUEST_DIR=${VMT_GN_DIR[$1]}
+    VMT_GN_CUR=$1
+}
+
+# guest_wait_n ID: guest_wait for guest ID (requires its VMT-RESULT: PASS).
+guest_wait_n() {
+    guest_use "$1"
+    [ -n "$VMT_GUEST_PID" ] || vmt_fail "guest $1 already waited for"
+    VMT_GN_PID[$1]=
+    guest_wait
+}
+
+# guest_prog_n ID KEY: the last value guest ID printed as "VMT-PROG KEY VALUE" (0 if none yet);
+# progress markers the host reads while the guest runs (guest_out needs the value to exist).
+guest_prog_n() {
+    tr -d '\r' <"${VMT_GN_DIR[$1]}/console.log" |
+        awk -v k="$2" '$1 == "VMT-PROG" && $2 == k && $3 ~ /^[0-9]+$/ {v = $3} END {print v + 0}'
+}
+
+# wait_prog_n ID KEY MIN [SECONDS]: waits until guest ID's progress KEY reaches MIN.
+wait_prog_n() {
+    local id=$1 key=$2 min=$3 secs=${4:-$VMT_TIMEOUT}
+    guest_use "$id"
+    _prog_reached() {
+        [ "$(guest_prog_n "$id" "$key")" -ge "$min" ] && return 0
+        kill -0 "$VMT_GUEST_PID" 2>/dev/null || return 2
+        return 1
+    }
+    wait_for "$secs" _prog_reached || { guest_dump; vmt_fail "guest $id: progress $key below $min after ${secs}s"; }
+}
+
+# vmt_block G I: the 4 KiB test block of generation G, number I: 64 lines of 64 bytes, each
+# "vmt gG bI" padded with spaces and a newline. Same function in the guests (see VMT_BLOCK_FN).
+vmt_block() {
+    local l s
+    printf -v l '%-63s\n' "vmt g$1 b$2"
+    s=$l$l$l$l$l$l$l$l
+    s=$s$s$s$s$s$s$s$s
+    printf '%s' "$s"
+}
+
+# vmt_blocks G FIRST COUNT: COUNT consecutive test blocks of generation G from number FIRST.
+vmt_blocks() {
+    local i
+    for ((i = $2; i < $2 + $3; i++)); do vmt_block "$1" "$i"; done
+}
+
+# VMT_BLOCK_FN: the definitions of vmt_block and vmt_blocks, to paste into a guest script.
+VMT_BLOCK_FN="$(declare -f vmt_block vmt_blocks)"
