@@ -69,6 +69,17 @@ enum Check {
     Copy,
 }
 
+/// Sorts the commit queue by COW chunk and returns how many of its first entries are the next
+/// allocations in order (entries whose earlier allocations are still copying wait).
+fn in_order_prefix(c: &mut super::engine::CommitState) -> usize {
+    c.queue.sort_unstable_by_key(|(_, new)| new.0);
+    c.queue
+        .iter()
+        .zip(c.order.iter())
+        .take_while(|((_, new), want)| new.0 == **want)
+        .count()
+}
+
 /// Checks the chunk position at `pos` in every snapshot; returns where the position ends (the
 /// nearest chunk boundary of any snapshot, or `limit`) and what it needs.
 fn check_chunk(
@@ -196,6 +207,7 @@ impl Origin {
                     match s.store.prepare() {
                         Some(new) => {
                             s.pending.insert(old.0, new.0);
+                            s.commit.order.push_back(new.0);
                             s.commit.outstanding += 1;
                             s.commit.copies += 1;
                             targets.push(Target {
@@ -313,19 +325,29 @@ impl Origin {
             if !s.pending.contains_key(&old.0) {
                 return s.health != Health::Invalid && s.store.lookup(old) == Some(new);
             }
-            let c = &s.commit;
+            let invalid = s.health == Health::Invalid;
+            let room = s.store.commit_room();
+            let transient = s.store.kind() == StoreKind::Transient;
+            let c = &mut s.commit;
+            let ready = if invalid {
+                c.queue.len()
+            } else {
+                in_order_prefix(c)
+            };
             let turn = !c.committing
-                && !c.queue.is_empty()
-                && (c.outstanding == 0
-                    || c.queue.len() >= s.store.commit_room()
-                    || s.health == Health::Invalid
-                    || s.store.kind() == StoreKind::Transient);
+                && ready > 0
+                && (c.outstanding == 0 || ready >= room || invalid || transient);
             if !turn {
                 g = self.wait(g);
                 continue;
             }
-            let n = s.commit.queue.len().min(s.store.commit_room());
-            let batch: Vec<_> = s.commit.queue.drain(..n).collect();
+            let n = if invalid { ready } else { ready.min(room) };
+            let batch: Vec<_> = c.queue.drain(..n).collect();
+            if invalid {
+                c.order.clear();
+            } else {
+                c.order.drain(..n);
+            }
             if s.health == Health::Invalid {
                 for (o, _) in &batch {
                     s.pending.remove(&o.0);

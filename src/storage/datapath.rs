@@ -313,6 +313,7 @@ impl Origin {
             return WritePlan::Retry;
         };
         s.pending.insert(c.0, new.0);
+        s.commit.order.push_back(new.0);
         s.commit.outstanding += 1;
         let t = Target {
             id,

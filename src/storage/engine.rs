@@ -84,6 +84,10 @@ pub(super) struct CommitState {
     pub outstanding: usize,
     /// Copied exceptions waiting for a metadata commit.
     pub queue: Vec<(ChunkIndex, ChunkIndex)>,
+    /// COW chunks allocated and not yet committed, in allocation order: commits take only the
+    /// in-order prefix of copied entries, so the table stays in allocation order (as Linux
+    /// keeps it) whatever order the copies finish in.
+    pub order: std::collections::VecDeque<u64>,
     /// A thread is writing a commit now.
     pub committing: bool,
     /// Counters for `stats`: origin chunks copied in, requests parked on the copy cap,
