@@ -8,7 +8,9 @@
 # the daemon mid-stream, then checks on the image file, before the restart, that every block
 # acknowledged on the console is there; at the end every block of every writer must be there.
 # VMT_KILL9_QD (default 1) is the number of concurrent writers: 1 keeps one request in flight at a
-# time; more put several in flight at the kill.
+# time; more put several in flight at the kill. VMT_KILL9_FIO=DEPTH (default 0: none) adds a fio job
+# (4 KiB random O_DIRECT writes at iodepth DEPTH over [40, 56) MiB, crc32c-verified after every
+# loop) that runs across the kill.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=../lib.sh
 . "$(dirname "$0")/../lib.sh"
@@ -20,6 +22,7 @@ if [ "$VMT_BACKEND" != snapblk ]; then
 fi
 
 qd=${VMT_KILL9_QD:-1}
+fio_depth=${VMT_KILL9_FIO:-0}
 N=512 # blocks per writer; writer W writes [4 + 4W, 6 + 4W) MiB
 img="$VMT_TMP/origin.img"
 ctlsock="$VMT_TMP/ctl.sock"
@@ -29,7 +32,7 @@ start_backend_control d "$ctlsock" "$VMT_TMP/state"
 ctl origin add vm --image "$img" >/dev/null
 ctl_export_add vm "$osock"
 
-guest_script "$VMT_TMP/writer.sh" "qd=$qd" "N=$N" <<GUEST
+guest_script "$VMT_TMP/writer.sh" "qd=$qd" "N=$N" "fio_depth=$fio_depth" <<GUEST
 $VMT_BLOCK_FN
 GUEST
 cat >>"$VMT_TMP/writer.sh" <<'GUEST'
@@ -43,6 +46,16 @@ writer() {
     done
 }
 pids=()
+if [ "$fio_depth" -gt 0 ]; then
+    (
+        echo "VMT-PROG fio 1"
+        fio --name=deep --filename=/dev/vda --offset=40M --size=16M --rw=randwrite --bs=4k --direct=1 \
+            --ioengine=libaio --iodepth="$fio_depth" --verify=crc32c --do_verify=1 --loops=100 \
+            --runtime=25 --output=/tmp/fio.out >/dev/null 2>&1 || { echo "fio failed: $(tail -n 5 /tmp/fio.out | tr '\n' ' ')" >/tmp/werrfio; exit 1; }
+        echo "VMT-PROG fio 2"
+    ) &
+    fio_pid=$!
+fi
 for ((w = 0; w < qd; w++)); do
     taskset -c $((w % 2)) bash -c "$(declare -f vmt_block vmt_blocks writer); N=$N; writer $w" &
     pids+=($!)
@@ -63,6 +76,12 @@ fi
 for ((w = 0; w < qd; w++)); do
     wait "${pids[$w]}" || fail "$(cat /tmp/werr$w 2>/dev/null || echo "writer $w failed")"
 done
+if [ "$fio_depth" -gt 0 ]; then
+    n=0
+    while kill -0 "$fio_pid" 2>/dev/null && [ "$n" -lt 900 ]; do n=$((n + 1)); sleep 0.1; done
+    kill -0 "$fio_pid" 2>/dev/null && fail "fio (iodepth $fio_depth) still blocked 90 s after the writers ended (request lost at the kill?)"
+    wait "$fio_pid" || fail "$(cat /tmp/werrfio 2>/dev/null || echo "fio failed")"
+fi
 for ((w = 0; w < qd; w++)); do
     expect_eq "$(sha_region /dev/vda $((4 + 4 * w)) 2)" "$(sha256sum </tmp/g$w | cut -d' ' -f1)" "writer $w's blocks at the end"
 done
@@ -77,6 +96,7 @@ VMT_CHARDEV_OPTS=",reconnect=1" guest_start_n g "$osock" "$VMT_TMP/writer.sh"
 wait_prog_n g a0 100
 kill_backend d
 t_kill=$SECONDS
+[ "$fio_depth" = 0 ] || vmt_log "fio (iodepth $fio_depth) state at the kill: $(guest_prog_n g fio) (1 running, 2 done)"
 acks=()
 for ((w = 0; w < qd; w++)); do acks+=("$(guest_prog_n g a$w)"); done
 vmt_log "daemon killed (SIGKILL) with writers acknowledged at: ${acks[*]} of $N blocks"
