@@ -474,7 +474,6 @@ json_fields() {
 # one such pair per ID and select it, so every helper above (wait_console, guest_out,
 # guest_sync_wait/reply, guest_dump) works on guest ID after guest_use ID.
 declare -A VMT_GN_PID=() VMT_GN_DIR=()
-VMT_GN_CUR=
 
 # vmt_init_multi NAME: vmt_init, plus a cleanup that also stops the guests of guest_start_n.
 vmt_init_multi() {
@@ -513,7 +512,6 @@ guest_start_n() {
     guest_start "$@"
     VMT_GN_PID[$id]=$VMT_GUEST_PID
     VMT_GN_DIR[$id]=$VMT_GUEST_DIR
-    VMT_GN_CUR=$id
 }
 
 # guest_use ID: makes guest ID the current one for the single-guest helpers.
@@ -521,7 +519,6 @@ guest_use() {
     [ -n "${VMT_GN_DIR[$1]:-}" ] || vmt_fail "no guest $1"
     VMT_GUEST_PID=${VMT_GN_PID[$1]}
     VMT_GUEST_DIR=${VMT_GN_DIR[$1]}
-    VMT_GN_CUR=$1
 }
 
 # guest_wait_n ID: guest_wait for guest ID (requires its VMT-RESULT: PASS).

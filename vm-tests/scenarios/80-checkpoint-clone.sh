@@ -32,7 +32,7 @@ ctl_export_add vm1 "$osock"
 # the clone runs), E = [40, 44) MiB written by the clone only.
 N=768
 A=1024
-layout=(N=$N A=$A C=4096 NC=1024 D=8192 ND=256 E=40)
+layout=("N=$N" "A=$A" C=4096 NC=1024 D=8192 ND=256 E=40)
 
 guest_script "$VMT_TMP/writer.sh" "${layout[@]}" <<GUEST
 $VMT_BLOCK_FN

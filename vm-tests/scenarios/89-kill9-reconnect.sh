@@ -116,6 +116,9 @@ for ((w = 0; w < qd; w++)); do
     wait_prog_n g a$w "$want" 120
 done
 vmt_log "writers moving again $((SECONDS - t_kill)) s after the kill"
+fio_note=''
+[ "$fio_depth" = 0 ] || fio_note=", fio iodepth $fio_depth"
+vmt_note "SIGKILL at ${acks[*]} flushed blocks (writers: $qd$fio_note); writers moving again $((SECONDS - t_kill)) s later"
 guest_wait_n g
 stats=$(ctl stats --json)
 for e in $(json_fields "$stats" errors); do expect_eq "$e" 0 "export errors after the restart in: $stats"; done
