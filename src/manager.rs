@@ -149,6 +149,8 @@ pub struct Manager {
     events: Arc<Mutex<Vec<Event>>>,
     /// Sockets that may not be used for exports (the control socket).
     reserved: Vec<PathBuf>,
+    /// Serializes state-file writes (control requests and the merge thread both save).
+    save_lock: Mutex<()>,
 }
 
 fn now() -> u64 {
@@ -234,6 +236,7 @@ impl Manager {
             state_dir,
             events,
             reserved,
+            save_lock: Mutex::new(()),
         });
         for name in dropped {
             push_event(
@@ -267,6 +270,7 @@ impl Manager {
         let Some(dir) = &self.state_dir else {
             return Ok(());
         };
+        let _serial = self.save_lock.lock().unwrap_or_else(|p| p.into_inner());
         let state = {
             let g = self.lock();
             let mut s = g.state.clone();
@@ -669,7 +673,12 @@ impl Manager {
         let _ = self.graph.forget_snapshot(name);
         self.lock().state.graph.snapshots.retain(|s| s.name != name);
         if let Err(e) = self.save() {
-            error!("{e}");
+            error!(
+                "{e}: {}",
+                std::error::Error::source(&e)
+                    .map(|s| s.to_string())
+                    .unwrap_or_default()
+            );
         }
     }
 
