@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{connect, pattern, Daemon, MIB};
+use common::{connect, pattern, read, write, Daemon, MIB};
 use snapblk::frontend::BlkStatus;
 
 fn config(dir: &Path, store: &str) -> String {
@@ -63,21 +63,6 @@ fn start(dir: &Path) -> Daemon {
         &refs,
         &dir.join("daemon.log"),
     )
-}
-
-fn read(sock: &Path, sector: u64, len: u32) -> Vec<u8> {
-    let mut fe = connect(sock);
-    let mut q = fe.blk_queue(0, 2, len).unwrap();
-    let (r, data) = q.read(sector, len).unwrap();
-    assert_eq!(r.status, BlkStatus::Ok);
-    data
-}
-
-fn write(sock: &Path, sector: u64, data: &[u8]) {
-    let mut fe = connect(sock);
-    let mut q = fe.blk_queue(0, 2, data.len() as u32).unwrap();
-    assert_eq!(q.write(sector, data).unwrap().status, BlkStatus::Ok);
-    assert_eq!(q.flush().unwrap().status, BlkStatus::Ok);
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{connect, pattern, MIB};
+use common::{connect, pattern, read, write, MIB};
 use snapblk::config::{ByteSize, ExportSpec, GraphConfig, OriginSpec, SnapshotSpec, StoreType};
 use snapblk::frontend::BlkStatus;
 use snapblk::manager::Manager;
@@ -45,21 +45,6 @@ fn export(p: &Path, node: &str) -> ExportSpec {
         logical_block_size: 512,
         writethrough: false,
     }
-}
-
-fn read(sock: &Path, sector: u64, len: u32) -> Vec<u8> {
-    let mut fe = connect(sock);
-    let mut q = fe.blk_queue(0, 2, len).unwrap();
-    let (r, d) = q.read(sector, len).unwrap();
-    assert_eq!(r.status, BlkStatus::Ok);
-    d
-}
-
-fn write(sock: &Path, sector: u64, data: &[u8]) {
-    let mut fe = connect(sock);
-    let mut q = fe.blk_queue(0, 2, data.len() as u32).unwrap();
-    assert_eq!(q.write(sector, data).unwrap().status, BlkStatus::Ok);
-    assert_eq!(q.flush().unwrap().status, BlkStatus::Ok);
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use snapblk::frontend::{BlkFrontend, FrontendOptions};
+use snapblk::frontend::{BlkFrontend, BlkStatus, FrontendOptions};
 
 pub const MIB: u64 = 1 << 20;
 
@@ -144,4 +144,21 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
             x as u8
         })
         .collect()
+}
+
+/// Reads `len` bytes at `sector` over a fresh connection; asserts the request succeeded.
+pub fn read(sock: &Path, sector: u64, len: u32) -> Vec<u8> {
+    let mut fe = connect(sock);
+    let mut q = fe.blk_queue(0, 2, len).unwrap();
+    let (r, data) = q.read(sector, len).unwrap();
+    assert_eq!(r.status, BlkStatus::Ok);
+    data
+}
+
+/// Writes and flushes `data` at `sector` over a fresh connection; asserts both succeeded.
+pub fn write(sock: &Path, sector: u64, data: &[u8]) {
+    let mut fe = connect(sock);
+    let mut q = fe.blk_queue(0, 2, data.len() as u32).unwrap();
+    assert_eq!(q.write(sector, data).unwrap().status, BlkStatus::Ok);
+    assert_eq!(q.flush().unwrap().status, BlkStatus::Ok);
 }
