@@ -3,7 +3,6 @@
 //! exits cleanly.
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use log::{error, info, warn};
@@ -15,9 +14,8 @@ use crate::control::{bind_control, serve_control, ControlStop, ManagerControl};
 use crate::graph::GraphError;
 use crate::manager::{Manager, ManagerError};
 use crate::storage::{Image, ImageError, OpenOptions};
-use crate::vhost::stats::QueueStats;
-use crate::vhost::{bind_socket, serve, Backing, DiskContext, Export, ServeError, Shutdown};
-use crate::virtio_blk::{BlkConfig, DiskGeometry};
+use crate::vhost::{bind_socket, serve, Backing, Export, ServeError, Shutdown};
+use crate::virtio_blk::DiskGeometry;
 
 /// Validated settings of `snapblk serve` with one image.
 #[derive(Debug, Clone)]
@@ -48,8 +46,6 @@ pub enum DaemonError {
     Manager(#[from] ManagerError),
     #[error(transparent)]
     Control(#[from] ControlServerError),
-    #[error("node {node} is {size} bytes, smaller than one {block}-byte logical block")]
-    TooSmall { node: String, size: u64, block: u32 },
     #[error("cannot set up signal handling or threads")]
     Signals(#[source] std::io::Error),
     #[error("cannot flush {what} at shutdown")]
@@ -91,12 +87,6 @@ pub fn install_signal_thread(shutdown: Arc<Shutdown>) -> Result<(), DaemonError>
     Ok(())
 }
 
-fn stats(queues: u16) -> Vec<Arc<QueueStats>> {
-    (0..queues)
-        .map(|_| Arc::new(QueueStats::default()))
-        .collect()
-}
-
 /// Runs `snapblk serve` for one image until a signal stops it.
 pub fn run(opts: ServeOptions) -> Result<(), DaemonError> {
     let shutdown = Shutdown::new().map_err(DaemonError::Signals)?;
@@ -120,24 +110,14 @@ pub fn run(opts: ServeOptions) -> Result<(), DaemonError> {
         discard: true,
         serial: serial.as_bytes().iter().copied().take(20).collect(),
     };
-    let export = Export {
-        socket: opts.socket.clone(),
-        config: BlkConfig {
-            geometry: geometry.clone(),
-            num_queues: opts.num_queues,
-            queue_size: opts.queue_size,
-        },
-        disk: Arc::new(DiskContext {
-            backing: Backing::Image(image.clone()),
-            geometry,
-            writeback: AtomicBool::new(!opts.writethrough),
-            zero_range: AtomicBool::new(true),
-            paused: AtomicBool::new(false),
-            stats: stats(opts.num_queues),
-        }),
-        default_writeback: !opts.writethrough,
-        connected: Arc::new(AtomicBool::new(false)),
-    };
+    let export = Export::new(
+        opts.socket.clone(),
+        geometry,
+        opts.num_queues,
+        opts.queue_size,
+        Backing::Image(image.clone()),
+        !opts.writethrough,
+    );
     let listener = bind_socket(&opts.socket)?;
     info!(
         "serving {} ({} bytes, serial {serial}, {} queue(s){}) on {}",

@@ -9,7 +9,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -23,7 +22,7 @@ use crate::graph::{Graph, GraphError};
 use crate::storage::{derive_serial, MergeProgress};
 use crate::vhost::stats::{QueueStats, StatsSnapshot};
 use crate::vhost::{bind_socket, serve, Backing, DiskContext, Export, ServeError, Shutdown};
-use crate::virtio_blk::{BlkConfig, DiskGeometry};
+use crate::virtio_blk::DiskGeometry;
 
 /// Helper threads per queue for device-graph exports.
 pub const GRAPH_THREADS_PER_QUEUE: usize = 32;
@@ -824,27 +823,15 @@ pub fn build_export(graph: &Graph, spec: &ExportSpec) -> Result<Export, ManagerE
         discard: node.discard,
         serial: serial.as_bytes().iter().copied().take(20).collect(),
     };
-    Ok(Export {
-        socket: spec.socket.clone(),
-        config: BlkConfig {
-            geometry: geometry.clone(),
-            num_queues: spec.num_queues,
-            queue_size: spec.queue_size,
+    Ok(Export::new(
+        spec.socket.clone(),
+        geometry,
+        spec.num_queues,
+        spec.queue_size,
+        Backing::Device {
+            dev: node.dev,
+            threads: GRAPH_THREADS_PER_QUEUE,
         },
-        disk: Arc::new(DiskContext {
-            backing: Backing::Device {
-                dev: node.dev,
-                threads: GRAPH_THREADS_PER_QUEUE,
-            },
-            geometry,
-            writeback: AtomicBool::new(!spec.writethrough),
-            zero_range: AtomicBool::new(true),
-            paused: AtomicBool::new(false),
-            stats: (0..spec.num_queues)
-                .map(|_| Arc::new(QueueStats::default()))
-                .collect(),
-        }),
-        default_writeback: !spec.writethrough,
-        connected: Arc::new(AtomicBool::new(false)),
-    })
+        !spec.writethrough,
+    ))
 }

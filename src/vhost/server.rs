@@ -18,8 +18,9 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::backend::BlkBackend;
-use super::queue::DiskContext;
-use crate::virtio_blk::BlkConfig;
+use super::queue::{Backing, DiskContext};
+use super::stats::QueueStats;
+use crate::virtio_blk::{BlkConfig, DiskGeometry};
 
 /// Errors of the serving loop.
 #[derive(Debug, Error)]
@@ -164,6 +165,40 @@ pub struct Export {
     pub default_writeback: bool,
     /// A frontend is connected now.
     pub connected: Arc<AtomicBool>,
+}
+
+impl Export {
+    /// An export of `backing` on `socket` with the given geometry and queues; `writeback`
+    /// is the cache mode each new connection starts in.
+    pub fn new(
+        socket: PathBuf,
+        geometry: DiskGeometry,
+        num_queues: u16,
+        queue_size: u16,
+        backing: Backing,
+        writeback: bool,
+    ) -> Export {
+        Export {
+            socket,
+            config: BlkConfig {
+                geometry: geometry.clone(),
+                num_queues,
+                queue_size,
+            },
+            disk: Arc::new(DiskContext {
+                backing,
+                geometry,
+                writeback: AtomicBool::new(writeback),
+                zero_range: AtomicBool::new(true),
+                paused: AtomicBool::new(false),
+                stats: (0..num_queues)
+                    .map(|_| Arc::new(QueueStats::default()))
+                    .collect(),
+            }),
+            default_writeback: writeback,
+            connected: Arc::new(AtomicBool::new(false)),
+        }
+    }
 }
 
 /// Serves `export` until `shutdown` is triggered. Each frontend connection gets a fresh
