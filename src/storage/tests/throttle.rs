@@ -3,7 +3,7 @@
 //! status. A watchdog fails the test instead of hanging if the rules break (deadlock), and the
 //! peak number of in-flight copies must never exceed the cap.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
@@ -29,12 +29,17 @@ fn storm(cap: usize, snapshots: usize, writers: usize) -> (usize, usize) {
         ids.push(snap(&o, &cow, kind, cs));
     }
     let stop = Arc::new(AtomicBool::new(false));
+    // Control cycles completed: writers keep going until a few have overlapped them, so the
+    // storm is concurrent however the threads are scheduled.
+    let done = Arc::new(AtomicUsize::new(0));
     let mut handles = Vec::new();
     for t in 0..writers {
-        let (o, ids) = (o.clone(), ids.clone());
+        let (o, ids, done) = (o.clone(), ids.clone(), done.clone());
         handles.push(thread::spawn(move || {
             let mut rng = SplitMix(t as u64);
-            for _ in 0..150 {
+            let mut i = 0;
+            while i < 150 || done.load(Ordering::Relaxed) < 3 {
+                i += 1;
                 let off = rng.next_u64() % (SIZE as u64 / 512 - 16) * 512;
                 let len = (1 + rng.next_u64() % 16) as usize * 512;
                 match rng.next_u64() % 4 {
@@ -52,7 +57,7 @@ fn storm(cap: usize, snapshots: usize, writers: usize) -> (usize, usize) {
         }));
     }
     let control = {
-        let (o, stop) = (o.clone(), stop.clone());
+        let (o, stop, done) = (o.clone(), stop.clone(), done.clone());
         thread::spawn(move || {
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
@@ -63,6 +68,7 @@ fn storm(cap: usize, snapshots: usize, writers: usize) -> (usize, usize) {
                 }
                 o.remove_snapshot(id).unwrap();
                 n += 1;
+                done.store(n, Ordering::Relaxed);
             }
             n
         })
