@@ -123,6 +123,32 @@ pub struct SnapshotSpec {
     pub discard_zeroes_cow: bool,
     #[serde(default)]
     pub discard_passdown_origin: bool,
+    /// Keep a hidden anchor (a read-only snapshot taken at the same point, COW `<cow>.anchor`)
+    /// so `clone reset` works even after the origin was written. Costs a second copy-out per
+    /// changed origin chunk.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resettable: bool,
+}
+
+impl SnapshotSpec {
+    /// The hidden anchor of a resettable snapshot: same origin, store and chunk size, its own
+    /// COW next to the snapshot's.
+    pub fn anchor(&self) -> SnapshotSpec {
+        let mut cow = self.cow.clone().into_os_string();
+        cow.push(".anchor");
+        SnapshotSpec {
+            name: format!("{}.anchor", self.name),
+            cow: cow.into(),
+            store: match self.store {
+                StoreType::N => StoreType::N,
+                _ => StoreType::P,
+            },
+            discard_zeroes_cow: false,
+            discard_passdown_origin: false,
+            resettable: false,
+            ..self.clone()
+        }
+    }
 }
 
 fn default_store() -> StoreType {

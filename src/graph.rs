@@ -62,6 +62,8 @@ pub struct SnapshotNode {
     pub id: SnapshotId,
     pub origin: Arc<Origin>,
     pub dev: Arc<SnapshotDevice>,
+    /// The hidden anchor of a resettable snapshot (see [`SnapshotSpec::anchor`]).
+    pub anchor: Option<SnapshotId>,
 }
 
 /// A node as an export sees it.
@@ -215,11 +217,17 @@ impl Graph {
         let mut prepared = Vec::new();
         for spec in specs {
             let (origin, p) = self.prepare(spec)?;
-            prepared.push((spec, origin, p));
+            let anchor = match spec.resettable {
+                true => Some(self.prepare(&spec.anchor())?.1),
+                false => None,
+            };
+            prepared.push((spec, origin, p, anchor));
         }
         prepared.sort_by(|a, b| a.0.origin.cmp(&b.0.origin));
-        let origins: Vec<(Arc<Origin>, &SnapshotSpec)> =
-            prepared.iter().map(|(s, o, _)| (o.clone(), *s)).collect();
+        let origins: Vec<(Arc<Origin>, &SnapshotSpec)> = prepared
+            .iter()
+            .map(|(s, o, _, _)| (o.clone(), *s))
+            .collect();
         let mut frozen = Vec::new();
         let mut pauses = Vec::new();
         for (origin, spec) in &origins {
@@ -233,14 +241,24 @@ impl Graph {
         }
         let mut attached = Vec::new();
         let mut result = Ok(());
-        for (spec, origin, p) in prepared.into_iter() {
+        for (spec, origin, p, anchor) in prepared.into_iter() {
             let f = frozen
                 .iter()
                 .find(|(f, _)| std::ptr::eq(f.origin(), &*origin))
                 .map(|(f, _)| f);
             let Some(f) = f else { continue };
-            match f.attach(p) {
-                Ok(id) => attached.push((spec, origin, id)),
+            let ids = f.attach(p).and_then(|id| match anchor {
+                None => Ok((id, None)),
+                Some(a) => match f.attach(a) {
+                    Ok(a) => Ok((id, Some(a))),
+                    Err(e) => {
+                        let _ = origin.remove_snapshot(id);
+                        Err(e)
+                    }
+                },
+            });
+            match ids {
+                Ok(ids) => attached.push((spec, origin, ids)),
                 Err(source) => {
                     result = Err(GraphError::Attach {
                         name: spec.name.clone(),
@@ -257,13 +275,16 @@ impl Graph {
             pauses.push((origin, t0.elapsed()));
         }
         if let Err(e) = result {
-            for (_, origin, id) in attached {
+            for (_, origin, (id, anchor)) in attached {
                 let _ = origin.remove_snapshot(id);
+                if let Some(a) = anchor {
+                    let _ = origin.remove_snapshot(a);
+                }
             }
             return Err(e);
         }
         let mut n = self.lock();
-        for (spec, origin, id) in attached {
+        for (spec, origin, (id, anchor)) in attached {
             let status = origin.status(id).unwrap_or_default();
             info!(
                 "snapshot {} of {} ({}): {status}",
@@ -282,6 +303,7 @@ impl Graph {
                     id,
                     origin,
                     dev,
+                    anchor,
                 },
             );
         }
@@ -298,9 +320,25 @@ impl Graph {
         Ok((s.origin.clone(), s.id))
     }
 
-    /// Drops a snapshot the engine already removed (a finished merge).
+    /// The anchor of a resettable snapshot, if it has one.
+    pub fn snapshot_anchor(&self, name: &str) -> Result<Option<SnapshotId>, GraphError> {
+        let n = self.lock();
+        let s = n
+            .snapshots
+            .get(name)
+            .ok_or_else(|| GraphError::NoSuchNode(name.to_owned()))?;
+        Ok(s.anchor)
+    }
+
+    /// Drops a snapshot the engine already removed (a finished merge), and its anchor.
     pub fn forget_snapshot(&self, name: &str) -> bool {
-        self.lock().snapshots.remove(name).is_some()
+        let Some(s) = self.lock().snapshots.remove(name) else {
+            return false;
+        };
+        if let Some(a) = s.anchor {
+            let _ = s.origin.remove_snapshot(a);
+        }
+        true
     }
 
     /// Detaches a snapshot (its COW file stays).
@@ -316,6 +354,9 @@ impl Graph {
                 name: name.to_owned(),
                 source,
             })?;
+        if let Some(a) = s.anchor {
+            let _ = s.origin.remove_snapshot(a);
+        }
         n.snapshots.remove(name);
         Ok(())
     }

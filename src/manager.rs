@@ -691,9 +691,11 @@ impl Manager {
     // ---- clones --------------------------------------------------------------------------
 
     /// Drops a writable snapshot's changes while its exports stay connected: their I/O is
-    /// held back, the COW is emptied, then their queues run again. Guests see the creation
-    /// data on their next read (they must drop their caches or reboot for a consistent view).
-    pub fn clone_reset(&self, name: &str) -> Result<(), ManagerError> {
+    /// held back, the COW is emptied (and, for a resettable snapshot, the chunks the origin
+    /// changed since are restored from its anchor), then their queues run again. Guests see the
+    /// creation data on their next read (they must drop their caches or reboot for a
+    /// consistent view). Returns the chunks restored from the anchor.
+    pub fn clone_reset(&self, name: &str) -> Result<u64, ManagerError> {
         let (exports, written) = {
             let g = self.lock();
             if !g.state.graph.snapshots.iter().any(|s| s.name == name) {
@@ -709,27 +711,41 @@ impl Manager {
                 .collect();
             (exports, g.state.origin_written.contains(name))
         };
-        if written {
+        let (origin, id) = self.graph.snapshot_engine(name)?;
+        let anchor = self.graph.snapshot_anchor(name)?;
+        if written && anchor.is_none() {
             return Err(ManagerError::InvalidArgument(format!(
-                "the origin of {name:?} was written since it was created: its creation state cannot be rebuilt; delete it and create it again"
+                "the origin of {name:?} was written since it was created: its creation state cannot be rebuilt (create snapshots with --resettable to keep it); delete it and create it again"
             )));
         }
-        let (origin, id) = self.graph.snapshot_engine(name)?;
         for (stop, disk) in &exports {
             stop.pause(disk);
         }
-        let r = origin.reset_snapshot(id);
+        let r = origin
+            .reset_snapshot(id, anchor.is_some())
+            .map_err(|e| e.to_string())
+            .and_then(|()| match anchor {
+                Some(a) => origin.restore_from_anchor(id, a).map_err(|e| e.to_string()),
+                None => Ok(0),
+            });
         for (stop, disk) in &exports {
             stop.resume(disk);
         }
-        r.map_err(|e| ManagerError::InvalidArgument(format!("cannot reset {name}: {e}")))?;
+        let restored =
+            r.map_err(|e| ManagerError::InvalidArgument(format!("cannot reset {name}: {e}")))?;
+        if anchor.is_some() {
+            // The snapshot's own copy-out counter restarted; keep the saved flag off.
+            self.lock().state.origin_written.remove(name);
+        }
         push_event(
             &self.events,
             "clone-reset",
             name,
-            "reset to its creation state".into(),
+            format!(
+                "reset to its creation state ({restored} changed chunks restored from its anchor)"
+            ),
         );
-        Ok(())
+        Ok(restored)
     }
 
     // ---- status and events ----------------------------------------------------------------
@@ -739,7 +755,7 @@ impl Manager {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .filter(|e| e.seq > since)
+            .filter(|e| e.seq >= since)
             .cloned()
             .collect()
     }

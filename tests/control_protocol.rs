@@ -41,6 +41,7 @@ fn snapshot_info(name: &str) -> SnapshotInfo {
         total_bytes: 8 << 20,
         exceptions: 3,
         state: NodeState::Active,
+        resettable: false,
     }
 }
 
@@ -314,6 +315,7 @@ fn one_of_each() -> Vec<Request> {
                     size: Some(8 << 20),
                     discard_zeroes_cow: false,
                     discard_passdown_origin: false,
+                    resettable: true,
                 },
                 NewSnapshot {
                     origin: "b".into(),
@@ -324,6 +326,7 @@ fn one_of_each() -> Vec<Request> {
                     size: None,
                     discard_zeroes_cow: true,
                     discard_passdown_origin: true,
+                    resettable: false,
                 },
             ],
         }),

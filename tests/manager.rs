@@ -31,6 +31,7 @@ fn snap(p: &Path, origin: &str, name: &str) -> SnapshotSpec {
         create_size: Some(ByteSize(8 * MIB)),
         discard_zeroes_cow: false,
         discard_passdown_origin: false,
+        resettable: false,
     }
 }
 
@@ -204,5 +205,73 @@ fn clone_reset_drops_changes_while_connected_and_is_refused_once_the_origin_chan
     m.poll_health(&mut Default::default());
     assert_eq!(m.clone_reset("c").unwrap_err().code(), "invalid_argument");
     assert_eq!(m.clone_reset("nope").unwrap_err().code(), "not_found");
+    m.stop_all();
+}
+
+#[test]
+fn a_resettable_clone_resets_after_origin_writes_and_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let state = p.join("state");
+    let a0 = pattern(31, 4 * MIB as usize);
+    std::fs::write(p.join("a.img"), &a0).unwrap();
+    let cfg = GraphConfig {
+        origins: vec![origin(p, "a")],
+        snapshots: vec![],
+        exports: vec![export(p, "a")],
+    };
+    let m = Manager::start(cfg.clone(), Some(state.clone()), vec![]).unwrap();
+    let c = SnapshotSpec {
+        resettable: true,
+        ..snap(p, "a", "c")
+    };
+    m.snapshot_create(vec![c]).unwrap();
+    assert!(
+        p.join("c.cow.anchor").exists(),
+        "the anchor's COW is created"
+    );
+    m.export_add(export(p, "c")).unwrap();
+    let mut fe = connect(&p.join("c.sock"));
+    let mut q = fe.blk_queue(0, 2, 65536).unwrap();
+    assert_eq!(
+        q.write(0, &pattern(32, 65536)).unwrap().status,
+        BlkStatus::Ok
+    );
+    // The origin changes chunks the clone wrote (no copy-out into the clone) and others.
+    write(&p.join("a.sock"), 64, &pattern(33, 32768));
+    write(&p.join("a.sock"), 4096, &pattern(34, 8192));
+    m.poll_health(&mut Default::default());
+    assert_eq!(
+        m.clone_reset("c").unwrap(),
+        10,
+        "8 + 2 changed chunks restored"
+    );
+    let (r, after) = q.read(0, 65536).unwrap();
+    assert_eq!(r.status, BlkStatus::Ok);
+    assert!(after[..] == a0[..65536], "the clone's own writes are gone");
+    assert_eq!(
+        q.write(8, &pattern(35, 4096)).unwrap().status,
+        BlkStatus::Ok
+    );
+    drop(q);
+    drop(fe);
+    let mut want = a0.clone();
+    want[4096..8192].copy_from_slice(&pattern(35, 4096));
+    assert!(
+        read(&p.join("c.sock"), 0, 4 * MIB as u32) == want,
+        "the clone is back at its creation state, then written"
+    );
+    assert!(m
+        .events(0)
+        .iter()
+        .any(|e| e.kind == "clone-reset" && e.node == "c"));
+    m.stop_all();
+    drop(m);
+    // After a restart the anchor is loaded again from its COW.
+    let m = Manager::start(cfg, Some(state), vec![]).unwrap();
+    write(&p.join("a.sock"), 2048, &pattern(36, 4096));
+    m.clone_reset("c").unwrap();
+    assert!(read(&p.join("c.sock"), 0, 4 * MIB as u32) == a0);
+    m.snapshot_delete("c", true).unwrap();
     m.stop_all();
 }

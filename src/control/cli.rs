@@ -161,6 +161,10 @@ pub struct CreateArgs {
     /// Discards are also passed down to the origin's device (needs --discard-zeroes-cow).
     #[arg(long)]
     pub discard_passdown_origin: bool,
+    /// Keep a hidden anchor (COW `<cow>.anchor`, same store) so `clone reset` can rebuild the
+    /// creation state even after the origin was written; costs a second copy-out per chunk.
+    #[arg(long)]
+    pub resettable: bool,
     /// Another snapshot taken at the same point, ORIGIN:NAME:COW (same store and sizes).
     #[arg(long = "with", value_name = "ORIGIN:NAME:COW", value_parser = parse_with)]
     pub with: Vec<(String, String, PathBuf)>,
@@ -382,6 +386,7 @@ fn create(a: CreateArgs) -> Result<(Conn, Action), String> {
             size: a.size,
             discard_zeroes_cow: a.discard_zeroes_cow,
             discard_passdown_origin: a.discard_passdown_origin,
+            resettable: a.resettable,
         })
     };
     let mut snapshots = vec![one(a.origin.clone(), a.name.clone(), &a.cow)?];

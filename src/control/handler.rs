@@ -83,6 +83,7 @@ impl ManagerControl {
             total_bytes: total,
             exceptions,
             state,
+            resettable: spec.resettable,
         }
     }
 
@@ -191,6 +192,7 @@ impl ControlHandler for ManagerControl {
                         create_size: n.size.map(ByteSize),
                         discard_zeroes_cow: n.discard_zeroes_cow,
                         discard_passdown_origin: n.discard_passdown_origin,
+                        resettable: n.resettable,
                     })
                     .collect();
                 let pauses = m.snapshot_create(specs).map_err(err)?;
@@ -336,6 +338,8 @@ impl ControlHandler for ManagerControl {
                             "merge-done" => EventKind::MergeFinished,
                             "merge-failed" => EventKind::MergeFailed,
                             "merge-started" => EventKind::MergeStarted,
+                            "clone-reset" => EventKind::CloneReset,
+                            "transient-reset" => EventKind::TransientReset,
                             _ => return None,
                         };
                         Some(WireEvent {

@@ -172,6 +172,9 @@ pub struct NewSnapshot {
     pub discard_zeroes_cow: bool,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub discard_passdown_origin: bool,
+    /// Keep a hidden anchor so `clone_reset` works after the origin was written.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resettable: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -200,6 +200,9 @@ pub struct SnapshotInfo {
     pub total_bytes: u64,
     pub exceptions: u64,
     pub state: NodeState,
+    /// Has a hidden anchor: `clone_reset` works after origin writes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resettable: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -329,6 +332,10 @@ pub enum EventKind {
     MergeStarted,
     MergeFinished,
     MergeFailed,
+    /// A writable snapshot was reset to its creation state.
+    CloneReset,
+    /// A transient snapshot started empty after a restart of the daemon.
+    TransientReset,
 }
 
 impl std::fmt::Display for EventKind {
@@ -339,6 +346,8 @@ impl std::fmt::Display for EventKind {
             EventKind::MergeStarted => "merge_started",
             EventKind::MergeFinished => "merge_finished",
             EventKind::MergeFailed => "merge_failed",
+            EventKind::CloneReset => "clone_reset",
+            EventKind::TransientReset => "transient_reset",
         })
     }
 }

@@ -29,6 +29,7 @@ fn one_of_each() -> Vec<Request> {
                 size: Some(1 << 20),
                 discard_zeroes_cow: true,
                 discard_passdown_origin: false,
+                resettable: true,
             }],
         }),
         Request::SnapshotDelete(RemoveNode {

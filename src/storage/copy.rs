@@ -61,7 +61,7 @@ const MAX_BATCH: usize = 256;
 
 /// What one chunk position needs before the origin may be written there.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Check {
+pub(super) enum Check {
     Safe,
     /// A copy or a tracked read is in flight: wait for it.
     Wait,
@@ -82,7 +82,7 @@ fn in_order_prefix(c: &mut super::engine::CommitState) -> usize {
 
 /// Checks the chunk position at `pos` in every snapshot; returns where the position ends (the
 /// nearest chunk boundary of any snapshot, or `limit`) and what it needs.
-fn check_chunk(
+pub(super) fn check_chunk(
     g: &super::engine::Inner,
     pos: u64,
     limit: u64,

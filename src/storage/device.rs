@@ -22,6 +22,11 @@ pub trait BlockDevice: Send + Sync {
     /// Drops a range; it reads back as zeroes on the devices here.
     fn discard(&self, offset: u64, len: u64) -> io::Result<()>;
     fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()>;
+    /// The file descriptor behind the device, for callers that run their own I/O on it
+    /// (see [`super::direct`]); `None` when there is none.
+    fn raw_fd(&self) -> Option<std::os::unix::io::RawFd> {
+        None
+    }
 }
 
 /// Checks that `len` bytes at `offset` fit in `size` bytes.
@@ -194,6 +199,10 @@ fn unsupported(e: &io::Error) -> bool {
 impl BlockDevice for FileDevice {
     fn size(&self) -> u64 {
         self.size
+    }
+
+    fn raw_fd(&self) -> Option<std::os::unix::io::RawFd> {
+        Some(self.file.as_raw_fd())
     }
 
     fn logical_block_size(&self) -> u32 {

@@ -179,8 +179,8 @@ impl Inner {
 pub struct PreparedSnapshot {
     cfg: SnapshotConfig,
     cow: Arc<dyn BlockDevice>,
-    store: Box<dyn ExceptionStore>,
-    valid: bool,
+    pub(super) store: Box<dyn ExceptionStore>,
+    pub(super) valid: bool,
 }
 
 /// An origin with writes held back (see [`Origin::freeze`]); dropping it resumes them.
@@ -258,65 +258,6 @@ impl Origin {
 
     pub(super) fn wait<'a>(&self, g: MutexGuard<'a, Inner>) -> MutexGuard<'a, Inner> {
         self.cv.wait(g).unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Returns a writable snapshot to its creation state: every exception is dropped and the
-    /// COW starts empty (its data is discarded). Only possible while the origin has not been
-    /// written since the snapshot was created (no copy-outs), because the creation state of
-    /// changed origin chunks lives only in the COW, possibly overwritten by the snapshot's own
-    /// writes. The caller pauses the snapshot's own I/O first.
-    pub fn reset_snapshot(&self, id: SnapshotId) -> Result<(), CowError> {
-        let frozen = self.freeze()?;
-        let (cow, mut cfg, cs) = {
-            let g = self.lock();
-            if g.merging() == Some(id) {
-                return Err(CowError::Merging);
-            }
-            let s = g.snap(id).ok_or(CowError::NoSuchSnapshot(id.0))?;
-            if s.commit.copies > 0 {
-                return Err(CowError::ResetOriginChanged {
-                    cow: s.cfg.name.clone(),
-                    copies: s.commit.copies,
-                });
-            }
-            let busy = !s.pending.is_empty()
-                || !s.reads.is_empty()
-                || !s.cow_writes.is_empty()
-                || s.commit.committing
-                || !s.commit.queue.is_empty()
-                || s.commit.outstanding > 0;
-            if busy {
-                return Err(CowError::ResetBusy {
-                    cow: s.cfg.name.clone(),
-                });
-            }
-            (s.cow.clone(), s.cfg.clone(), s.cs())
-        };
-        let io = |source| CowError::Io {
-            cow: cfg.name.clone(),
-            source,
-        };
-        // Forget the old table: discard the data where the device can, and zero the header
-        // chunk so the store is created afresh (same chunk size).
-        let _ = cow.discard(0, cow.size());
-        cow.write_at(&vec![0u8; cs.bytes() as usize], 0)
-            .map_err(io)?;
-        cow.flush().map_err(io)?;
-        cfg.chunk_sectors = cs.sectors();
-        let fresh = self.prepare_snapshot(cow, cfg)?;
-        let mut g = self.lock();
-        let s = g.snap_mut(id).ok_or(CowError::NoSuchSnapshot(id.0))?;
-        s.store = fresh.store;
-        s.health = if fresh.valid {
-            Health::Valid
-        } else {
-            Health::Invalid
-        };
-        s.pending.clear();
-        s.commit = CommitState::default();
-        drop(g);
-        drop(frozen);
-        Ok(())
     }
 
     /// Counters of a snapshot: (copies, parked requests, metadata commits).

@@ -4,6 +4,7 @@
 mod copy;
 pub mod datapath;
 pub mod device;
+pub mod direct;
 pub mod engine;
 pub mod error;
 pub mod faulty;
@@ -11,6 +12,7 @@ pub mod image;
 pub mod inspect;
 pub mod merge;
 pub mod persistent;
+mod reset;
 pub mod store;
 pub mod units;
 

@@ -260,3 +260,50 @@ fn snapshot_devices_work_through_the_block_device_trait() {
     o.read_at(&mut b, 0).unwrap();
     assert_eq!(b, [7; 512]);
 }
+
+#[test]
+fn plain_reset_is_refused_after_copy_outs_and_anchored_reset_rebuilds_the_creation_state() {
+    let (_, o) = origin(256 * 4096, 1);
+    let o = Arc::new(o);
+    let cow = Arc::new(MemDevice::new(4 << 20));
+    let anchor_cow = Arc::new(MemDevice::new(4 << 20));
+    // The clone and its anchor, taken at one point (nothing written in between).
+    let c = snap(&o, &cow, StoreKind::Persistent, 8);
+    let a = snap(&o, &anchor_cow, StoreKind::Persistent, 8);
+    o.snapshot_write(c, &[2; 8 * 4096], 0).unwrap(); // the clone's own changes: chunks 0-7
+    o.write(&[3; 4 * 4096], 4 * 4096).unwrap(); // origin over clone-written chunks 4-7
+    o.write(&[4; 4096], 100 * 4096).unwrap(); // and over an untouched one
+    assert!(matches!(
+        o.reset_snapshot(c, false),
+        Err(CowError::ResetOriginChanged { .. })
+    ));
+    // Meanwhile a writer keeps changing the origin: each new chunk is copied out with its
+    // creation data, or restored from the anchor.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (o, stop) = (o.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut chunk = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                o.write(&[5; 4096], (chunk * 37 % 256) * 4096).unwrap();
+                chunk += 1;
+            }
+            chunk
+        })
+    };
+    o.reset_snapshot(c, true).unwrap();
+    let restored = o.restore_from_anchor(c, a).unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = writer.join().unwrap();
+    assert!(
+        restored >= 5,
+        "at least chunks 4-7 and 100 restored, got {restored}"
+    );
+    assert!(written > 0);
+    assert_eq!(read_snap(&o, c, 0, 256 * 4096), vec![1; 256 * 4096]);
+    // Still a working clone afterwards.
+    o.snapshot_write(c, &[6; 4096], 0).unwrap();
+    o.write(&[7; 4096], 200 * 4096).unwrap();
+    assert_eq!(read_snap(&o, c, 0, 4096), vec![6; 4096]);
+    assert_eq!(read_snap(&o, c, 200 * 4096, 4096), vec![1; 4096]);
+}

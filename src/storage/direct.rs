@@ -1,0 +1,194 @@
+//! Direct I/O plans for callers that run a request's I/O themselves (the vhost queues, on their
+//! io_uring, straight from and into guest memory): under the origin lock, where the whole
+//! request lives on one device, and a ticket that holds off conflicting engine work until the
+//! caller reports the I/O done. Requests that need copies, span exceptions and origin, or meet
+//! a merge get no plan and take the synchronous path.
+
+use std::os::unix::io::RawFd;
+
+use super::copy::{check_chunk, Check};
+use super::engine::{Health, Inner, Origin, SnapshotId};
+use super::units::ChunkIndex;
+
+/// The device a planned request runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirectTarget {
+    Origin,
+    /// The snapshot's COW file.
+    Cow,
+}
+
+/// What the caller must hand back to [`Origin::finish_direct`] once the I/O completed.
+#[derive(Debug, PartialEq, Eq)]
+#[must_use]
+pub enum Ticket {
+    None,
+    /// An origin write past the gate: snapshots and merges wait for it.
+    OriginWrite(u64),
+    /// A snapshot read served by the origin: origin writes to these chunks wait for it.
+    Reads {
+        id: SnapshotId,
+        first: u64,
+        last: u64,
+    },
+    /// A write into existing exceptions: a merge waits for it.
+    CowWrites {
+        id: SnapshotId,
+        first: u64,
+        last: u64,
+    },
+}
+
+/// Where a whole request runs: `offset` on `target`.
+#[derive(Debug)]
+pub struct DirectPlan {
+    pub target: DirectTarget,
+    pub offset: u64,
+    pub ticket: Ticket,
+}
+
+impl Origin {
+    /// The descriptors of the origin and of snapshot `id`'s COW, when both are files.
+    pub fn direct_fds(&self, id: Option<SnapshotId>) -> Option<(RawFd, Option<RawFd>)> {
+        let origin = self.dev.raw_fd()?;
+        let Some(id) = id else {
+            return Some((origin, None));
+        };
+        let g = self.lock();
+        let cow = g.snap(id)?.cow.raw_fd()?;
+        Some((origin, Some(cow)))
+    }
+
+    /// Plans a read or write of `len` bytes at `offset` of the origin (`id` = None) or of
+    /// snapshot `id`, for the caller to run. `None`: use the synchronous data path.
+    pub fn plan_direct(
+        &self,
+        id: Option<SnapshotId>,
+        write: bool,
+        offset: u64,
+        len: u64,
+    ) -> Option<DirectPlan> {
+        if len == 0 || offset.checked_add(len)? > self.size() {
+            return None;
+        }
+        let mut g = self.lock();
+        if g.merge.is_some() {
+            return None;
+        }
+        let plan = |target, offset, ticket| DirectPlan {
+            target,
+            offset,
+            ticket,
+        };
+        match (id, write) {
+            (None, false) => Some(plan(DirectTarget::Origin, offset, Ticket::None)),
+            (None, true) => {
+                let token = origin_write_token(&mut g, offset, offset + len)?;
+                Some(plan(
+                    DirectTarget::Origin,
+                    offset,
+                    Ticket::OriginWrite(token),
+                ))
+            }
+            (Some(id), write) => {
+                let s = g.snap_mut(id)?;
+                if s.health != Health::Valid {
+                    return None;
+                }
+                let cs = s.cs();
+                let first = cs.chunk_of(offset).0;
+                let last = cs.chunk_of(offset + len - 1).0;
+                let mapped = s.store.lookup(ChunkIndex(first));
+                let within = offset - cs.start(ChunkIndex(first));
+                match mapped {
+                    // Every chunk in the COW, consecutively.
+                    Some(new)
+                        if (first..=last).all(|c| {
+                            s.store.lookup(ChunkIndex(c)) == Some(ChunkIndex(new.0 + c - first))
+                        }) =>
+                    {
+                        let at = cs.start(new) + within;
+                        let ticket = if write {
+                            for c in first..=last {
+                                *s.cow_writes.entry(c).or_default() += 1;
+                            }
+                            Ticket::CowWrites { id, first, last }
+                        } else {
+                            Ticket::None
+                        };
+                        Some(plan(DirectTarget::Cow, at, ticket))
+                    }
+                    // Every chunk unchanged: a read of the origin, tracked.
+                    None if !write
+                        && (first..=last).all(|c| s.store.lookup(ChunkIndex(c)).is_none()) =>
+                    {
+                        for c in first..=last {
+                            *s.reads.entry(c).or_default() += 1;
+                        }
+                        Some(plan(
+                            DirectTarget::Origin,
+                            offset,
+                            Ticket::Reads { id, first, last },
+                        ))
+                    }
+                    _ => None,
+                }
+            }
+        }
+    }
+
+    /// Ends a planned request (whatever its I/O's outcome).
+    pub fn finish_direct(&self, ticket: Ticket) {
+        let mut g = self.lock();
+        match ticket {
+            Ticket::None => return,
+            Ticket::OriginWrite(token) => {
+                g.origin_writes.remove(&token);
+            }
+            Ticket::Reads { id, first, last } => {
+                if let Some(s) = g.snap_mut(id) {
+                    for c in first..=last {
+                        release(&mut s.reads, c);
+                    }
+                }
+            }
+            Ticket::CowWrites { id, first, last } => {
+                if let Some(s) = g.snap_mut(id) {
+                    for c in first..=last {
+                        release(&mut s.cow_writes, c);
+                    }
+                }
+            }
+        }
+        self.cv.notify_all();
+    }
+}
+
+fn release(map: &mut std::collections::HashMap<u64, u32>, c: u64) {
+    if let Some(k) = map.get_mut(&c) {
+        *k -= 1;
+        if *k == 0 {
+            map.remove(&c);
+        }
+    }
+}
+
+/// An origin write may run directly when every snapshot already holds every chunk it touches
+/// (or there are none) and nothing waits to freeze the origin: it gets a gate token.
+fn origin_write_token(g: &mut Inner, start: u64, limit: u64) -> Option<u64> {
+    if g.barrier > 0 {
+        return None;
+    }
+    let mut pos = start;
+    while pos < limit {
+        let (end, check) = check_chunk(g, pos, limit, None);
+        if check != Check::Safe {
+            return None;
+        }
+        pos = end;
+    }
+    let token = g.next_token;
+    g.next_token += 1;
+    g.origin_writes.insert(token, (start, limit));
+    Some(token)
+}
