@@ -13,8 +13,8 @@ use thiserror::Error;
 
 use crate::config::{GraphConfig, OriginSpec, SnapshotSpec, StoreType};
 use crate::storage::{
-    BlockDevice, CowError, FileDevice, Origin, OriginConfig, PreparedSnapshot, SnapshotConfig,
-    SnapshotDevice, SnapshotId, StoreKind, DEFAULT_COPY_CAP,
+    BlockDevice, CowError, DirectNode, FileDevice, Origin, OriginConfig, PreparedSnapshot,
+    SnapshotConfig, SnapshotDevice, SnapshotId, StoreKind, DEFAULT_COPY_CAP,
 };
 
 /// Errors building or changing the graph. Each names the node and file concerned.
@@ -73,6 +73,8 @@ pub struct NodeHandle {
     pub identity: PathBuf,
     /// Discard/write-zeroes make sense on this node.
     pub discard: bool,
+    /// For queues that run reads and writes on their own io_uring where the engine allows.
+    pub direct: DirectNode,
 }
 
 #[derive(Default)]
@@ -387,6 +389,11 @@ impl Graph {
                 dev: o.origin.clone(),
                 identity: o.spec.image.clone(),
                 discard: true,
+                direct: DirectNode {
+                    origin: o.origin.clone(),
+                    snapshot: None,
+                    o_direct: o.spec.direct,
+                },
             });
         }
         if let Some(s) = n.snapshots.get(name) {
@@ -394,6 +401,11 @@ impl Graph {
                 dev: s.dev.clone(),
                 identity: s.spec.cow.clone(),
                 discard: s.spec.discard_zeroes_cow,
+                direct: DirectNode {
+                    origin: s.origin.clone(),
+                    snapshot: Some(s.id),
+                    o_direct: n.origins.get(&s.spec.origin).is_some_and(|o| o.spec.direct),
+                },
             });
         }
         Err(GraphError::NoSuchNode(name.to_owned()))

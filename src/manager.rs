@@ -847,6 +847,7 @@ pub fn build_export(graph: &Graph, spec: &ExportSpec) -> Result<Export, ManagerE
         Backing::Device {
             dev: node.dev,
             threads: GRAPH_THREADS_PER_QUEUE,
+            direct: Some(node.direct),
         },
         !spec.writethrough,
     ))

@@ -192,3 +192,27 @@ fn origin_write_token(g: &mut Inner, start: u64, limit: u64) -> Option<u64> {
     g.origin_writes.insert(token, (start, limit));
     Some(token)
 }
+
+/// A graph node (an origin, or one of its snapshots) as a direct-I/O caller sees it.
+#[derive(Clone)]
+pub struct DirectNode {
+    pub origin: std::sync::Arc<Origin>,
+    pub snapshot: Option<SnapshotId>,
+    /// The origin's file is opened O_DIRECT (buffers must be aligned).
+    pub o_direct: bool,
+}
+
+impl DirectNode {
+    /// The origin's descriptor and the snapshot's COW descriptor (if a snapshot).
+    pub fn fds(&self) -> Option<(RawFd, Option<RawFd>)> {
+        self.origin.direct_fds(self.snapshot)
+    }
+
+    pub fn plan(&self, write: bool, offset: u64, len: u64) -> Option<DirectPlan> {
+        self.origin.plan_direct(self.snapshot, write, offset, len)
+    }
+
+    pub fn finish(&self, ticket: Ticket) {
+        self.origin.finish_direct(ticket)
+    }
+}

@@ -128,18 +128,7 @@ impl Image {
 
     /// Whether the image lives in memory (tmpfs, ramfs): its I/O never waits for a device.
     pub fn memory_backed(&self) -> bool {
-        const TMPFS_MAGIC: i64 = 0x0102_1994;
-        const RAMFS_MAGIC: i64 = 0x8584_58f6;
-        if self.block_device {
-            return false;
-        }
-        // SAFETY: fstatfs fills the zeroed struct through a valid pointer.
-        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-        if unsafe { libc::fstatfs(self.file.as_raw_fd(), &mut st) } != 0 {
-            return false;
-        }
-        let t = st.f_type as i64;
-        t == TMPFS_MAGIC || t == RAMFS_MAGIC
+        !self.block_device && memory_backed(self.file.as_raw_fd())
     }
 
     pub fn readonly(&self) -> bool {
@@ -238,4 +227,17 @@ mod tests {
         let e = Image::open(Path::new("/nonexistent/x.img"), OpenOptions::default()).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/x.img"));
     }
+}
+
+/// Whether the file behind `fd` lives in memory (tmpfs, ramfs).
+pub fn memory_backed(fd: std::os::unix::io::RawFd) -> bool {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    // SAFETY: fstatfs fills the zeroed struct through a valid pointer.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatfs(fd, &mut st) } != 0 {
+        return false;
+    }
+    let t = st.f_type as i64;
+    t == TMPFS_MAGIC || t == RAMFS_MAGIC
 }

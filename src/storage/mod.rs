@@ -18,12 +18,13 @@ pub mod units;
 
 pub use datapath::SnapshotDevice;
 pub use device::{BlockDevice, FileDevice, MemDevice};
+pub use direct::{DirectNode, DirectPlan, DirectTarget, Ticket};
 pub use engine::{
     Frozen, Origin, OriginConfig, PreparedSnapshot, SnapshotConfig, SnapshotId, DEFAULT_COPY_CAP,
 };
 pub use error::{CowError, IoError};
 pub use faulty::{FaultPlan, FaultyDevice};
-pub use image::{derive_serial, Image, ImageError, OpenOptions};
+pub use image::{derive_serial, memory_backed, Image, ImageError, OpenOptions};
 pub use inspect::{inspect, CowReport};
 pub use merge::MergeProgress;
 pub use persistent::Persistent;

@@ -16,8 +16,11 @@ impl Origin {
     /// (see [`Origin::restore_from_anchor`]). The caller pauses the snapshot's own I/O first.
     pub fn reset_snapshot(&self, id: SnapshotId, anchored: bool) -> Result<(), CowError> {
         let frozen = self.freeze()?;
-        let (cow, mut cfg, cs) = {
-            let g = self.lock();
+        // Copies and commits started before the freeze finish on their own; the snapshot's own
+        // I/O drains once its exports are paused. Wait for both (bounded).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut g = self.lock();
+        let (cow, mut cfg, cs) = loop {
             if g.merging() == Some(id) {
                 return Err(CowError::Merging);
             }
@@ -34,13 +37,22 @@ impl Origin {
                 || s.commit.committing
                 || !s.commit.queue.is_empty()
                 || s.commit.outstanding > 0;
-            if busy {
+            if !busy {
+                break (s.cow.clone(), s.cfg.clone(), s.cs());
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
                 return Err(CowError::ResetBusy {
                     cow: s.cfg.name.clone(),
                 });
             }
-            (s.cow.clone(), s.cfg.clone(), s.cs())
+            g = self
+                .cv
+                .wait_timeout(g, left.min(std::time::Duration::from_millis(100)))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         };
+        drop(g);
         let io = |source| CowError::Io {
             cow: cfg.name.clone(),
             source,

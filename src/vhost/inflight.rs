@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
-use crate::storage::Image;
+use crate::storage::{Image, Ticket};
 use crate::virtio_blk::request::{Ranges, Request, RequestKind, Segment, Status};
 use crate::virtio_blk::DiskGeometry;
 
@@ -78,6 +78,12 @@ pub struct Slot {
     pub data_len: u32,
     /// Byte offset of the next transfer in the image.
     pub offset: u64,
+    /// Which registered file the transfers go to, and what to add to `offset` there (a
+    /// snapshot's chunk mapped into its COW).
+    pub file: u32,
+    pub file_delta: u64,
+    /// A direct graph request's engine ticket, handed back when it completes.
+    pub ticket: Option<Ticket>,
     /// SQEs submitted and not yet completed.
     pub pending: u32,
     pub failed: bool,
@@ -97,6 +103,9 @@ impl Slot {
             op: IoOp::Flush,
             data_len: 0,
             offset: 0,
+            file: 0,
+            file_delta: 0,
+            ticket: None,
             pending: 0,
             failed: false,
             mem: None,
@@ -122,6 +131,9 @@ impl Slot {
         self.segs.clear();
         self.ranges = Ranges::default();
         self.offset = 0;
+        self.file = 0;
+        self.file_delta = 0;
+        self.ticket = None;
         self.op = match req.kind {
             RequestKind::Read { sector } => {
                 self.offset = sector * 512;

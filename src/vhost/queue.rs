@@ -13,11 +13,11 @@ use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::inflight::{IoOp, Progress, Slots};
+use super::inflight::{IoOp, PrepareError, Progress, Slots};
 use super::pool::{Job, JobOp, Pool};
 use super::stats::QueueStats;
 use crate::logging::RateLimiter;
-use crate::storage::{BlockDevice, Image};
+use crate::storage::{memory_backed, BlockDevice, DirectNode, DirectTarget, Image};
 use crate::virtio_blk::request::{
     parse, Rejected, Request, RequestKind, Segment, Status, ID_BYTES,
 };
@@ -30,11 +30,13 @@ type Vring = VringRwLock<GuestMemoryAtomic<Mem>>;
 pub enum Backing {
     /// A raw image: zero-copy io_uring straight from and into guest memory.
     Image(Arc<Image>),
-    /// A device-graph node (origin with snapshots, snapshot): synchronous calls on each
-    /// queue's own helper threads.
+    /// A device-graph node (origin, snapshot): reads and writes the engine can place on one
+    /// file run on the queue's io_uring like an image's (`direct`); the rest (copy-outs, new
+    /// exceptions, merges, flush, discard) are synchronous calls on the queue's helper threads.
     Device {
         dev: Arc<dyn BlockDevice>,
         threads: usize,
+        direct: Option<DirectNode>,
     },
 }
 
@@ -70,8 +72,11 @@ pub struct QueueWorker {
     /// Completions not from the io_uring: pool threads' and inline transfers'.
     pool_done: Vec<(usize, i32)>,
     stopping: Arc<AtomicBool>,
-    /// Set for memory-backed images: reads and writes run inline (see `queue_sqes`).
-    inline_fd: Option<i32>,
+    /// Per registered file: set when memory-backed, reads and writes then run inline (see
+    /// `queue_sqes`).
+    inline_fd: [Option<i32>; 2],
+    /// A graph node whose reads and writes may run on the io_uring.
+    direct: Option<DirectNode>,
 }
 
 const FIXED_IMAGE: types::Fixed = types::Fixed(0);
@@ -91,22 +96,41 @@ impl QueueWorker {
         let ring = IoUring::builder().build(entries)?;
         let event = EventFd::new(EFD_NONBLOCK)?;
         ring.submitter().register_eventfd(event.as_raw_fd())?;
-        let mut inline_fd = None;
+        let mut inline_fd = [None; 2];
+        let mut direct = None;
         let pool = match &disk.backing {
             Backing::Image(image) => {
                 ring.submitter()
                     .register_files(&[image.file().as_raw_fd()])?;
                 if image.memory_backed() && !image.direct() {
-                    inline_fd = Some(image.file().as_raw_fd());
+                    inline_fd[0] = Some(image.file().as_raw_fd());
                 }
                 None
             }
-            Backing::Device { dev, threads } => Some(Pool::new(
-                dev.clone(),
-                *threads,
-                &event,
-                &format!("q{index}"),
-            )?),
+            Backing::Device {
+                dev,
+                threads,
+                direct: node,
+            } => {
+                if let Some((node, (origin, cow))) =
+                    node.as_ref().and_then(|n| n.fds().map(|f| (n, f)))
+                {
+                    let fds = [origin, cow.unwrap_or(origin)];
+                    ring.submitter().register_files(&fds)?;
+                    for (i, fd) in fds.into_iter().enumerate() {
+                        if memory_backed(fd) && !(i == 0 && node.o_direct) {
+                            inline_fd[i] = Some(fd);
+                        }
+                    }
+                    direct = Some(node.clone());
+                }
+                Some(Pool::new(
+                    dev.clone(),
+                    *threads,
+                    &event,
+                    &format!("q{index}"),
+                )?)
+            }
         };
         let stats = disk.stats[index].clone();
         Ok(QueueWorker {
@@ -125,6 +149,7 @@ impl QueueWorker {
             pool_done: Vec::with_capacity(queue_size as usize),
             stopping,
             inline_fd,
+            direct,
         })
     }
 
@@ -293,6 +318,21 @@ impl QueueWorker {
         };
         let slot = self.slots.get_mut(idx);
         slot.begin(head, req, mem.clone());
+        match self.start_direct(idx, mem) {
+            None => {}
+            Some(Ok(())) => return,
+            Some(Err(e)) => {
+                if self.log.allow() {
+                    warn!("queue {}: request {head}: {e}", self.index);
+                }
+                self.slots.get_mut(idx).failed = true;
+                if let Some((head, used)) = self.finish(idx) {
+                    self.add_used(state, head, used);
+                }
+                return;
+            }
+        }
+        let slot = self.slots.get_mut(idx);
         if let Some(pool) = &self.pool {
             let op = match slot.op {
                 IoOp::Read => JobOp::Read,
@@ -345,6 +385,29 @@ impl QueueWorker {
         self.queue_sqes(idx);
     }
 
+    /// Runs a graph node's read or write on the io_uring when the engine places the whole
+    /// request on one file. `None`: take the helper-thread path.
+    fn start_direct(&mut self, idx: usize, mem: &Arc<Mem>) -> Option<Result<(), PrepareError>> {
+        let node = self.direct.as_ref()?;
+        let slot = self.slots.get_mut(idx);
+        let write = match slot.op {
+            IoOp::Read => false,
+            IoOp::Write => true,
+            _ => return None,
+        };
+        let plan = node.plan(write, slot.offset, u64::from(slot.data_len))?;
+        let on_origin = plan.target == DirectTarget::Origin;
+        slot.file = if on_origin { 0 } else { 1 };
+        slot.file_delta = plan.offset.wrapping_sub(slot.offset);
+        slot.ticket = Some(plan.ticket);
+        let aligned = node.o_direct && on_origin;
+        if let Err(e) = slot.prepare(&self.parse_buf, mem, &self.disk.geometry, aligned) {
+            return Some(Err(e));
+        }
+        self.queue_sqes(idx);
+        Some(Ok(()))
+    }
+
     fn get_id(&self, mem: &Mem) -> u32 {
         let serial = &self.disk.geometry.serial;
         let mut id = [0u8; ID_BYTES];
@@ -366,12 +429,12 @@ impl QueueWorker {
         let slot = self.slots.get_mut(idx);
         let ud = idx as u64;
         match slot.op {
-            IoOp::Read | IoOp::Write if self.inline_fd.is_some() => {
-                // Memory-backed image (tmpfs): the copy never waits for a device, and io_uring
+            IoOp::Read | IoOp::Write if self.inline_fd[slot.file as usize].is_some() => {
+                // Memory-backed file (tmpfs): the copy never waits for a device, and io_uring
                 // would hand it to a worker thread; doing it here is cheaper.
                 let (ptr, n) = slot.iov_remaining();
-                let fd = self.inline_fd.unwrap_or(-1);
-                let off = slot.offset as libc::off_t;
+                let fd = self.inline_fd[slot.file as usize].unwrap_or(-1);
+                let off = slot.offset.wrapping_add(slot.file_delta) as libc::off_t;
                 // SAFETY: the iovecs name guest memory kept mapped by the slot (checked at
                 // parse time) or the slot's bounce buffer; `n` is their count.
                 let res = unsafe {
@@ -394,14 +457,14 @@ impl QueueWorker {
             }
             IoOp::Read | IoOp::Write => {
                 let (ptr, n) = slot.iov_remaining();
+                let file = types::Fixed(slot.file);
+                let at = slot.offset.wrapping_add(slot.file_delta);
                 let e = if slot.op == IoOp::Read {
-                    opcode::Readv::new(FIXED_IMAGE, ptr, n)
-                        .offset(slot.offset)
-                        .build()
+                    opcode::Readv::new(file, ptr, n).offset(at).build()
                 } else {
                     let flags = if writeback { 0 } else { libc::RWF_DSYNC };
-                    opcode::Writev::new(FIXED_IMAGE, ptr, n)
-                        .offset(slot.offset)
+                    opcode::Writev::new(file, ptr, n)
+                        .offset(at)
                         .rw_flags(flags)
                         .build()
                 };
@@ -605,6 +668,9 @@ impl QueueWorker {
                 IoOp::Write => self.stats.write_bytes.fetch_add(bytes, Ordering::Relaxed),
                 _ => 0,
             };
+        }
+        if let (Some(ticket), Some(node)) = (slot.ticket.take(), &self.direct) {
+            node.finish(ticket);
         }
         let head = slot.head;
         if let Some(mem) = slot.mem.as_ref() {

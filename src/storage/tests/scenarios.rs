@@ -279,21 +279,27 @@ fn plain_reset_is_refused_after_copy_outs_and_anchored_reset_rebuilds_the_creati
     ));
     // Meanwhile a writer keeps changing the origin: each new chunk is copied out with its
     // creation data, or restored from the anchor.
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
     let writer = {
-        let (o, stop) = (o.clone(), stop.clone());
+        let (o, stop, count) = (o.clone(), stop.clone(), count.clone());
         std::thread::spawn(move || {
             let mut chunk = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) {
                 o.write(&[5; 4096], (chunk * 37 % 256) * 4096).unwrap();
                 chunk += 1;
+                count.store(chunk, Ordering::Relaxed);
             }
             chunk
         })
     };
+    while count.load(Ordering::Relaxed) < 3 {
+        std::thread::yield_now();
+    }
     o.reset_snapshot(c, true).unwrap();
     let restored = o.restore_from_anchor(c, a).unwrap();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
     let written = writer.join().unwrap();
     assert!(
         restored >= 5,
@@ -306,4 +312,45 @@ fn plain_reset_is_refused_after_copy_outs_and_anchored_reset_rebuilds_the_creati
     o.write(&[7; 4096], 200 * 4096).unwrap();
     assert_eq!(read_snap(&o, c, 0, 4096), vec![6; 4096]);
     assert_eq!(read_snap(&o, c, 200 * 4096, 4096), vec![1; 4096]);
+}
+
+#[test]
+fn direct_plans_place_whole_requests_and_tickets_hold_off_conflicts() {
+    use crate::storage::{DirectTarget, Ticket};
+    let (_, o) = origin(64 * 4096, 1);
+    // No snapshots: every origin read and write runs directly, writes under a gate token.
+    let p = o.plan_direct(None, true, 4096, 8192).unwrap();
+    assert_eq!((p.target, p.offset), (DirectTarget::Origin, 4096));
+    assert!(matches!(p.ticket, Ticket::OriginWrite(_)));
+    o.finish_direct(p.ticket);
+    assert!(
+        o.plan_direct(None, true, 63 * 4096, 8192).is_none(),
+        "past the end"
+    );
+    let cow = Arc::new(MemDevice::new(1 << 20));
+    let s = snap(&o, &cow, StoreKind::Persistent, 8);
+    // A write needing copy-outs takes the synchronous path.
+    assert!(o.plan_direct(None, true, 0, 4096).is_none());
+    // A snapshot read of unchanged chunks reads the origin, tracked: origin writes there wait.
+    let r = o.plan_direct(Some(s), false, 0, 8192).unwrap();
+    assert_eq!((r.target, r.offset), (DirectTarget::Origin, 0));
+    o.write(&[2; 4096], 8 * 4096).unwrap(); // another chunk: not held
+    o.finish_direct(r.ticket);
+    // Once the chunk has an exception, snapshot reads and writes go to the COW, origin writes
+    // to it run directly.
+    o.write(&[3; 4096], 0).unwrap();
+    let w = o.plan_direct(Some(s), true, 512, 1024).unwrap();
+    assert_eq!(w.target, DirectTarget::Cow);
+    o.finish_direct(w.ticket);
+    let ow = o.plan_direct(None, true, 0, 4096).unwrap();
+    o.finish_direct(ow.ticket);
+    // Spanning an exception and an unchanged chunk: synchronous path.
+    assert!(o.plan_direct(Some(s), false, 0, 8192 + 4096).is_none());
+    // The mapped offset is where the synchronous path reads the same bytes.
+    let rc = o.plan_direct(Some(s), false, 512, 512).unwrap();
+    let mut via_cow = vec![0; 512];
+    cow.read_at(&mut via_cow, rc.offset).unwrap();
+    o.finish_direct(rc.ticket);
+    assert_eq!(via_cow, read_snap(&o, s, 512, 512));
+    assert_eq!(via_cow, vec![1; 512]);
 }
