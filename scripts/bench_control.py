@@ -13,8 +13,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -22,24 +20,13 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_compare import SNAPBLK, make_image, wait_socket  # noqa: E402
+from benchlib import SNAPBLK, listening, make_image, wait_socket  # noqa: E402
 
 
 def ctl(ctlsock, *args):
     out = subprocess.run([SNAPBLK, *args, "--control", ctlsock, "--json"],
                          check=True, capture_output=True, text=True).stdout
     return json.loads(out) if out.strip() else {}
-
-
-def listening(path):
-    s = socket.socket(socket.AF_UNIX)
-    try:
-        s.connect(path)
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
 
 
 def bench(sock, seconds, out):

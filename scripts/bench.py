@@ -1,0 +1,531 @@
+#!/usr/bin/env python3
+"""scripts/bench.py: snapblk beside qemu-storage-daemon (qsd) and host fio, in one run (issue 5).
+
+Starts snapblk and qsd on the same images, drives both with `snapblk bench` with identical
+parameters, alternates the runs (the order rotates every run) and prints one markdown table of
+medians and ratios, with the CPU seconds each daemon used per million requests.
+
+Groups (--rows, default all):
+  tmpfs     raw image on /dev/shm: 4 KiB randread/randwrite at QD1 and QD32 on 1 and 2 queues,
+            64 KiB sequential read and write at QD8
+  rootfs    the same on the root filesystem (/var/tmp)
+  snapshot  reads of unchanged chunks through a snapblk snapshot (P, 4 KiB chunks) vs a qsd qcow2
+            overlay over the same raw base, with the raw figures beside them; COW-break 4 KiB
+            randwrite on a fresh snapshot / overlay each run
+  origin    the whole origin rewritten once (4 KiB writes, QD32) with 0, 1, 4 and 16 P snapshots:
+            IOPS and peak RSS (qsd: the same pass on the raw image, for reference)
+  fio       the ceiling: fio on the host against the tmpfs/rootfs image (psync and io_uring)
+
+    python3 scripts/bench.py [--runs 3] [--seconds 5] [--size 1G] [--rows tmpfs,rootfs,...]
+                             [--dir rootfs=/mnt/nvme] [--json results.json]
+"""
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import Callable
+
+from benchlib import (SNAPBLK, ROOT, BenchFailure, cleanup, cpu_seconds, ensure_tools,
+                      exit_on_signals, fs_type, make_image, peak_rss_mib, run_json,
+                      snapblk_bench, spawn, stop, wait_socket, workdir)
+
+GROUPS = ("tmpfs", "rootfs", "snapshot", "origin", "fio")
+DEFAULT_DIRS = {"tmpfs": "/dev/shm", "rootfs": "/var/tmp", "snapshot": "/dev/shm",
+                "origin": "/var/tmp"}
+ORIGIN_SNAPSHOTS = (0, 1, 4, 16)
+RSS_TARGET_MIB = 256
+
+
+@dataclass(frozen=True)
+class Workload:
+    rw: str
+    bs: str
+    iodepth: int
+    queues: int = 1
+    once: bool = False
+
+    @property
+    def label(self):
+        text = f"{self.bs} {self.rw} QD{self.iodepth} {self.queues}q"
+        return text + ", one pass" if self.once else text
+
+    @property
+    def sequential(self):
+        return self.rw in ("read", "write")
+
+    @property
+    def bs_bytes(self):
+        return int(self.bs[:-1]) << 10
+
+    def bench_args(self, seconds):
+        args = ["--rw", self.rw, "--bs", self.bs, "--iodepth", str(self.iodepth),
+                "--queues", str(self.queues), "--seconds", str(seconds)]
+        return args + ["--once"] if self.once else args
+
+
+RAW_WORKLOADS = [Workload(rw, "4k", qd, q) for rw in ("randread", "randwrite")
+                 for qd in (1, 32) for q in (1, 2)]
+RAW_WORKLOADS += [Workload("read", "64k", 8), Workload("write", "64k", 8)]
+SNAP_READ = Workload("randread", "4k", 32)
+COW_BREAK = Workload("randwrite", "4k", 32)
+ORIGIN_PASS = Workload("write", "4k", 32, once=True)
+# A one-pass workload ends when the pass does: --seconds is only its safety limit.
+PASS_LIMIT_S = 3600
+
+
+@dataclass
+class Contender:
+    """One side of a comparison: `run(workload)` measures once and returns a sample dict."""
+    name: str
+    run: Callable[[Workload], dict]
+
+
+@dataclass
+class Row:
+    group: str
+    title: str
+    workload: str
+    med: dict
+    note: str = ""
+    sequential: bool = False
+
+
+@dataclass
+class Options:
+    runs: int
+    seconds: int
+    size_mib: int
+    rows: list
+    dirs: dict
+    samples: list = field(default_factory=list)
+
+
+def progress(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def sample(iops, mib_s, p50, cpu_per_m=None, rss=None):
+    return {"iops": iops, "mib_s": mib_s, "p50_us": p50, "cpu_s_per_m": cpu_per_m, "rss_mib": rss}
+
+
+def median_sample(samples):
+    keys = samples[0].keys()
+    vals = {k: [s[k] for s in samples if s[k] is not None] for k in keys}
+    return {k: statistics.median(v) if v else None for k, v in vals.items()}
+
+
+# --- daemons -------------------------------------------------------------------------------
+
+def qsd_cmd(sock, queues, node, *blockdevs):
+    cmd = ["qemu-storage-daemon"]
+    for b in blockdevs:
+        cmd += ["--blockdev", b]
+    return cmd + ["--export", f"type=vhost-user-blk,id=e,addr.type=unix,addr.path={sock},"
+                  f"node-name={node},writable=on,num-queues={queues}"]
+
+
+def file_node(node, path, readonly=False):
+    ro = ",read-only=on" if readonly else ""
+    return f"driver=file,node-name={node},filename={path},aio=io_uring{ro}"
+
+
+def snapblk_raw(image):
+    def prepare(wl, rundir):
+        sock = f"{rundir}/snapblk.sock"
+        return [SNAPBLK, "serve", "--socket", sock, "--image", image,
+                "--num-queues", str(wl.queues)], sock
+    return prepare
+
+
+def qsd_raw(image):
+    def prepare(wl, rundir):
+        sock = f"{rundir}/qsd.sock"
+        return qsd_cmd(sock, wl.queues, "d", file_node("d", image)), sock
+    return prepare
+
+
+def qsd_overlay(base):
+    """A fresh qcow2 overlay (qemu-img defaults) over the raw `base`, base opened read-only."""
+    def prepare(wl, rundir):
+        ov, sock = f"{rundir}/overlay.qcow2", f"{rundir}/qsd.sock"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "raw", ov],
+                       check=True)
+        return qsd_cmd(sock, wl.queues, "q", file_node("base", base, readonly=True),
+                       file_node("f", ov), "driver=qcow2,node-name=q,file=f,backing=base"), sock
+    return prepare
+
+
+def graph_toml(rundir, origin, snapshots, export, queues, cow_bytes):
+    parts = [f'[[origin]]\nname = "o"\nimage = "{origin}"\n']
+    for i in range(snapshots):
+        parts.append(f'[[snapshot]]\nname = "s{i}"\norigin = "o"\ncow = "{rundir}/s{i}.cow"\n'
+                     f'store = "P"\nchunk_size = "4K"\ncreate_size = {cow_bytes}\n')
+    parts.append(f'[[export]]\nnode = "{export}"\nsocket = "{rundir}/snapblk.sock"\n'
+                 f'num_queues = {queues}\n')
+    return "\n".join(parts)
+
+
+def snapblk_graph(origin, snapshots, export):
+    """snapblk serving a graph: `origin` with fresh P snapshots (4 KiB chunks), one exported."""
+    def prepare(wl, rundir):
+        size = os.path.getsize(origin)
+        cow_bytes = size + size // 64 + (8 << 20)
+        cfg = f"{rundir}/graph.toml"
+        with open(cfg, "w") as f:
+            f.write(graph_toml(rundir, origin, snapshots, export, wl.queues, cow_bytes))
+        return [SNAPBLK, "serve", "--config", cfg], f"{rundir}/snapblk.sock"
+    return prepare
+
+
+def run_daemon(prepare, wl, gdir, opts):
+    """Starts a daemon in a fresh run directory, benches it once, stops it, removes the files."""
+    rundir = os.path.join(gdir, "run")
+    os.mkdir(rundir)
+    p = None
+    try:
+        cmd, sock = prepare(wl, rundir)
+        p = spawn(cmd, f"{rundir}/daemon.log")
+        wait_socket(sock, p)
+        c0 = cpu_seconds(p.pid)
+        r = snapblk_bench(sock, *wl.bench_args(PASS_LIMIT_S if wl.once else opts.seconds))
+        cpu = cpu_seconds(p.pid) - c0
+        rss = peak_rss_mib(p.pid)
+    finally:
+        if p is not None:
+            stop(p)
+        shutil.rmtree(rundir, ignore_errors=True)
+    if r["errors"]:
+        raise BenchFailure(f"{cmd[0]}: {r['errors']} I/O errors in {wl.label}")
+    p50 = r["latency_us"]["p50"]
+    return sample(r["iops"], r["mib_per_s"], p50, cpu / max(r["ops"], 1) * 1e6, rss)
+
+
+def daemon(name, prepare, gdir, opts):
+    return Contender(name, lambda wl: run_daemon(prepare, wl, gdir, opts))
+
+
+# --- fio -----------------------------------------------------------------------------------
+
+def fio_cmd(engine, image, wl, seconds):
+    """psync: queues x iodepth jobs of one request each; io_uring: one job per queue at the
+    workload's depth. Each job has its own share of the file, as each bench queue has."""
+    jobs = wl.queues * (wl.iodepth if engine == "psync" else 1)
+    depth = 1 if engine == "psync" else wl.iodepth
+    share = os.path.getsize(image) // jobs // wl.bs_bytes * wl.bs_bytes
+    return ["fio", "--name=ceiling", f"--filename={image}", f"--rw={wl.rw}", f"--bs={wl.bs}",
+            f"--ioengine={engine}", f"--iodepth={depth}", f"--numjobs={jobs}",
+            f"--size={share}", f"--offset_increment={share}", "--time_based",
+            f"--runtime={seconds}", "--group_reporting", "--norandommap", "--randrepeat=0",
+            "--output-format=json"]
+
+
+def run_fio(engine, image, wl, opts):
+    job = run_json(fio_cmd(engine, image, wl, opts.seconds))["jobs"][0]
+    side = job["write" if wl.rw.endswith("write") else "read"]
+    p50 = side["clat_ns"]["percentile"]["50.000000"] / 1000
+    return sample(side["iops"], side["bw_bytes"] / (1 << 20), p50)
+
+
+def fio(engine, image, opts):
+    return Contender(f"fio {engine}", lambda wl: run_fio(engine, image, wl, opts))
+
+
+# --- measuring -----------------------------------------------------------------------------
+
+def measure(group, contenders, wl, opts):
+    """`opts.runs` runs of every contender, alternating, the order rotated each run; medians."""
+    runs = {c.name: [] for c in contenders}
+    for i in range(opts.runs):
+        k = i % len(contenders)
+        for c in contenders[k:] + contenders[:k]:
+            s = c.run(wl)
+            runs[c.name].append(s)
+            opts.samples.append({"group": group, "workload": wl.label, "contender": c.name, **s})
+            progress(f"{group}: {wl.label}: run {i + 1}/{opts.runs} {c.name}: "
+                     f"{s['iops']:,.0f} IOPS, p50 {s['p50_us']:.0f} us")
+    return {name: median_sample(s) for name, s in runs.items()}
+
+
+def group_dir(key, opts, need_mib):
+    parent = opts.dirs[key]
+    free_mib = shutil.disk_usage(parent).free >> 20
+    if free_mib < need_mib:
+        raise BenchFailure(f"{key}: {parent} has {free_mib} MiB free, the group needs ~{need_mib}")
+    return workdir(parent)
+
+
+def title(key, opts):
+    return f"{key}: {opts.dirs[key]} ({fs_type(opts.dirs[key])})"
+
+
+def group_raw(key, opts, rows):
+    d = group_dir(key, opts, opts.size_mib + 64)
+    image = make_image(f"{d}/raw.img", opts.size_mib)
+    contenders = [daemon("snapblk", snapblk_raw(image), d, opts),
+                  daemon("qsd", qsd_raw(image), d, opts)]
+    if "fio" in opts.rows:
+        contenders += [fio("psync", image, opts), fio("io_uring", image, opts)]
+    for wl in RAW_WORKLOADS:
+        med = measure(key, contenders, wl, opts)
+        rows.append(Row(key, title(key, opts), wl.label, med, sequential=wl.sequential))
+    shutil.rmtree(d)
+
+
+def group_snapshot(opts, rows):
+    key = "snapshot"
+    d = group_dir(key, opts, opts.size_mib * 3 + 64)
+    base = make_image(f"{d}/base.img", opts.size_mib)
+    snap, raw = snapblk_graph(base, 1, "s0"), snapblk_raw(base)
+    contenders = [daemon("snapblk", snap, d, opts), daemon("qsd", qsd_overlay(base), d, opts),
+                  daemon("snapblk raw", raw, d, opts), daemon("qsd raw", qsd_raw(base), d, opts)]
+    med = measure(key, contenders, SNAP_READ, opts)
+    cow = measure(key, contenders[:2], COW_BREAK, opts)
+    shutil.rmtree(d)
+    t = title(key, opts)
+    raw_med = {"snapblk": med.pop("snapblk raw"), "qsd": med.pop("qsd raw")}
+    note = (f"snapblk snapshot/raw {ratio(med['snapblk'], raw_med['snapblk'])}, "
+            f"qsd overlay/raw {ratio(med['qsd'], raw_med['qsd'])}")
+    rows.append(Row(key, t, f"{SNAP_READ.label}, unchanged chunks: snapshot vs overlay", med, note))
+    rows.append(Row(key, t, f"{SNAP_READ.label}, raw base (reference)", raw_med))
+    rows.append(Row(key, t, f"{COW_BREAK.label}, COW break: fresh snapshot vs fresh overlay", cow))
+
+
+def group_origin(opts, rows):
+    key = "origin"
+    d = group_dir(key, opts, opts.size_mib * (2 + max(ORIGIN_SNAPSHOTS) * 103 // 100) + 64)
+    origin = make_image(f"{d}/origin.img", opts.size_mib)
+    contenders = [daemon(f"snapblk {n}", snapblk_graph(origin, n, "o"), d, opts)
+                  for n in ORIGIN_SNAPSHOTS]
+    contenders.append(daemon("qsd", qsd_raw(origin), d, opts))
+    med = measure(key, contenders, ORIGIN_PASS, opts)
+    shutil.rmtree(d)
+    zero = med["snapblk 0"]
+    for n in ORIGIN_SNAPSHOTS:
+        s = med[f"snapblk {n}"]
+        pair = {"snapblk": s, "qsd": med["qsd"] if n == 0 else None}
+        note = "qsd: raw image, no snapshots" if n == 0 else f"{ratio(s, zero)} the 0-snapshot IOPS"
+        label = f"{ORIGIN_PASS.label}, {n} snapshot{'' if n == 1 else 's'}"
+        rows.append(Row(key, title(key, opts), label, pair, note))
+
+
+# --- report --------------------------------------------------------------------------------
+
+COLUMNS = ["group", "workload", "snapblk IOPS", "qsd IOPS", "snapblk/qsd", "p50 µs snapblk",
+           "p50 µs qsd", "CPU s/M req snapblk", "CPU s/M req qsd", "peak RSS MiB snapblk/qsd",
+           "fio psync IOPS", "fio io_uring IOPS", "snapblk/fio io_uring", "note"]
+
+
+def ratio(a, b, key="iops"):
+    if not a or not b or not a.get(key) or not b.get(key):
+        return "-"
+    return f"{a[key] / b[key]:.2f}×"
+
+
+def num(s, key, fmt="{:,.0f}"):
+    if not s or s.get(key) is None:
+        return "-"
+    return fmt.format(s[key])
+
+
+def rate(s, sequential):
+    text = num(s, "iops")
+    if sequential and text != "-":
+        text += f" ({s['mib_s']:,.0f} MiB/s)"
+    return text
+
+
+def cells(row):
+    a, b = row.med.get("snapblk"), row.med.get("qsd")
+    psync, uring = row.med.get("fio psync"), row.med.get("fio io_uring")
+    rss = f"{num(a, 'rss_mib')} / {num(b, 'rss_mib')}"
+    return [row.title, row.workload, rate(a, row.sequential), rate(b, row.sequential),
+            ratio(a, b), num(a, "p50_us", "{:,.1f}"), num(b, "p50_us", "{:,.1f}"),
+            num(a, "cpu_s_per_m", "{:.2f}"), num(b, "cpu_s_per_m", "{:.2f}"), rss,
+            rate(psync, row.sequential), rate(uring, row.sequential), ratio(a, uring), row.note]
+
+
+def table(rows):
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(cells(r)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def find(rows, group, prefix):
+    return next((r for r in rows if r.group == group and r.workload.startswith(prefix)), None)
+
+
+def check(label, value, target, ok):
+    return f"- [{'x' if ok else ' '}] {label}: {value:.2f} (target {target})"
+
+
+def targets(rows):
+    """The issue's targets, evaluated on the medians measured (those this run has data for)."""
+    out = []
+    for q in (1, 2):
+        r = find(rows, "tmpfs", f"4k randread QD32 {q}q")
+        if r:
+            x = r.med["snapblk"]["iops"] / r.med["qsd"]["iops"]
+            out.append(check(f"tmpfs 4k randread QD32 {q}q, snapblk/qsd IOPS", x, "≥ 3", x >= 3))
+    r = find(rows, "rootfs", "4k randread QD32 1q")
+    if r and r.med.get("fio io_uring"):
+        x = r.med["snapblk"]["iops"] / r.med["fio io_uring"]["iops"]
+        out.append(check("rootfs 4k randread QD32 1q, snapblk/fio io_uring", x, "≥ 0.8", x >= 0.8))
+    for r in rows:
+        if r.group in ("tmpfs", "rootfs") and " QD1 " in r.workload:
+            x = r.med["snapblk"]["p50_us"] / r.med["qsd"]["p50_us"]
+            out.append(check(f"{r.group} {r.workload}, p50 snapblk/qsd", x, "≤ 0.5", x <= 0.5))
+    out += snapshot_targets(rows)
+    r = find(rows, "origin", f"{ORIGIN_PASS.label}, {max(ORIGIN_SNAPSHOTS)} snapshots")
+    if r:
+        x = r.med["snapblk"]["rss_mib"]
+        out.append(check(f"origin rewritten with {max(ORIGIN_SNAPSHOTS)} snapshots, peak RSS MiB",
+                         x, f"< {RSS_TARGET_MIB}", x < RSS_TARGET_MIB))
+    return out
+
+
+def snapshot_targets(rows):
+    out = []
+    snap = find(rows, "snapshot", f"{SNAP_READ.label}, unchanged")
+    raw = find(rows, "snapshot", f"{SNAP_READ.label}, raw")
+    if snap and raw:
+        x = snap.med["snapblk"]["iops"] / raw.med["snapblk"]["iops"]
+        out.append(check("snapshot read of unchanged chunks / raw read, snapblk", x, "≥ 0.9",
+                         x >= 0.9))
+    cow = find(rows, "snapshot", f"{COW_BREAK.label}, COW")
+    if cow:
+        x = cow.med["snapblk"]["iops"] / cow.med["qsd"]["iops"]
+        out.append(check("COW-break randwrite, snapblk snapshot / qcow2 overlay", x, "≥ 2", x >= 2))
+    return out
+
+
+def version(cmd):
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True).stdout
+        return out.splitlines()[0].strip() if out else "?"
+    except OSError:
+        return "missing"
+
+
+def header(opts):
+    rev = version(["git", "-C", ROOT, "describe", "--always", "--dirty"])
+    dirs = ", ".join(f"{k} {opts.dirs[k]} ({fs_type(opts.dirs[k])})" for k in GROUPS[:4]
+                     if k in opts.rows)
+    return [f"snapblk {rev} vs {version(['qemu-storage-daemon', '--version'])}, "
+            f"{version(['fio', '--version'])}; {os.cpu_count()} CPUs, "
+            f"kernel {os.uname().release}, {datetime.date.today()}",
+            f"{opts.runs} alternating runs of {opts.seconds} s per contender (order rotated "
+            f"each run), medians; image {opts.size_mib} MiB; {dirs}", ""]
+
+
+def notes(opts):
+    out = ["", "- IOPS, p50: `snapblk bench` as the client of both daemons, identical parameters; "
+           "CPU s/M req: the daemon's user+system CPU seconds per million requests "
+           "(/proc/PID/stat); peak RSS: the daemon's VmHWM."]
+    if "rootfs" in opts.rows:
+        out.append(f"- rootfs ({opts.dirs['rootfs']}): the page cache is reclaimed eagerly there, "
+                   "so reads may reach the device; the tmpfs rows never do.")
+    if "fio" in opts.rows:
+        out.append("- fio: on the host against the same file, no virtio. psync runs queues × "
+                   "iodepth jobs of one request each (the same requests in flight); io_uring "
+                   "one job per queue at the same depth; each job on its own share of the "
+                   "file, as each bench queue is.")
+    if "snapshot" in opts.rows:
+        out.append("- snapshot: snapblk P snapshot, 4 KiB chunks, exported; qsd: qcow2 overlay "
+                   "(qemu-img defaults: 64 KiB clusters) over the same raw base. COW break: "
+                   f"{opts.seconds} s of random 4 KiB writes on a fresh snapshot/overlay each run.")
+    if "origin" in opts.rows:
+        out.append("- origin: the whole origin written once (4 KiB sequential writes, QD32) with "
+                   "N fresh P snapshots (4 KiB chunks), each run; qsd: the same pass on the raw "
+                   "image.")
+    return out
+
+
+def report(rows, opts, failure):
+    lines = header(opts) + [table(rows)] + notes(opts)
+    checks = targets(rows)
+    if checks:
+        lines += ["", "Issue 5 targets:"] + checks
+    if failure:
+        lines += ["", f"INCOMPLETE: stopped by {failure!r}"]
+    return "\n".join(lines)
+
+
+# --- main ----------------------------------------------------------------------------------
+
+def parse_mib(text):
+    units = {"M": 1, "G": 1024}
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    if t and t[-1] in units:
+        return int(t[:-1]) * units[t[-1]]
+    return int(t) >> 20
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=__doc__.split("\n", 2)[2])
+    ap.add_argument("--runs", type=int, default=3, help="runs per contender and workload")
+    ap.add_argument("--seconds", type=int, default=5, help="length of each timed run")
+    ap.add_argument("--size", default="1G", help="image size (M/G suffix), default 1G")
+    ap.add_argument("--rows", default=",".join(GROUPS), help=f"groups: {','.join(GROUPS)}")
+    ap.add_argument("--dir", action="append", default=[], metavar="GROUP=PATH",
+                    help="where a group's files go (defaults: " +
+                    ", ".join(f"{k}={v}" for k, v in DEFAULT_DIRS.items()) + ")")
+    ap.add_argument("--json", metavar="FILE", help="also write every sample and the medians")
+    a = ap.parse_args(argv)
+    rows = a.rows.split(",")
+    if any(g not in GROUPS for g in rows) or a.runs < 1 or a.seconds < 1:
+        ap.error(f"--runs and --seconds must be positive, --rows from {','.join(GROUPS)}")
+    if any("=" not in kv for kv in a.dir):
+        ap.error("--dir takes GROUP=PATH")
+    dirs = dict(DEFAULT_DIRS, **dict(kv.split("=", 1) for kv in a.dir))
+    bad = [f"{k}={v}" for k, v in dirs.items() if k not in DEFAULT_DIRS or not os.path.isdir(v)]
+    if bad:
+        ap.error(f"--dir: unknown group or not a directory: {', '.join(bad)}")
+    return Options(a.runs, a.seconds, parse_mib(a.size), rows, dirs), a.json
+
+
+def run_groups(opts, rows):
+    for key in ("tmpfs", "rootfs"):
+        if key in opts.rows:
+            group_raw(key, opts, rows)
+    if "snapshot" in opts.rows:
+        group_snapshot(opts, rows)
+    if "origin" in opts.rows:
+        group_origin(opts, rows)
+
+
+def write_json(path, opts, rows):
+    with open(path, "w") as f:
+        json.dump({"options": {k: v for k, v in vars(opts).items() if k != "samples"},
+                   "medians": [vars(r) for r in rows], "samples": opts.samples}, f, indent=1)
+
+
+def main(argv):
+    opts, json_path = parse_args(argv)
+    if not os.access(SNAPBLK, os.X_OK):
+        sys.exit(f"{SNAPBLK} not found: run `cargo build --release` (or set SNAPBLK)")
+    tools = {"qemu-storage-daemon": "qemu-system-x86", "qemu-img": "qemu-utils"}
+    ensure_tools(dict(tools, fio="fio") if "fio" in opts.rows else tools)
+    exit_on_signals()
+    rows, failure = [], None
+    try:
+        run_groups(opts, rows)
+    except (BenchFailure, KeyboardInterrupt, OSError, subprocess.CalledProcessError) as e:
+        failure = e
+    finally:
+        cleanup()
+    print(report(rows, opts, failure), flush=True)
+    if json_path:
+        write_json(json_path, opts, rows)
+    return 1 if failure else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,177 @@
+"""scripts/benchlib.py: what the benchmark scripts share (stdlib only).
+
+Processes started and directories made through spawn() and workdir() are recorded and undone by
+cleanup(), which the scripts call in a `finally`, so an error or Ctrl-C leaves no daemon running
+and no image behind.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+SNAPBLK = os.environ.get("SNAPBLK", os.path.join(_TARGET, "release", "snapblk"))
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+_procs = []
+_dirs = []
+
+
+class BenchFailure(Exception):
+    """A daemon or a client failed; the message says which and why."""
+
+
+def cpu_seconds(pid):
+    """User + system CPU seconds of process `pid`, all its threads (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def peak_rss_mib(pid):
+    """Peak resident set size (VmHWM) of process `pid`, MiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def workdir(parent, prefix="snapblk-bench-"):
+    """A fresh directory under `parent`, removed by cleanup()."""
+    d = tempfile.mkdtemp(dir=parent, prefix=prefix)
+    _dirs.append(d)
+    return d
+
+
+def spawn(cmd, log_path):
+    """Starts a daemon with stderr to `log_path`; cleanup() stops it if stop() has not."""
+    with open(log_path, "w") as log:
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
+    p.log_path = log_path
+    _procs.append(p)
+    return p
+
+
+def log_tail(p, lines=20):
+    try:
+        with open(p.log_path) as f:
+            return "".join(f.readlines()[-lines:])
+    except (OSError, AttributeError):
+        return ""
+
+
+def stop(p, timeout=60):
+    """SIGTERM, then SIGKILL if the process has not exited within `timeout` seconds."""
+    if p.poll() is None:
+        p.terminate()
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    if p in _procs:
+        _procs.remove(p)
+
+
+def cleanup():
+    """Stops every daemon still running and removes every work directory."""
+    while _procs:
+        stop(_procs[-1], timeout=10)
+    while _dirs:
+        shutil.rmtree(_dirs.pop(), ignore_errors=True)
+
+
+def exit_on_signals():
+    """SIGTERM and SIGHUP unwind like Ctrl-C, so `finally: cleanup()` runs."""
+    def handler(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, handler)
+
+
+def listening(path):
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def wait_socket(path, proc, timeout=120.0):
+    """Returns once `path` accepts a connection; fails if `proc` exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchFailure(f"daemon for {path} exited with {proc.returncode}:\n"
+                               f"{log_tail(proc)}")
+        if listening(path):
+            return
+        time.sleep(0.005)
+    raise BenchFailure(f"{path} not listening after {timeout:.0f}s:\n{log_tail(proc)}")
+
+
+def make_image(path, mib):
+    """A raw image of `mib` MiB of random data, on disk (fsync'd)."""
+    chunk = os.urandom(1 << 20)
+    with open(path, "wb") as f:
+        for _ in range(mib):
+            f.write(chunk)
+        f.flush()
+        os.fsync(f.fileno())
+    return path
+
+
+def run_json(cmd):
+    """Runs a client that prints JSON on stdout; its stderr goes into the failure message."""
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise BenchFailure(f"{' '.join(cmd)} exited with {r.returncode}:\n{r.stderr[-2000:]}")
+    return json.loads(r.stdout)
+
+
+def snapblk_bench(sock, *args):
+    """One `snapblk bench --json` run against `sock`."""
+    return run_json([SNAPBLK, "bench", "--socket", sock, "--json", *args])
+
+
+def fs_type(path):
+    """The filesystem type `path` lives on (from /proc/self/mountinfo)."""
+    path = os.path.realpath(path)
+    best, kind = "", "?"
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, right = line.split(" - ", 1)
+            mnt = left.split()[4]
+            inside = path == mnt or path.startswith(mnt.rstrip("/") + "/")
+            if inside and len(mnt) >= len(best):
+                best, kind = mnt, right.split()[0]
+    return kind
+
+
+def ensure_tools(tools):
+    """Installs from Debian's packages whatever of {command: package} is missing (as root)."""
+    missing = sorted({pkg for cmd, pkg in tools.items() if shutil.which(cmd) is None})
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        sys.exit(f"missing {', '.join(missing)}: run `apt-get install {' '.join(missing)}` as root")
+    print(f"installing {' '.join(missing)} from apt", file=sys.stderr)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env,
+                   stdout=subprocess.DEVNULL)
+    # Installing qemu-system-x86 may remove a newer qemu-utils that the image shipped.
+    if shutil.which("qemu-img") is None:
+        subprocess.run(["apt-get", "install", "-y", "-qq", "qemu-utils"], check=True, env=env,
+                       stdout=subprocess.DEVNULL)
