@@ -187,6 +187,19 @@ impl Image {
     }
 }
 
+/// Whether the file behind `fd` lives in memory (tmpfs, ramfs).
+pub fn memory_backed(fd: std::os::unix::io::RawFd) -> bool {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    // SAFETY: fstatfs fills the zeroed struct through a valid pointer.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatfs(fd, &mut st) } != 0 {
+        return false;
+    }
+    let t = st.f_type as i64;
+    t == TMPFS_MAGIC || t == RAMFS_MAGIC
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,17 +240,4 @@ mod tests {
         let e = Image::open(Path::new("/nonexistent/x.img"), OpenOptions::default()).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/x.img"));
     }
-}
-
-/// Whether the file behind `fd` lives in memory (tmpfs, ramfs).
-pub fn memory_backed(fd: std::os::unix::io::RawFd) -> bool {
-    const TMPFS_MAGIC: i64 = 0x0102_1994;
-    const RAMFS_MAGIC: i64 = 0x8584_58f6;
-    // SAFETY: fstatfs fills the zeroed struct through a valid pointer.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::fstatfs(fd, &mut st) } != 0 {
-        return false;
-    }
-    let t = st.f_type as i64;
-    t == TMPFS_MAGIC || t == RAMFS_MAGIC
 }
