@@ -7,7 +7,10 @@
 # gen 2, never torn), gen 2 exactly on a prefix [0, k), with k between the progress the host saw
 # before the snapshot and the first block guest 1 started after it heard the snapshot was taken.
 # Guest 2's writes stay in the clone: guest 1 (and the origin image on the host) never see them,
-# and guest 1 never sees an I/O error. snapblk only (the control plane).
+# and guest 1 never sees an I/O error. The snapshot is `--resettable`: after guest 2 is done, and
+# while guest 1 keeps writing the origin, `clone reset` returns the clone to the checkpoint, which
+# a third guest checks (the origin chunks changed since are restored from the hidden anchor).
+# snapblk only (the control plane).
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=../lib.sh
 . "$(dirname "$0")/../lib.sh"
@@ -125,7 +128,7 @@ GUEST
 guest_start_n 1 "$osock" "$VMT_TMP/writer.sh"
 wait_prog_n 1 a $((N / 5))
 lo=$(guest_prog_n 1 a)
-snap=$(ctl snapshot create vm1 ckpt --cow "$VMT_TMP/ckpt.cow" --size 1G --chunk-size 4k --json)
+snap=$(ctl snapshot create vm1 ckpt --cow "$VMT_TMP/ckpt.cow" --size 1G --chunk-size 4k --resettable --json)
 pause=$(json_field "$snap" "$img")
 guest_use 1
 guest_sync_reply snap
@@ -148,6 +151,26 @@ vmt_log "clone point k=$k; host saw $lo blocks done before the snapshot, guest 1
 vmt_log "guest 1 at the clone's end: stream $at_clone_end/$N, D rewritten $d_at_clone_end times"
 [ "$k" -ge "$lo" ] || vmt_fail "clone point $k is before the $lo blocks done before the snapshot"
 [ "$k" -le "$seen" ] || vmt_fail "clone point $k is after block $seen, started after the snapshot returned"
+
+# Reset the clone while guest 1 keeps rewriting D; a third guest finds the checkpoint again.
+t0=$(date +%s%N)
+ctl clone reset ckpt >/dev/null
+vmt_log "clone reset under origin writes took $((($(date +%s%N) - t0) / 1000000)) ms"
+guest_script "$VMT_TMP/reset.sh" "${layout[@]}" "k=$k" <<GUEST
+$VMT_BLOCK_FN
+GUEST
+cat >>"$VMT_TMP/reset.sh" <<'GUEST'
+want=$({ vmt_blocks 2 0 "$k"; vmt_blocks 1 "$k" $((N - k)); } | sha256sum | cut -d' ' -f1)
+expect_eq "$(dd if=/dev/vda bs=4k skip="$A" count="$N" iflag=direct status=none | sha256sum | cut -d' ' -f1)" \
+    "$want" "reset clone's stream region (the checkpoint, k=$k)"
+expect_eq "$(sha_region /dev/vda 16 4)" "$(vmt_blocks c 0 "$NC" | sha256sum | cut -d' ' -f1)" "reset clone's C"
+zero1=$(head -c $((1 << 20)) /dev/zero | sha256sum | cut -d' ' -f1)
+expect_eq "$(sha_region /dev/vda 32 1)" "$zero1" "reset clone's D (rewritten by the origin meanwhile)"
+expect_eq "$(sha_region /dev/vda "$E" 4)" "$(head -c $((4 << 20)) /dev/zero | sha256sum | cut -d' ' -f1)" "reset clone's E"
+if dmesg | grep -q -e 'I/O error'; then fail "guest kernel: $(dmesg | grep -m1 -e 'I/O error')"; fi
+GUEST
+guest_start_n 3 "$csock" "$VMT_TMP/reset.sh"
+guest_wait_n 3
 # A few rounds of D (writes after the stream, with the snapshot attached) before stopping.
 wait_prog_n 1 d 3 120
 guest_sync_reply clone-done
