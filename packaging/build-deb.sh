@@ -36,9 +36,9 @@ have=$(cargo deb --version 2>/dev/null || true)
 if [ "${have##* }" != "$CARGO_DEB_VERSION" ]; then
     echo "build-deb: installing cargo-deb $CARGO_DEB_VERSION (have: ${have:-none})" >&2
     start=$SECONDS
-    # --debug: half the build time of a release build (40 s against 85-90 s from a clean
-    # CARGO_HOME on 2 busy cores), and as fast at packaging: cargo-deb's dev profile builds
-    # its compressors (xz, zopfli) optimized.
+    # --debug: half the cost of a release build (from a clean CARGO_HOME on 2 shared cores:
+    # 48 s of CPU, 40-80 s wall, against 100 s of CPU, 85-150 s wall), and as fast at
+    # packaging (6 s either way): cargo-deb's dev profile builds its compressors optimized.
     cargo install cargo-deb --version "$CARGO_DEB_VERSION" --locked --debug --quiet
     echo "build-deb: cargo-deb installed in $((SECONDS - start)) s" >&2
 fi
