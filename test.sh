@@ -1,6 +1,7 @@
 #!/bin/bash
-# test.sh: the whole test suite: unit and integration tests (cargo nextest), then real-guest
-# vm-tests under QEMU. Installs what it needs from Debian's packages. Run as root.
+# test.sh: the whole test suite: unit and integration tests (cargo nextest), the Debian package
+# (built, installed, checked, purged), then real-guest vm-tests under QEMU. Installs what it
+# needs from Debian's packages (and cargo-deb from crates.io). Run as root.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -11,4 +12,5 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     cargo test --release --locked --no-fail-fast
 fi
+bash scripts/test-package.sh
 bash vm-tests/run.sh

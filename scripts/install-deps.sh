@@ -15,6 +15,13 @@ have mkfs.ext4 || need+=(e2fsprogs)
 have dmsetup || need+=(dmsetup)
 have blkdiscard || need+=(util-linux)
 have gcc || need+=(gcc)
+# The Debian package test (scripts/test-package.sh) and the README examples' checks.
+have dpkg-shlibdeps || need+=(dpkg-dev)
+have strip || need+=(binutils)
+have man || need+=(man-db)
+have systemd-analyze || need+=(systemd)
+have virt-xml-validate || need+=(libvirt-clients)
+have xmllint || need+=(libxml2-utils)
 
 if [ "${#need[@]}" -gt 0 ]; then
     echo "install-deps: installing ${need[*]}"

@@ -3,13 +3,18 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use clap_complete::Shell;
 use snapblk::daemon::{GraphOptions, ServeOptions};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "snapblk",
     version,
-    about = "Snapshot-aware vhost-user-blk disk daemon"
+    about = "Snapshot-aware vhost-user-blk disk daemon",
+    long_about = "Snapshot-aware vhost-user-blk disk daemon: serves raw images and block devices to \
+        VMs (QEMU, cloud-hypervisor, libvirt) over vhost-user-blk sockets, with a device graph of \
+        origins and copy-on-write snapshots (Linux dm-snapshot semantics and on-disk format), \
+        live snapshots, clones and merges driven over a control socket."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -28,6 +33,28 @@ pub enum Command {
     /// Control-socket client commands (origin, snapshot, export, status, stats, merge, ...).
     #[command(flatten)]
     Control(snapblk::control::cli::ControlCommand),
+    /// Write the man pages or shell completions generated from this command line (packaging).
+    #[command(subcommand, hide = true)]
+    Generate(GenerateCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GenerateCommand {
+    /// Man pages: snapblk.1 and one page per subcommand (snapblk-serve.1, ...).
+    Man {
+        /// Directory to write them to (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Shell completion scripts (snapblk.bash, _snapblk, snapblk.fish, ...).
+    Completions {
+        /// Shells to write completions for [default: bash, zsh, fish].
+        #[arg(value_enum)]
+        shells: Vec<Shell>,
+        /// Directory to write them to (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

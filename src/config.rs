@@ -338,6 +338,27 @@ num_queues = 2
         assert_eq!(c.exports[0].queue_size, 256);
     }
 
+    /// The file installed as /etc/snapblk/example.toml loads, and every file it names is where
+    /// snapblk@example.service may write (images dir, its runtime directory).
+    #[test]
+    fn packaged_example_loads_and_fits_the_unit() {
+        let path = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/packaging/etc/example.toml"
+        ));
+        let c = GraphConfig::load(path).unwrap();
+        assert_eq!(
+            (c.origins.len(), c.snapshots.len(), c.exports.len()),
+            (1, 1, 1)
+        );
+        let images = Path::new("/var/lib/snapblk/images");
+        assert!(c.origins[0].image.starts_with(images));
+        assert!(c.snapshots[0].cow.starts_with(images));
+        assert_eq!(c.snapshots[0].create_size, Some(ByteSize(8 << 30)));
+        assert!(c.exports[0].socket.starts_with("/run/snapblk/example/"));
+        assert_eq!(c.exports[0].num_queues, 2);
+    }
+
     #[test]
     fn byte_sizes_parse_with_units() {
         assert_eq!("16K".parse::<ByteSize>(), Ok(ByteSize(16384)));

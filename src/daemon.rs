@@ -1,6 +1,6 @@
 //! `snapblk serve`: builds the exports (one image, or a device graph from a config file), binds
-//! every socket, serves each on its own thread until SIGTERM/SIGINT, then drains, flushes and
-//! exits cleanly.
+//! every socket, tells systemd it is ready once all of them listen, serves each on its own
+//! thread until SIGTERM/SIGINT, then drains, flushes and exits cleanly.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use crate::control::server::ControlServerError;
 use crate::control::{bind_control, serve_control, ControlStop, ManagerControl};
 use crate::graph::GraphError;
 use crate::manager::{Manager, ManagerError};
+use crate::notify;
 use crate::storage::{Image, ImageError, OpenOptions};
 use crate::vhost::{bind_socket, serve, Backing, Export, ServeError, Shutdown};
 use crate::virtio_blk::DiskGeometry;
@@ -80,6 +81,7 @@ pub fn install_signal_thread(shutdown: Arc<Shutdown>) -> Result<(), DaemonError>
             // SAFETY: `set` is a valid signal set; sig is a valid out pointer.
             if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
                 info!("signal {sig} received: shutting down");
+                notify::tell("STOPPING=1");
                 shutdown.trigger();
             }
         })
@@ -127,6 +129,10 @@ pub fn run(opts: ServeOptions) -> Result<(), DaemonError> {
         if opts.readonly { ", read-only" } else { "" },
         opts.socket.display()
     );
+    notify::tell(&format!(
+        "READY=1\nSTATUS=serving {}",
+        opts.socket.display()
+    ));
     let result = serve_all(vec![(export, listener)], &shutdown);
     image.sync().map_err(|source| DaemonError::Flush {
         what: opts.image.display().to_string(),
@@ -179,6 +185,10 @@ pub fn run_graph(opts: GraphOptions) -> Result<(), DaemonError> {
         }
         None => None,
     };
+    notify::tell(&format!(
+        "READY=1\nSTATUS=serving {} export(s)",
+        manager.exports().len()
+    ));
     let mut health = std::collections::BTreeMap::new();
     while !stop.wait_timeout(std::time::Duration::from_secs(1)) {
         manager.poll_health(&mut health);

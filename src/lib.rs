@@ -9,6 +9,7 @@ pub mod frontend;
 pub mod graph;
 pub mod logging;
 pub mod manager;
+pub mod notify;
 pub mod storage;
 pub mod vhost;
 pub mod virtio_blk;

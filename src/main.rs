@@ -1,6 +1,7 @@
 //! Thin entry point: parse the command line, set up logging, dispatch, map errors to exit codes.
 
 mod cli;
+mod generate;
 
 use std::process::ExitCode;
 
@@ -54,6 +55,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Control(cmd) => snapblk::control::cli::run(cmd),
+        Command::Generate(cmd) => exit_with(generate::run(cmd)),
         Command::Cow(CowCommand::Inspect { file }) => {
             exit_with(cowcmd::inspect_file(&file).map(|r| print!("{r}")))
         }

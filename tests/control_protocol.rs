@@ -137,6 +137,8 @@ impl MockHandler {
                     read_bytes: 4096,
                     write_bytes: 8192,
                     errors: 0,
+                    in_flight: 1,
+                    connected: true,
                 }],
                 snapshots: vec![SnapshotStats {
                     name: "s1".into(),
@@ -829,6 +831,41 @@ fn cli_merge_wait_polls_until_the_merge_finishes() {
 
     let o = snapblk(&server, &["merge", "start", "missing", "--wait"]);
     assert_eq!(o.status.code(), Some(1));
+}
+
+#[test]
+fn cli_stats_prints_prometheus_metrics_from_stats_status_and_merges() {
+    let server = Server::start();
+    let o = snapblk(&server, &["stats", "--format", "prometheus"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    for want in [
+        "# TYPE snapblk_export_requests_total counter\n",
+        "snapblk_export_requests_total{export=\"/run/s1.sock\",node=\"s1\"} 10\n",
+        "snapblk_export_in_flight_requests{export=\"/run/s1.sock\",node=\"s1\"} 1\n",
+        "snapblk_export_connected{export=\"/run/s1.sock\",node=\"s1\"} 1\n",
+        "snapblk_origin_size_bytes{origin=\"base\"} 1073741824\n",
+        "snapblk_snapshot_copies_total{snapshot=\"s1\",origin=\"\"} 2\n",
+        "snapblk_merge_remaining_exceptions{snapshot=\"s1\",origin=\"base\"} 3\n",
+    ] {
+        assert!(out.contains(want), "no {want:?} in\n{out}");
+    }
+    let seen: Vec<&'static str> = server
+        .handler
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(Request::cmd)
+        .collect();
+    assert_eq!(seen, ["stats", "status", "merge.status"]);
+
+    let o = snapblk(&server, &["stats", "--format", "json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["exports"][0]["in_flight"], 1);
+    let o = snapblk(&server, &["stats", "--format", "prometheus", "--json"]);
+    assert_eq!(o.status.code(), Some(2), "--json and --format conflict");
 }
 
 #[test]

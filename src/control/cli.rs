@@ -1,6 +1,6 @@
 //! The control-client subcommands (`snapblk origin|snapshot|export|status|stats|merge|clone|
-//! events`): clap definitions, translation into [`Request`]s, and output (human tables, or the
-//! result object as one JSON line with `--json`).
+//! events`): clap definitions, translation into [`Request`]s, and output (human tables, the
+//! result object as one JSON line with `--json`, Prometheus metrics for `stats`).
 //!
 //! Exit codes: 0 success, 1 the daemon refused or failed the command (`error: <message>
 //! (<code>)` on stderr), 2 usage, 3 the daemon cannot be reached.
@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 
 use super::client::{Client, ClientError};
 use super::protocol::{
@@ -74,8 +74,13 @@ pub enum ControlCommand {
         #[command(flatten)]
         conn: Conn,
     },
-    /// Counters per export (requests, bytes, errors) and per snapshot (copies, parked, commits).
+    /// Counters per export (requests, bytes, errors, in flight) and per snapshot (copies,
+    /// parked, commits); `--format prometheus` adds COW usage and merge progress.
     Stats {
+        /// Output: a table, the result as JSON (as --json), or Prometheus text exposition
+        /// format (export, snapshot and merge metrics, from `stats`, `status` and `merge.status`).
+        #[arg(long, value_enum, default_value_t = StatsFormat::Human, conflicts_with = "json")]
+        format: StatsFormat,
         #[command(flatten)]
         conn: Conn,
     },
@@ -93,6 +98,14 @@ pub enum ControlCommand {
         #[command(flatten)]
         conn: Conn,
     },
+}
+
+/// Output formats of `snapblk stats`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StatsFormat {
+    Human,
+    Json,
+    Prometheus,
 }
 
 #[derive(Debug, Subcommand)]
@@ -265,6 +278,8 @@ enum Action {
     Call(Request),
     /// merge.start, then poll merge.status until it ends.
     MergeWait(String),
+    /// stats, status and merge.status, printed as Prometheus metrics.
+    Prometheus,
 }
 
 /// Runs one control-client subcommand and returns the process exit code.
@@ -285,6 +300,7 @@ pub fn run(cmd: ControlCommand) -> ExitCode {
             .call(&req)
             .map(|resp| print_result(&req, &resp, conn.json)),
         Action::MergeWait(snapshot) => merge_wait(&mut client, &snapshot, conn.json),
+        Action::Prometheus => prometheus(&mut client),
     };
     match outcome {
         Ok(code) => code,
@@ -353,7 +369,14 @@ fn plan(cmd: ControlCommand) -> Result<(Conn, Action), String> {
         ),
         C::Export(ExportCmd::List { conn }) => call(conn, Request::ExportList {}),
         C::Status { node, conn } => call(conn, Request::Status(StatusArgs { node })),
-        C::Stats { conn } => call(conn, Request::Stats {}),
+        C::Stats { format, mut conn } => match format {
+            StatsFormat::Human => call(conn, Request::Stats {}),
+            StatsFormat::Json => {
+                conn.json = true;
+                call(conn, Request::Stats {})
+            }
+            StatsFormat::Prometheus => Ok((conn, Action::Prometheus)),
+        },
         C::Merge(MergeCmd::Start {
             snapshot,
             wait,
@@ -413,6 +436,26 @@ fn print_result(req: &Request, resp: &Response, json: bool) -> ExitCode {
     // A closed stdout (e.g. `| head`) is not worth an error.
     let _ = out.write_all(text.as_bytes());
     ExitCode::SUCCESS
+}
+
+/// `stats --format prometheus`: three calls on one connection, one text to stdout.
+fn prometheus(client: &mut Client) -> Result<ExitCode, ClientError> {
+    let wrong = |cmd: &str| ClientError::Protocol(format!("{cmd} returned another result"));
+    let Response::Stats(stats) = client.call(&Request::Stats {})? else {
+        return Err(wrong("stats"));
+    };
+    let Response::Status(status) = client.call(&Request::Status(StatusArgs { node: None }))? else {
+        return Err(wrong("status"));
+    };
+    let Response::Merges(merges) =
+        client.call(&Request::MergeStatus(MergeStatusArgs { snapshot: None }))?
+    else {
+        return Err(wrong("merge.status"));
+    };
+    let text = super::prometheus::render(&stats, &status, &merges);
+    // A closed stdout (e.g. `| head`) is not worth an error.
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Reports a failed call; the exit code says whether the daemon refused or was unreachable.

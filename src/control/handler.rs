@@ -278,13 +278,15 @@ impl ControlHandler for ManagerControl {
                 exports: m
                     .exports()
                     .into_iter()
-                    .map(|(s, st, _)| ExportStats {
+                    .map(|(s, st, connected)| ExportStats {
                         socket: s.socket,
                         node: s.node,
                         requests: st.requests,
                         read_bytes: st.read_bytes,
                         write_bytes: st.write_bytes,
                         errors: st.errors,
+                        in_flight: st.in_flight,
+                        connected,
                     })
                     .collect(),
                 snapshots: m

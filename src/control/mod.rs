@@ -5,12 +5,14 @@
 //! * [`server`]: binds the socket and runs one thread per client; each request goes to a
 //!   [`ControlHandler`], which the daemon implements.
 //! * [`client`]: a blocking client, used by the CLI and by tests.
-//! * [`cli`] and `render`: the `snapblk origin|snapshot|export|status|...` subcommands.
+//! * [`cli`], `render` and `prometheus`: the `snapblk origin|snapshot|export|status|...`
+//!   subcommands and their output.
 
 pub mod cli;
 pub mod client;
 mod convert;
 mod handler;
+mod prometheus;
 pub mod protocol;
 mod render;
 mod request;

@@ -178,6 +178,7 @@ fn stats(s: &StatsReport) -> String {
                 bytes(e.read_bytes),
                 bytes(e.write_bytes),
                 e.errors.to_string(),
+                e.in_flight.to_string(),
             ]
         })
         .collect();
@@ -196,7 +197,15 @@ fn stats(s: &StatsReport) -> String {
     format!(
         "{}\n{}",
         table(
-            &["EXPORT", "NODE", "REQUESTS", "READ", "WRITTEN", "ERRORS"],
+            &[
+                "EXPORT",
+                "NODE",
+                "REQUESTS",
+                "READ",
+                "WRITTEN",
+                "ERRORS",
+                "IN-FLIGHT"
+            ],
             exports
         ),
         table(&["SNAPSHOT", "COPIES", "PARKED", "COMMITS"], snaps)

@@ -270,6 +270,12 @@ pub struct ExportStats {
     pub read_bytes: u64,
     pub write_bytes: u64,
     pub errors: u64,
+    /// Requests started and not yet completed, now (0 from daemons that predate the field).
+    #[serde(default)]
+    pub in_flight: u64,
+    /// A frontend is connected now (false from daemons that predate the field).
+    #[serde(default)]
+    pub connected: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -341,3 +341,17 @@ fn documented_examples_parse() {
         assert!(documented.contains(cmd), "no example for {cmd}");
     }
 }
+
+/// Fields added to a result after version 1 shipped default when an older daemon leaves them out.
+#[test]
+fn stats_from_a_daemon_without_in_flight_and_connected_still_decode() {
+    let old = json!({
+        "exports": [{"socket": "/run/a.sock", "node": "a", "requests": 3, "read_bytes": 512,
+                     "write_bytes": 0, "errors": 0}],
+        "snapshots": []
+    });
+    let Response::Stats(s) = Response::decode("stats", old).unwrap() else {
+        panic!("not stats")
+    };
+    assert_eq!((s.exports[0].in_flight, s.exports[0].connected), (0, false));
+}

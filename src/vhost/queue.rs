@@ -316,6 +316,9 @@ impl QueueWorker {
             self.add_used(state, head, 1);
             return;
         };
+        self.stats
+            .in_flight
+            .store(self.slots.in_flight() as u64, Ordering::Relaxed);
         let slot = self.slots.get_mut(idx);
         slot.begin(head, req, mem.clone());
         match self.start_direct(idx, mem) {
@@ -677,6 +680,9 @@ impl QueueWorker {
             let _ = mem.write_obj(status as u8, slot.status);
         }
         self.slots.free(idx);
+        self.stats
+            .in_flight
+            .store(self.slots.in_flight() as u64, Ordering::Relaxed);
         Some((head, used))
     }
 }

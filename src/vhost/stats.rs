@@ -9,6 +9,8 @@ pub struct QueueStats {
     pub read_bytes: AtomicU64,
     pub write_bytes: AtomicU64,
     pub errors: AtomicU64,
+    /// Requests started and not yet completed (a gauge, stored by the queue thread).
+    pub in_flight: AtomicU64,
 }
 
 /// A point-in-time sum over queues.
@@ -18,6 +20,7 @@ pub struct StatsSnapshot {
     pub read_bytes: u64,
     pub write_bytes: u64,
     pub errors: u64,
+    pub in_flight: u64,
 }
 
 impl StatsSnapshot {
@@ -28,6 +31,7 @@ impl StatsSnapshot {
             s.read_bytes += q.read_bytes.load(Ordering::Relaxed);
             s.write_bytes += q.write_bytes.load(Ordering::Relaxed);
             s.errors += q.errors.load(Ordering::Relaxed);
+            s.in_flight += q.in_flight.load(Ordering::Relaxed);
         }
         s
     }
