@@ -97,6 +97,10 @@ pub struct ServeArgs {
     /// Group allowed to use the control socket (mode 0660 then).
     #[arg(long, requires = "control")]
     pub control_group: Option<String>,
+    /// Group allowed to connect to the export sockets (mode 0660 then, else 0600): the group
+    /// of a VMM running as another user, e.g. libvirt-qemu or kvm.
+    #[arg(long)]
+    pub socket_group: Option<String>,
     /// Unix socket path to listen on (created with mode 0600).
     #[arg(long, required_unless_present_any = ["config", "state_dir", "control"], requires = "image")]
     pub socket: Option<PathBuf>,

@@ -32,18 +32,29 @@ fn exit_with<E: std::error::Error>(r: Result<(), E>) -> ExitCode {
     }
 }
 
+/// Applies `serve --socket-group` to every export socket bound later.
+fn socket_group(args: &cli::ServeArgs) -> Result<(), String> {
+    if let Some(g) = &args.socket_group {
+        let gid = snapblk::control::server::lookup_group(g).map_err(|e| e.to_string())?;
+        snapblk::vhost::server::set_socket_group(gid);
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     snapblk::logging::init();
     match cli.command {
-        Command::Serve(args) => match ServeMode::try_from(args) {
-            Ok(ServeMode::Image(opts)) => exit_with(daemon::run(opts)),
-            Ok(ServeMode::Graph(opts)) => exit_with(daemon::run_graph(opts)),
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(2)
+        Command::Serve(args) => {
+            match socket_group(&args).and_then(|()| ServeMode::try_from(args)) {
+                Ok(ServeMode::Image(opts)) => exit_with(daemon::run(opts)),
+                Ok(ServeMode::Graph(opts)) => exit_with(daemon::run_graph(opts)),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
             }
-        },
+        }
         Command::Bench(args) => match snapblk::bench::run(&args) {
             Ok(r) => {
                 println!("{}", snapblk::bench::render(&args, &r).trim_end());

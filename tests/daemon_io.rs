@@ -292,3 +292,32 @@ fn memory_backed_image_inline_path_verifies_under_load() {
     }
     d.stop();
 }
+
+#[test]
+fn socket_group_gives_the_group_access_and_an_unknown_group_is_refused() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("d.img");
+    let sock = dir.path().join("d.sock");
+    make_image(&img, MIB);
+    // A group this process may give files to: one of its own (numeric).
+    let gid = std::fs::metadata(dir.path()).unwrap().gid().to_string();
+    let d = Daemon::image(&img, &sock, &["--socket-group", &gid]);
+    let meta = std::fs::metadata(&sock).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    assert_eq!(meta.gid().to_string(), gid);
+    drop(d);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_snapblk"))
+        .args(["serve", "--socket-group", "no-such-group-x"])
+        .args([
+            "--socket",
+            sock.to_str().unwrap(),
+            "--image",
+            img.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no-such-group-x"), "{err}");
+}

@@ -107,6 +107,7 @@ impl Root {
             .replace("/etc/snapblk/", &format!("{t}/etc/"))
             .replace("chown snapblk:snapblk ", &format!("chown {uid}:{gid} "))
             .replace("--control-group snapblk", &format!("--control-group {gid}"))
+            .replace("--socket-group snapblk", &format!("--socket-group {gid}"))
     }
 
     /// `/var/lib/snapblk/images/NAME` in this root.

@@ -161,7 +161,7 @@ pub fn bind_control(path: &Path, group: Option<&str>) -> Result<UnixListener, Co
 }
 
 /// Resolves a group name (or a numeric gid) to a gid.
-fn lookup_group(group: &str) -> Result<u32, ControlServerError> {
+pub fn lookup_group(group: &str) -> Result<u32, ControlServerError> {
     if let Ok(gid) = group.parse::<u32>() {
         return Ok(gid);
     }

@@ -131,6 +131,15 @@ impl Shutdown {
 /// Creates the listening socket at `path` with mode 0600 from the start (bound under a 0177
 /// umask, so it is never reachable by others). A stale socket is replaced; a live one or any
 /// other file is refused.
+/// The group given access to export sockets (`serve --socket-group`), set once at start.
+static SOCKET_GROUP: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// Export sockets bound from now on belong to group `gid` with mode 0660 (else 0600), so a
+/// VMM running as another user in that group (libvirt's `libvirt-qemu`) can connect.
+pub fn set_socket_group(gid: u32) {
+    let _ = SOCKET_GROUP.set(gid);
+}
+
 pub fn bind_socket(path: &Path) -> Result<UnixListener, ServeError> {
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
@@ -153,7 +162,14 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener, ServeError> {
     // SAFETY: as above.
     unsafe { libc::umask(old) };
     let listener = bound.map_err(bind_err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
+    let mode = match SOCKET_GROUP.get() {
+        Some(&gid) => {
+            std::os::unix::fs::chown(path, None, Some(gid)).map_err(bind_err)?;
+            0o660
+        }
+        None => 0o600,
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(bind_err)?;
     Ok(listener)
 }
 
