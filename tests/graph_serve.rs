@@ -169,3 +169,49 @@ fn transient_snapshots_work_and_bad_configs_are_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn used_entries_are_published_in_the_order_requests_were_popped() {
+    // A slow origin write (copy-outs into two snapshots, group commits) followed by fast reads
+    // that the queue serves directly: the reads finish first, but their used entries wait for
+    // the write's, so the used index always counts a prefix of the available ring (what a
+    // frontend restarting the ring after `kill -9` relies on).
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    std::fs::write(p.join("base.img"), pattern(7, 4 * MIB as usize)).unwrap();
+    std::fs::write(p.join("graph.toml"), config(p, "P")).unwrap();
+    let d = start(p);
+    let mut fe = connect(&p.join("base.sock"));
+    let mut q = fe.blk_queue(0, 16, 1 << 20).unwrap();
+    q.write_data(0, &pattern(8, 1 << 20)).unwrap();
+    q.submit(
+        0,
+        snapblk::frontend::Request::Write {
+            sector: 0,
+            len: 1 << 20,
+        },
+    )
+    .unwrap();
+    for slot in 1..16u16 {
+        let sector = 4096 + u64::from(slot) * 8;
+        let req = snapblk::frontend::Request::Read { sector, len: 4096 };
+        q.submit(slot, req).unwrap();
+    }
+    q.kick().unwrap();
+    let mut order = Vec::new();
+    let mut done = Vec::new();
+    while q.in_flight() > 0 {
+        done.clear();
+        if q.reap(&mut done).unwrap() == 0 {
+            q.wait().unwrap();
+        }
+        for c in &done {
+            assert_eq!(c.status, Some(BlkStatus::Ok));
+            order.push(c.slot.unwrap());
+        }
+    }
+    assert_eq!(order, (0..16).collect::<Vec<u16>>());
+    drop(q);
+    drop(fe);
+    drop(d);
+}

@@ -2,6 +2,7 @@
 //! io_uring and completes them into the used ring. Owned by one thread; nothing here is shared
 //! with other queues except the image handle and relaxed atomics.
 
+use std::collections::VecDeque;
 use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -77,6 +78,11 @@ pub struct QueueWorker {
     inline_fd: [Option<i32>; 2],
     /// A graph node whose reads and writes may run on the io_uring.
     direct: Option<DirectNode>,
+    /// Heads in the order they were popped, and the used length of those completed ahead of
+    /// an earlier one: used entries are published in pop order (see `add_used`).
+    order: VecDeque<u16>,
+    done: Vec<Option<u32>>,
+    popped: Vec<bool>,
 }
 
 const FIXED_IMAGE: types::Fixed = types::Fixed(0);
@@ -150,6 +156,9 @@ impl QueueWorker {
             stopping,
             inline_fd,
             direct,
+            order: VecDeque::with_capacity(queue_size as usize),
+            done: vec![None; queue_size as usize],
+            popped: vec![false; queue_size as usize],
         })
     }
 
@@ -183,6 +192,10 @@ impl QueueWorker {
                     break;
                 };
                 let head = chain.head_index();
+                if let Some(p) = self.popped.get_mut(usize::from(head)) {
+                    *p = true;
+                    self.order.push_back(head);
+                }
                 let descs = chain.map(|d| (d.addr(), d.len(), d.is_write_only()));
                 match parse(descs, &*mem, &self.disk.geometry, &mut self.parse_buf) {
                     Ok(req) => self.start(head, req, &mem, &mut state),
@@ -253,6 +266,12 @@ impl QueueWorker {
                     }
                 }
             }
+        }
+        if self.vring.is_none() {
+            // Nothing can be published without a ring: start the next one afresh.
+            self.order.clear();
+            self.done.fill(None);
+            self.popped.fill(false);
         }
     }
 
@@ -592,7 +611,28 @@ impl QueueWorker {
         }
     }
 
+    /// Completes `head`. Used entries are published in the order the chains were popped, so
+    /// the used index always counts a prefix of the available ring: when the daemon is killed,
+    /// the frontend restarts the ring from the used index (QEMU without inflight tracking) and
+    /// the restarted daemon sees exactly the requests that never completed, none twice.
     fn add_used(&mut self, state: &mut VringState<GuestMemoryAtomic<Mem>>, head: u16, used: u32) {
+        let i = usize::from(head);
+        if !self.popped.get(i).copied().unwrap_or(false) {
+            // Not in the pop order (cannot happen): publish as is.
+            return self.publish(state, head, used);
+        }
+        self.done[i] = Some(used);
+        while let Some(&front) = self.order.front() {
+            let Some(used) = self.done[usize::from(front)].take() else {
+                break;
+            };
+            self.order.pop_front();
+            self.popped[usize::from(front)] = false;
+            self.publish(state, front, used);
+        }
+    }
+
+    fn publish(&mut self, state: &mut VringState<GuestMemoryAtomic<Mem>>, head: u16, used: u32) {
         if let Err(e) = state.add_used(head, used) {
             error!(
                 "queue {}: cannot add descriptor {head} to the used ring: {e}",
