@@ -2,11 +2,11 @@
 //! pure bookkeeping, called under the origin lock; the metadata I/O it plans (`MetaIo`) runs
 //! outside the lock. `Transient` (N) lives here; `Persistent` (P, PO) in persistent.rs.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::io;
 
 use super::device::BlockDevice;
+use super::exmap::ExMap;
 use super::units::{ChunkIndex, ChunkSize};
 
 /// The store type letters of a snapshot table line.
@@ -144,7 +144,8 @@ pub struct Transient {
     cs: ChunkSize,
     cow_sectors: u64,
     next_free_sectors: u64,
-    map: HashMap<u64, u64>,
+    /// Old chunk → COW chunk. Allocation is sequential, so a sequential rewrite is one run.
+    map: ExMap,
 }
 
 impl Transient {
@@ -153,7 +154,7 @@ impl Transient {
             cs,
             cow_sectors,
             next_free_sectors: 0,
-            map: HashMap::new(),
+            map: ExMap::new(),
         }
     }
 }
@@ -168,11 +169,11 @@ impl ExceptionStore for Transient {
     }
 
     fn lookup(&self, old: ChunkIndex) -> Option<ChunkIndex> {
-        self.map.get(&old.0).map(|&n| ChunkIndex(n))
+        self.map.get(old.0).map(ChunkIndex)
     }
 
     fn exception_count(&self) -> u64 {
-        self.map.len() as u64
+        self.map.len()
     }
 
     fn prepare(&mut self) -> Option<ChunkIndex> {
