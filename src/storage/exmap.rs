@@ -21,6 +21,7 @@
 //! ```
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 
 /// Chunk numbers kept in these tables must be below this: the bits above carry run lengths.
 pub const CHUNK_LIMIT: u64 = 1 << 56;
@@ -163,6 +164,26 @@ impl ExMap {
     pub fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
         self.spans()
             .flat_map(|s| (0..s.len).map(move |k| (s.old + k, s.new + k)))
+    }
+
+    /// Appends to `out` the mapped old chunks in `[from, to)` as ranges in order, joining
+    /// ranges that touch (also the last one already in `out`).
+    pub fn old_ranges(&self, from: u64, to: u64, out: &mut Vec<Range<u64>>) {
+        if from >= to {
+            return;
+        }
+        let first = self.runs.range(..from).next_back();
+        for (&o, &v) in first.into_iter().chain(self.runs.range(from..to)) {
+            let s = self.span(o, v);
+            let r = s.old.max(from)..s.end_old().min(to);
+            if r.is_empty() {
+                continue;
+            }
+            match out.last_mut() {
+                Some(last) if last.end == r.start => last.end = r.end,
+                _ => out.push(r),
+            }
+        }
     }
 
     fn span(&self, old: u64, packed: u64) -> Span {
@@ -471,6 +492,15 @@ mod tests {
             }
             for o in 0..2000 {
                 prop_assert_eq!(m.get(o), model.get(&o).copied());
+            }
+            for (from, to) in [(0, 2000), (3, 900), (450, 451), (700, 1600), (5, 5)] {
+                let mut ranges = Vec::new();
+                m.old_ranges(from, to, &mut ranges);
+                let got: Vec<u64> = ranges.iter().flat_map(|r| r.clone()).collect();
+                let mut want: Vec<u64> = model.keys().copied().filter(|o| (from..to).contains(o)).collect();
+                want.sort_unstable();
+                prop_assert_eq!(got, want);
+                prop_assert!(ranges.windows(2).all(|w| w[0].end < w[1].start), "{:?}", ranges);
             }
             let mut want: Vec<_> = model.into_iter().collect();
             want.sort_unstable();

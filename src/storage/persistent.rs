@@ -406,6 +406,15 @@ impl ExceptionStore for Persistent {
         self.table.len()
     }
 
+    fn exception_ranges(
+        &self,
+        from: ChunkIndex,
+        to: ChunkIndex,
+        out: &mut Vec<std::ops::Range<u64>>,
+    ) {
+        self.map.old_ranges(from.0, to.0, out);
+    }
+
     fn prepare(&mut self) -> Option<ChunkIndex> {
         let cs = self.geo.cs.sectors();
         if self.cow_sectors < self.next_free.saturating_add(1).saturating_mul(cs) {

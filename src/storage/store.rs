@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::io;
+use std::ops::Range;
 
 use super::device::BlockDevice;
 use super::exmap::ExMap;
@@ -120,6 +121,9 @@ pub trait ExceptionStore: Send {
     /// The COW chunk holding a committed exception for `old`.
     fn lookup(&self, old: ChunkIndex) -> Option<ChunkIndex>;
     fn exception_count(&self) -> u64;
+    /// Appends the old chunks in `[from, to)` that have a committed exception, as ranges in
+    /// order; ranges that touch are joined (also with the last one already in `out`).
+    fn exception_ranges(&self, from: ChunkIndex, to: ChunkIndex, out: &mut Vec<Range<u64>>);
     /// Allocates a COW chunk for a new exception; `None` when the COW is full.
     fn prepare(&mut self) -> Option<ChunkIndex>;
     /// How many more entries one commit may carry (the room left in the current area).
@@ -174,6 +178,10 @@ impl ExceptionStore for Transient {
 
     fn exception_count(&self) -> u64 {
         self.map.len()
+    }
+
+    fn exception_ranges(&self, from: ChunkIndex, to: ChunkIndex, out: &mut Vec<Range<u64>>) {
+        self.map.old_ranges(from.0, to.0, out);
     }
 
     fn prepare(&mut self) -> Option<ChunkIndex> {
