@@ -499,20 +499,12 @@ impl ExceptionStore for Persistent {
         // Within the table's last area, and within one area of data chunks: consecutive data
         // indices there are consecutive COW chunks.
         let limit = (l - (l - 1) / epa * epa).min(d % epa + 1);
-        let mut len = 0;
-        for s in self.table.spans_rev() {
-            // The span must end right before the entries taken so far.
-            let joins = old.checked_sub(len) == Some(s.old + s.len - 1)
-                && d.checked_sub(len) == Some(s.new + s.len - 1);
-            if !joins {
-                break;
-            }
-            len += s.len;
-            if len >= limit {
-                break;
-            }
+        let mut len = 1;
+        while len < limit
+            && old.checked_sub(len).zip(d.checked_sub(len)) == self.table.get(l - 1 - len)
+        {
+            len += 1;
         }
-        let len = len.min(limit);
         Some(Run {
             old: ChunkIndex(old - (len - 1)),
             new: ChunkIndex(new - (len - 1)),
