@@ -355,7 +355,7 @@ impl Persistent {
             .collect()
     }
 
-    /// Entry `j` of the table: (old chunk, COW chunk). Cheap near the end of the table only.
+    /// Entry `j` of the table: (old chunk, COW chunk).
     fn entry(&self, j: u64) -> Option<(u64, u64)> {
         self.table
             .get(j)
