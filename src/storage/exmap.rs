@@ -13,8 +13,8 @@
 //! - [`ExLog`]: `(old, new)` pairs in the order they were added (a persistent store's table
 //!   order): two `ExMap`s keyed by position.
 //!
-//! Values must be below [`CHUNK_LIMIT`] (2^56, the persistent format's own limit; an origin chunk
-//! index is below 2^55): the byte above carries the segment's length or kind.
+//! Keys and values must be below [`CHUNK_LIMIT`] (2^56, the persistent format's own limit; an
+//! origin chunk index is below 2^55): the byte above a value carries the segment's length or kind.
 //!
 //! ```text
 //! segment slot: key = first key | value = [ code:8 | base:56 ]
@@ -119,11 +119,12 @@ impl ExMap {
     /// Returns the previous value of `key`.
     ///
     /// # Panics
-    /// If `value` is not below [`CHUNK_LIMIT`].
+    /// If `key` or `value` is not below [`CHUNK_LIMIT`].
     pub fn insert(&mut self, key: u64, value: u64) -> Option<u64> {
         assert!(
-            value < CHUNK_LIMIT,
-            "chunk number {value} past the table limit"
+            key < CHUNK_LIMIT && value < CHUNK_LIMIT,
+            "chunk number {} past the table limit",
+            key.max(value)
         );
         let previous = self.remove(key);
         self.count += 1;
