@@ -7,6 +7,7 @@ pub mod device;
 pub mod direct;
 pub mod engine;
 pub mod error;
+pub mod exmap;
 pub mod faulty;
 pub mod image;
 pub mod inspect;

@@ -11,13 +11,16 @@
 //! ```
 //! Entry j of the table sits in area j / epa at slot j % epa. Before the last slot of an area is
 //! committed, the next area is zeroed, so the table always ends inside the COW.
-
-use std::collections::{HashMap, HashSet};
+//!
+//! In memory, COW chunks are kept as data indices (data chunks counted without the header and
+//! areas, see [`Geometry::data_index`]), so exceptions allocated in order stay one run across
+//! area boundaries: a sequentially rewritten origin costs a few runs, whatever its size.
 
 use log::warn;
 
 use super::device::BlockDevice;
 use super::error::CowError;
+use super::exmap::{ExLog, ExMap};
 use super::store::{ExceptionStore, MetaIo, Run, StoreKind, Usage};
 use super::units::{ChunkIndex, ChunkSize, DEFAULT_CHUNK_SECTORS, SECTOR_BYTES};
 
@@ -84,6 +87,17 @@ impl Geometry {
     pub fn is_metadata(self, chunk: u64) -> bool {
         chunk == 0 || chunk % self.stride() == 1
     }
+
+    /// The position of data chunk `chunk` among the data chunks (0 for chunk 2). `chunk` must not
+    /// be a metadata chunk.
+    pub fn data_index(self, chunk: u64) -> u64 {
+        chunk - 2 - (chunk - 1) / self.stride()
+    }
+
+    /// The COW chunk of data index `d`: the inverse of [`Geometry::data_index`].
+    pub fn data_chunk(self, d: u64) -> u64 {
+        d + d / self.epa() + 2
+    }
 }
 
 /// A loaded persistent store.
@@ -93,9 +107,10 @@ pub struct Persistent {
     kind: StoreKind,
     geo: Geometry,
     cow_sectors: u64,
-    /// Committed entries in table order (old, new).
-    table: Vec<(u64, u64)>,
-    map: HashMap<u64, u64>,
+    /// Committed entries in table order: (old chunk, data index).
+    table: ExLog,
+    /// Old chunk → data index.
+    map: ExMap,
     next_free: u64,
 }
 
@@ -189,8 +204,8 @@ impl Persistent {
             kind,
             geo: Geometry { cs },
             cow_sectors,
-            table: Vec::new(),
-            map: HashMap::new(),
+            table: ExLog::new(),
+            map: ExMap::new(),
             next_free: 2,
         }
     }
@@ -235,7 +250,8 @@ impl Persistent {
     fn read_table(&mut self, dev: &dyn BlockDevice) -> Result<(), CowError> {
         let geo = self.geo;
         let chunks = self.cow_chunks();
-        let mut seen_new = HashSet::new();
+        // Data indices in use (data index → old chunk), to refuse duplicate targets.
+        let mut seen = ExMap::new();
         let mut max_new = None;
         for area in 0.. {
             let chunk = geo.area_chunk(area);
@@ -261,11 +277,11 @@ impl Persistent {
                     if new == 0 {
                         break 'area;
                     }
-                    self.check_entry(old, new, chunks, &seen_new)?;
-                    seen_new.insert(new);
+                    let d = self.check_entry(old, new, chunks, &seen)?;
+                    seen.insert(d, old);
                     max_new = max_new.max(Some(new));
-                    self.table.push((old, new));
-                    self.map.insert(old, new);
+                    self.table.push(old, d);
+                    self.map.insert(old, d);
                     in_area += 1;
                 }
             }
@@ -282,14 +298,9 @@ impl Persistent {
         Ok(())
     }
 
-    fn check_entry(
-        &self,
-        old: u64,
-        new: u64,
-        chunks: u64,
-        seen_new: &HashSet<u64>,
-    ) -> Result<(), CowError> {
-        let index = self.table.len() as u64;
+    /// Checks one loaded entry; returns the data index of its COW chunk.
+    fn check_entry(&self, old: u64, new: u64, chunks: u64, seen: &ExMap) -> Result<u64, CowError> {
+        let index = self.table.len();
         let cow = self.name.clone();
         if old >= CHUNK_NUMBER_LIMIT || new >= CHUNK_NUMBER_LIMIT {
             let value = old.max(new);
@@ -312,13 +323,14 @@ impl Persistent {
                 new,
             });
         }
-        if self.map.contains_key(&old) {
+        if self.map.contains(old) {
             return Err(CowError::DuplicateEntry { cow, index, old });
         }
-        if seen_new.contains(&new) {
+        let d = self.geo.data_index(new);
+        if seen.contains(d) {
             return Err(CowError::DuplicateTarget { cow, index, new });
         }
-        Ok(())
+        Ok(d)
     }
 
     pub fn geometry(&self) -> Geometry {
@@ -327,7 +339,7 @@ impl Persistent {
 
     /// The area the next entry goes to, and how many entries it holds.
     pub fn current_area(&self) -> (u64, u64) {
-        let l = self.table.len() as u64;
+        let l = self.table.len();
         (l / self.geo.epa(), l % self.geo.epa())
     }
 
@@ -335,9 +347,19 @@ impl Persistent {
         self.next_free
     }
 
-    /// Committed entries in table order.
-    pub fn entries(&self) -> &[(u64, u64)] {
-        &self.table
+    /// Committed entries in table order: (old chunk, COW chunk).
+    pub fn entries(&self) -> Vec<(u64, u64)> {
+        self.table
+            .iter()
+            .map(|(old, d)| (old, self.geo.data_chunk(d)))
+            .collect()
+    }
+
+    /// Entry `j` of the table: (old chunk, COW chunk).
+    fn entry(&self, j: u64) -> Option<(u64, u64)> {
+        self.table
+            .get(j)
+            .map(|(old, d)| (old, self.geo.data_chunk(d)))
     }
 
     /// The bytes of the sectors of area `area` holding slots `from..to`, entry values taken from
@@ -375,11 +397,22 @@ impl ExceptionStore for Persistent {
     }
 
     fn lookup(&self, old: ChunkIndex) -> Option<ChunkIndex> {
-        self.map.get(&old.0).map(|&n| ChunkIndex(n))
+        self.map
+            .get(old.0)
+            .map(|d| ChunkIndex(self.geo.data_chunk(d)))
     }
 
     fn exception_count(&self) -> u64 {
-        self.table.len() as u64
+        self.table.len()
+    }
+
+    fn exception_ranges(
+        &self,
+        from: ChunkIndex,
+        to: ChunkIndex,
+        out: &mut Vec<std::ops::Range<u64>>,
+    ) {
+        self.map.old_ranges(from.0, to.0, out);
     }
 
     fn prepare(&mut self) -> Option<ChunkIndex> {
@@ -406,7 +439,7 @@ impl ExceptionStore for Persistent {
         let base = area * self.geo.epa();
         let (offset, bytes) = self.area_sectors(area, pos, pos + n, |j| {
             if j < pos {
-                self.table.get((base + j) as usize).copied()
+                self.entry(base + j)
             } else {
                 batch.get((j - pos) as usize).map(|(o, n)| (o.0, n.0))
             }
@@ -428,8 +461,9 @@ impl ExceptionStore for Persistent {
 
     fn complete_commit(&mut self, batch: &[(ChunkIndex, ChunkIndex)]) {
         for (old, new) in batch {
-            self.table.push((old.0, new.0));
-            self.map.insert(old.0, new.0);
+            let d = self.geo.data_index(new.0);
+            self.table.push(old.0, d);
+            self.map.insert(old.0, d);
         }
     }
 
@@ -458,15 +492,17 @@ impl ExceptionStore for Persistent {
     }
 
     fn last_run(&self) -> Option<Run> {
-        let l = self.table.len() as u64;
-        let &(old, new) = self.table.last()?;
-        let area_start = (l - 1) / self.geo.epa() * self.geo.epa();
+        let l = self.table.len();
+        let (old, d) = self.table.get(l.checked_sub(1)?)?;
+        let new = self.geo.data_chunk(d);
+        let epa = self.geo.epa();
+        // Within the table's last area, and within one area of data chunks: consecutive data
+        // indices there are consecutive COW chunks.
+        let limit = (l - (l - 1) / epa * epa).min(d % epa + 1);
         let mut len = 1;
-        while len < l - area_start {
-            let (o, n) = self.table[(l - 1 - len) as usize];
-            if o.checked_add(len) != Some(old) || n.checked_add(len) != Some(new) {
-                break;
-            }
+        while len < limit
+            && old.checked_sub(len).zip(d.checked_sub(len)) == self.table.get(l - 1 - len)
+        {
             len += 1;
         }
         Some(Run {
@@ -477,7 +513,7 @@ impl ExceptionStore for Persistent {
     }
 
     fn plan_merge_clear(&self, n: u64) -> MetaIo {
-        let l = self.table.len() as u64;
+        let l = self.table.len();
         let n = n.min(l);
         if n == 0 {
             return MetaIo::default();
@@ -488,7 +524,7 @@ impl ExceptionStore for Persistent {
         let (from, to) = (l - n - base, l - base);
         let (offset, bytes) = self.area_sectors(area, from, to, |j| {
             if j < from {
-                self.table.get((base + j) as usize).copied()
+                self.entry(base + j)
             } else {
                 None
             }
@@ -504,7 +540,7 @@ impl ExceptionStore for Persistent {
     fn complete_merge_clear(&mut self, n: u64) {
         for _ in 0..n {
             if let Some((old, _)) = self.table.pop() {
-                self.map.remove(&old);
+                self.map.remove(old);
             }
         }
         let (area, committed) = self.current_area();

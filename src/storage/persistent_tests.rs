@@ -50,7 +50,7 @@ fn exceptions_are_written_as_le64_pairs_in_area_0() {
         &[0x53, 0x6e, 0x41, 0x70, 1, 0, 0, 0, 1, 0, 0, 0, 8, 0, 0, 0]
     );
     let again = Persistent::open(&dev, "cow", StoreKind::Persistent, 8, 512, true).unwrap();
-    assert_eq!(again.store.entries(), &[(10, 2), (11, 3), (0, 4)]);
+    assert_eq!(again.store.entries(), [(10, 2), (11, 3), (0, 4)]);
     assert_eq!(again.store.next_free(), 5);
     assert_eq!(again.store.lookup(ChunkIndex(0)), Some(ChunkIndex(4)));
 }
@@ -168,9 +168,78 @@ fn merge_runs_are_consecutive_within_an_area_newest_first() {
     store.complete_merge_clear(3);
     assert_eq!(store.usage().to_string(), "24/8192 16");
     let again = Persistent::open(&dev, "cow", StoreKind::Persistent, 8, 512, true).unwrap();
-    assert_eq!(again.store.entries(), &[(7, 2)]);
+    assert_eq!(again.store.entries(), [(7, 2)]);
     store.plan_merge_clear(1).run(&dev).unwrap();
     store.complete_merge_clear(1);
     assert_eq!(store.usage().to_string(), "16/8192 16");
     assert!(store.last_run().is_none());
+}
+
+#[test]
+fn data_indices_skip_the_header_and_areas() {
+    let g = Geometry {
+        cs: ChunkSize::new(8, "c").unwrap(),
+    };
+    for (chunk, d) in [(2, 0), (257, 255), (259, 256), (514, 511), (516, 512)] {
+        assert_eq!(g.data_index(chunk), d, "chunk {chunk}");
+        assert_eq!(g.data_chunk(d), chunk, "data index {d}");
+    }
+    for chunk in (0..5000).filter(|&c| !g.is_metadata(c)) {
+        assert_eq!(g.data_chunk(g.data_index(chunk)), chunk);
+    }
+}
+
+#[test]
+fn a_sequential_table_is_one_run_in_memory_but_merges_one_area_at_a_time() {
+    let (dev, mut store) = fresh(1024, 8);
+    for old in 0..300 {
+        commit(&mut store, &dev, 1000 + old).unwrap();
+    }
+    assert_eq!(store.lookup(ChunkIndex(1255)), Some(ChunkIndex(257)));
+    assert_eq!(store.lookup(ChunkIndex(1256)), Some(ChunkIndex(259)));
+    let run = store.last_run().unwrap();
+    assert_eq!(
+        (run.old, run.new, run.len),
+        (ChunkIndex(1256), ChunkIndex(259), 44)
+    );
+    store.plan_merge_clear(44).run(&dev).unwrap();
+    store.complete_merge_clear(44);
+    let run = store.last_run().unwrap();
+    assert_eq!(
+        (run.old, run.new, run.len),
+        (ChunkIndex(1000), ChunkIndex(2), 256)
+    );
+    let again = Persistent::open(&dev, "cow", StoreKind::Persistent, 8, 512, true).unwrap();
+    assert_eq!(again.store.exception_count(), 256);
+    assert_eq!(again.store.last_run(), Some(run));
+}
+
+#[test]
+fn a_table_out_of_allocation_order_loads_and_merges_entry_by_entry() {
+    let (dev, mut store) = fresh(64, 8);
+    commit(&mut store, &dev, 9).unwrap();
+    // As an old kernel may have left it: new chunks not in table order.
+    let area = KIB4 as u64;
+    dev.write_at(&[entry(5, 4), entry(6, 3), entry(7, 2)].concat(), area)
+        .unwrap();
+    let l = Persistent::open(&dev, "cow", StoreKind::Persistent, 8, 512, true).unwrap();
+    let mut store = l.store;
+    assert_eq!(store.entries(), [(5, 4), (6, 3), (7, 2)]);
+    assert_eq!(store.lookup(ChunkIndex(6)), Some(ChunkIndex(3)));
+    assert_eq!(store.next_free(), 5);
+    let run = store.last_run().unwrap();
+    assert_eq!(
+        (run.old, run.new, run.len),
+        (ChunkIndex(7), ChunkIndex(2), 1)
+    );
+    store.complete_merge_clear(1);
+    assert_eq!(store.lookup(ChunkIndex(7)), None);
+    let run = store.last_run().unwrap();
+    assert_eq!(
+        (run.old, run.new, run.len),
+        (ChunkIndex(6), ChunkIndex(3), 1)
+    );
+    dev.write_at(&entry(8, 4), area + 48).unwrap();
+    let e = Persistent::open(&dev, "cow", StoreKind::Persistent, 8, 512, true).unwrap_err();
+    assert!(matches!(e, CowError::DuplicateTarget { new: 4, .. }), "{e}");
 }

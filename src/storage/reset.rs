@@ -1,6 +1,8 @@
 //! Clone reset: emptying a writable snapshot and rebuilding its creation state from an anchor
 //! (a hidden read-only snapshot taken at the same point, which keeps the origin's old data).
 
+use std::ops::Range;
+
 use super::engine::{CommitState, Health, Origin, SnapshotId};
 use super::error::{CowError, IoError};
 use super::units::ChunkIndex;
@@ -80,8 +82,9 @@ impl Origin {
         Ok(())
     }
 
-    /// The chunks `anchor` holds exceptions for: those the origin changed since it was taken.
-    pub fn changed_chunks(&self, anchor: SnapshotId) -> Result<Vec<u64>, IoError> {
+    /// The chunks `anchor` holds exceptions for (those the origin changed since it was taken),
+    /// as ranges in order.
+    pub fn changed_chunks(&self, anchor: SnapshotId) -> Result<Vec<Range<u64>>, IoError> {
         let chunk_bytes = {
             let g = self.lock();
             g.snap(anchor)
@@ -96,7 +99,8 @@ impl Origin {
             let g = self.lock();
             let s = g.snap(anchor).ok_or(IoError::NoSuchSnapshot(anchor.0))?;
             let end = (start + (1 << 16)).min(chunks);
-            out.extend((start..end).filter(|&c| s.store.lookup(ChunkIndex(c)).is_some()));
+            s.store
+                .exception_ranges(ChunkIndex(start), ChunkIndex(end), &mut out);
         }
         Ok(out)
     }
@@ -106,29 +110,30 @@ impl Origin {
     /// writes may run meanwhile: a chunk changed after the scan was unchanged at the scan, so its
     /// copy-out into `id` carries the creation data. Returns the chunks restored.
     pub fn restore_from_anchor(&self, id: SnapshotId, anchor: SnapshotId) -> Result<u64, IoError> {
-        let chunks = self.changed_chunks(anchor)?;
+        let ranges = self.changed_chunks(anchor)?;
         let chunk_bytes = {
             let g = self.lock();
             let s = g.snap(anchor).ok_or(IoError::NoSuchSnapshot(anchor.0))?;
             s.cs().bytes()
         };
-        let per_step = (RESTORE_STEP_BYTES / chunk_bytes).max(1) as usize;
+        let per_step = (RESTORE_STEP_BYTES / chunk_bytes).max(1);
         let mut buf = Vec::new();
-        let mut i = 0;
-        while i < chunks.len() {
-            // A run of consecutive chunks, at most one step long.
-            let mut n = 1;
-            while i + n < chunks.len() && n < per_step && chunks[i + n] == chunks[i] + n as u64 {
-                n += 1;
+        let mut restored = 0;
+        for r in ranges {
+            // Consecutive chunks, at most one step at a time.
+            let mut c = r.start;
+            while c < r.end {
+                let n = (r.end - c).min(per_step);
+                let offset = c * chunk_bytes;
+                let len = (n * chunk_bytes).min(self.size() - offset) as usize;
+                buf.resize(len, 0);
+                self.snapshot_read(anchor, &mut buf, offset)?;
+                self.snapshot_write(id, &buf, offset)?;
+                c += n;
             }
-            let offset = chunks[i] * chunk_bytes;
-            let len = (n as u64 * chunk_bytes).min(self.size() - offset) as usize;
-            buf.resize(len, 0);
-            self.snapshot_read(anchor, &mut buf, offset)?;
-            self.snapshot_write(id, &buf, offset)?;
-            i += n;
+            restored += r.end - r.start;
         }
         self.snapshot_flush(id)?;
-        Ok(chunks.len() as u64)
+        Ok(restored)
     }
 }

@@ -2,11 +2,12 @@
 //! pure bookkeeping, called under the origin lock; the metadata I/O it plans (`MetaIo`) runs
 //! outside the lock. `Transient` (N) lives here; `Persistent` (P, PO) in persistent.rs.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::io;
+use std::ops::Range;
 
 use super::device::BlockDevice;
+use super::exmap::ExMap;
 use super::units::{ChunkIndex, ChunkSize};
 
 /// The store type letters of a snapshot table line.
@@ -120,6 +121,9 @@ pub trait ExceptionStore: Send {
     /// The COW chunk holding a committed exception for `old`.
     fn lookup(&self, old: ChunkIndex) -> Option<ChunkIndex>;
     fn exception_count(&self) -> u64;
+    /// Appends the old chunks in `[from, to)` that have a committed exception, as ranges in
+    /// order; ranges that touch are joined (also with the last one already in `out`).
+    fn exception_ranges(&self, from: ChunkIndex, to: ChunkIndex, out: &mut Vec<Range<u64>>);
     /// Allocates a COW chunk for a new exception; `None` when the COW is full.
     fn prepare(&mut self) -> Option<ChunkIndex>;
     /// How many more entries one commit may carry (the room left in the current area).
@@ -144,7 +148,8 @@ pub struct Transient {
     cs: ChunkSize,
     cow_sectors: u64,
     next_free_sectors: u64,
-    map: HashMap<u64, u64>,
+    /// Old chunk → COW chunk. Allocation is sequential, so a sequential rewrite is one run.
+    map: ExMap,
 }
 
 impl Transient {
@@ -153,7 +158,7 @@ impl Transient {
             cs,
             cow_sectors,
             next_free_sectors: 0,
-            map: HashMap::new(),
+            map: ExMap::new(),
         }
     }
 }
@@ -168,11 +173,15 @@ impl ExceptionStore for Transient {
     }
 
     fn lookup(&self, old: ChunkIndex) -> Option<ChunkIndex> {
-        self.map.get(&old.0).map(|&n| ChunkIndex(n))
+        self.map.get(old.0).map(ChunkIndex)
     }
 
     fn exception_count(&self) -> u64 {
-        self.map.len() as u64
+        self.map.len()
+    }
+
+    fn exception_ranges(&self, from: ChunkIndex, to: ChunkIndex, out: &mut Vec<Range<u64>>) {
+        self.map.old_ranges(from.0, to.0, out);
     }
 
     fn prepare(&mut self) -> Option<ChunkIndex> {

@@ -2,6 +2,10 @@
 //! snapshots, snapshots): they run requests against a `BlockDevice`, copying between guest
 //! memory and a buffer, and post completions back to the queue thread through its eventfd.
 //! Each queue has its own pool, so no lock is shared between queues.
+//!
+//! Buffers are reused: a finished job's buffer goes back to its pool's free list for the next
+//! job, so a pool holds at most one buffer per job that was in flight at once (one per thread at
+//! worst) instead of leaving freed buffers in the allocator's per-thread arenas.
 
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -39,6 +43,33 @@ pub struct Job {
 /// Completed jobs: (slot, result) with result = bytes done or -errno, as io_uring reports.
 pub type Done = Arc<Mutex<Vec<(usize, i32)>>>;
 
+/// Buffers of finished jobs larger than this are freed, not kept.
+const KEEP_MAX: usize = 4 << 20;
+
+/// A pool's free buffers.
+#[derive(Default)]
+struct Buffers(Mutex<Vec<Vec<u8>>>);
+
+impl Buffers {
+    /// A buffer of `len` bytes (contents unspecified: callers fill all of it).
+    fn take(&self, len: usize) -> Vec<u8> {
+        let mut b = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .unwrap_or_default();
+        b.resize(len, 0);
+        b
+    }
+
+    fn give(&self, b: Vec<u8>) {
+        if b.capacity() <= KEEP_MAX {
+            self.0.lock().unwrap_or_else(|p| p.into_inner()).push(b);
+        }
+    }
+}
+
 /// Every thread of the pool has exited.
 #[derive(Debug)]
 pub struct PoolGone;
@@ -60,16 +91,18 @@ impl Pool {
         let (tx, rx) = channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
         let done: Done = Arc::new(Mutex::new(Vec::new()));
+        let buffers = Arc::new(Buffers::default());
         let mut handles = Vec::new();
         for i in 0..threads.max(1) {
             let rx = rx.clone();
             let done = done.clone();
+            let buffers = buffers.clone();
             let dev = dev.clone();
             let notify = notify.try_clone()?;
             handles.push(
                 std::thread::Builder::new()
                     .name(format!("{name}-io{i}"))
-                    .spawn(move || worker(&*dev, &rx, &done, &notify))?,
+                    .spawn(move || worker(&*dev, &rx, &done, &notify, &buffers))?,
             );
         }
         Ok(Pool {
@@ -108,6 +141,7 @@ fn worker(
     rx: &Mutex<Receiver<Job>>,
     done: &Mutex<Vec<(usize, i32)>>,
     notify: &EventFd,
+    buffers: &Buffers,
 ) {
     loop {
         let job = {
@@ -117,7 +151,7 @@ fn worker(
                 Err(_) => return,
             }
         };
-        let res = match run(dev, &job) {
+        let res = match run(dev, &job, buffers) {
             Ok(()) => i32::try_from(job.len).unwrap_or(i32::MAX),
             Err(e) => {
                 log::debug!("{:?} at byte {} failed: {e}", job.op, job.offset);
@@ -131,31 +165,13 @@ fn worker(
     }
 }
 
-fn run(dev: &dyn BlockDevice, job: &Job) -> std::io::Result<()> {
-    let guest = |_| std::io::Error::from_raw_os_error(libc::EFAULT);
+fn run(dev: &dyn BlockDevice, job: &Job, buffers: &Buffers) -> std::io::Result<()> {
     match job.op {
-        JobOp::Read => {
-            let mut buf = vec![0u8; job.len as usize];
-            dev.read_at(&mut buf, job.offset)?;
-            let mut off = 0;
-            for s in &job.segs {
-                let end = off + s.len as usize;
-                job.mem.write_slice(&buf[off..end], s.addr).map_err(guest)?;
-                off = end;
-            }
-            Ok(())
-        }
-        JobOp::Write => {
-            let mut buf = vec![0u8; job.len as usize];
-            let mut off = 0;
-            for s in &job.segs {
-                let end = off + s.len as usize;
-                job.mem
-                    .read_slice(&mut buf[off..end], s.addr)
-                    .map_err(guest)?;
-                off = end;
-            }
-            dev.write_at(&buf, job.offset)
+        JobOp::Read | JobOp::Write => {
+            let mut buf = buffers.take(job.len as usize);
+            let r = transfer(dev, job, &mut buf);
+            buffers.give(buf);
+            r
         }
         JobOp::Flush => dev.flush(),
         JobOp::Discard => {
@@ -171,4 +187,27 @@ fn run(dev: &dyn BlockDevice, job: &Job) -> std::io::Result<()> {
             Ok(())
         }
     }
+}
+
+/// A read or write through `buf` (`job.len` bytes).
+fn transfer(dev: &dyn BlockDevice, job: &Job, buf: &mut [u8]) -> std::io::Result<()> {
+    let guest = |_| std::io::Error::from_raw_os_error(libc::EFAULT);
+    let mut off = 0;
+    if let JobOp::Read = job.op {
+        dev.read_at(buf, job.offset)?;
+        for s in &job.segs {
+            let end = off + s.len as usize;
+            job.mem.write_slice(&buf[off..end], s.addr).map_err(guest)?;
+            off = end;
+        }
+        return Ok(());
+    }
+    for s in &job.segs {
+        let end = off + s.len as usize;
+        job.mem
+            .read_slice(&mut buf[off..end], s.addr)
+            .map_err(guest)?;
+        off = end;
+    }
+    dev.write_at(buf, job.offset)
 }
