@@ -9,6 +9,8 @@ use super::units::ChunkIndex;
 
 /// Largest copy of one restore step.
 const RESTORE_STEP_BYTES: u64 = 1 << 20;
+/// Copier threads of one restore.
+const RESTORE_COPIERS: usize = 16;
 
 impl Origin {
     /// Empties a writable snapshot: every exception is dropped and the COW starts afresh (its
@@ -117,22 +119,42 @@ impl Origin {
             s.cs().bytes()
         };
         let per_step = (RESTORE_STEP_BYTES / chunk_bytes).max(1);
-        let mut buf = Vec::new();
+        // Pieces of consecutive chunks, at most one step each.
+        let mut pieces = Vec::new();
         let mut restored = 0;
         for r in ranges {
-            // Consecutive chunks, at most one step at a time.
             let mut c = r.start;
             while c < r.end {
                 let n = (r.end - c).min(per_step);
                 let offset = c * chunk_bytes;
-                let len = (n * chunk_bytes).min(self.size() - offset) as usize;
-                buf.resize(len, 0);
-                self.snapshot_read(anchor, &mut buf, offset)?;
-                self.snapshot_write(id, &buf, offset)?;
+                pieces.push((offset, (n * chunk_bytes).min(self.size() - offset) as usize));
                 c += n;
             }
             restored += r.end - r.start;
         }
+        // Several copiers at once, so their new exceptions share group commits.
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let copier = || -> Result<(), IoError> {
+            let mut buf = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(&(offset, len)) = pieces.get(i) else {
+                    return Ok(());
+                };
+                buf.resize(len, 0);
+                self.snapshot_read(anchor, &mut buf, offset)?;
+                self.snapshot_write(id, &buf, offset)?;
+            }
+        };
+        std::thread::scope(|sc| {
+            let workers: Vec<_> = (0..RESTORE_COPIERS.min(pieces.len()))
+                .map(|_| sc.spawn(copier))
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect::<Result<Vec<()>, IoError>>()
+        })?;
         self.snapshot_flush(id)?;
         Ok(restored)
     }
