@@ -215,3 +215,60 @@ fn used_entries_are_published_in_the_order_requests_were_popped() {
     drop(fe);
     drop(d);
 }
+
+#[test]
+fn snapshot_cow_breaks_in_flight_together_are_committed_and_survive_kill_9() {
+    // 32 writes into a fresh snapshot at once, whole 4 KiB chunks (the queue writes them into
+    // new COW chunks and completes them once their exceptions are committed), two-chunk
+    // writes, and partial-chunk writes (which copy the old chunk in first).
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let orig = pattern(5, 4 * MIB as usize);
+    std::fs::write(p.join("base.img"), &orig).unwrap();
+    std::fs::write(p.join("graph.toml"), config(p, "P")).unwrap();
+    let mut d = start(p);
+    let mut fe = connect(&p.join("s1.sock"));
+    let mut q = fe.blk_queue(0, 32, 8192).unwrap();
+    let mut expect = orig.clone();
+    for round in 0..4u64 {
+        for slot in 0..32u16 {
+            let i = round * 32 + u64::from(slot);
+            let (off, len) = match slot % 4 {
+                3 => (i * 16384 + 1024, 2048),
+                2 => (i * 16384, 8192),
+                _ => (i * 16384, 4096),
+            };
+            let data = pattern(100 + i, len);
+            expect[off as usize..off as usize + len].copy_from_slice(&data);
+            q.write_data(slot, &data).unwrap();
+            let req = snapblk::frontend::Request::Write {
+                sector: off / 512,
+                len: len as u32,
+            };
+            q.submit(slot, req).unwrap();
+        }
+        q.kick().unwrap();
+        let mut done = Vec::new();
+        while q.in_flight() > 0 {
+            done.clear();
+            if q.reap(&mut done).unwrap() == 0 {
+                q.wait().unwrap();
+            }
+            for c in &done {
+                assert_eq!(c.status, Some(BlkStatus::Ok));
+            }
+        }
+    }
+    drop(q);
+    drop(fe);
+    assert!(!d.signal_and_wait(libc::SIGKILL).success());
+
+    let d = start(p);
+    let snap = read(&p.join("s1.sock"), 0, 4 * MIB as u32);
+    assert!(snap == expect, "the snapshot has every acknowledged write");
+    assert!(
+        read(&p.join("base.sock"), 0, 4 * MIB as u32) == orig,
+        "the origin has none"
+    );
+    d.stop();
+}

@@ -27,6 +27,19 @@ pub(super) struct Target {
     pub new: ChunkIndex,
 }
 
+/// How `commit_until` picks its batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum CommitMode {
+    /// A batch waits for the copies still outstanding, so copies in flight together share one
+    /// commit (their threads wait anyway).
+    Batched,
+    /// Whatever is ready is committed at once: for callers whose requests keep no thread
+    /// waiting (the queues' direct writes), the next batch forms during this commit.
+    Eager,
+    /// As `Eager`, but returns instead of waiting for another thread's commit.
+    Try,
+}
+
 /// What the origin-write gate decided.
 pub(super) enum Gate {
     /// Every snapshot is safe for `[start, end)`: write it, then `release(token)`.
@@ -238,7 +251,7 @@ impl Origin {
     pub(super) fn release(&self, token: u64) {
         let mut g = self.lock();
         g.origin_writes.remove(&token);
-        self.cv.notify_all();
+        self.notify();
     }
 
     /// Reads the origin span covering every target's chunk once, piece by piece, and writes each
@@ -304,7 +317,7 @@ impl Origin {
                 }
             }
             invalidations.extend(g.deferred.drain(..).map(Some));
-            self.cv.notify_all();
+            self.notify();
         }
         invalidations.into_iter().for_each(run_invalidation);
         targets
@@ -317,13 +330,28 @@ impl Origin {
     /// Waits until the exception `old → new` of snapshot `id` is committed, committing a batch
     /// itself when it is its turn. False when the commit failed or the snapshot went away.
     pub(super) fn wait_commit(&self, id: SnapshotId, old: ChunkIndex, new: ChunkIndex) -> bool {
+        self.commit_until(id, CommitMode::Batched, |s| {
+            (!s.pending.contains_key(&old.0))
+                .then(|| s.health != Health::Invalid && s.store.lookup(old) == Some(new))
+        })
+    }
+
+    /// Commits batches of snapshot `id`'s copied exceptions (or waits for other threads'
+    /// commits) until `settled` gives an answer for the snapshot; `T::default()` when it went
+    /// away, or in `CommitMode::Try` when nothing more can be committed now.
+    pub(super) fn commit_until<T: Default>(
+        &self,
+        id: SnapshotId,
+        mode: CommitMode,
+        settled: impl Fn(&super::engine::Snap) -> Option<T>,
+    ) -> T {
         let mut g = self.lock();
         loop {
             let Some(s) = g.snap_mut(id) else {
-                return false;
+                return T::default();
             };
-            if !s.pending.contains_key(&old.0) {
-                return s.health != Health::Invalid && s.store.lookup(old) == Some(new);
+            if let Some(answer) = settled(s) {
+                return answer;
             }
             let invalid = s.health == Health::Invalid;
             let room = s.store.commit_room();
@@ -336,8 +364,15 @@ impl Origin {
             };
             let turn = !c.committing
                 && ready > 0
-                && (c.outstanding == 0 || ready >= room || invalid || transient);
+                && (mode != CommitMode::Batched
+                    || c.outstanding == 0
+                    || ready >= room
+                    || invalid
+                    || transient);
             if !turn {
+                if mode == CommitMode::Try {
+                    return T::default();
+                }
                 g = self.wait(g);
                 continue;
             }
@@ -352,7 +387,7 @@ impl Origin {
                 for (o, _) in &batch {
                     s.pending.remove(&o.0);
                 }
-                self.cv.notify_all();
+                self.notify();
                 continue;
             }
             let io = s.store.plan_commit(&batch);
@@ -376,7 +411,7 @@ impl Origin {
                     s.pending.remove(&o.0);
                 }
             }
-            self.cv.notify_all();
+            self.notify();
             if invalidation.is_some() {
                 drop(g);
                 run_invalidation(invalidation);

@@ -174,7 +174,7 @@ impl Origin {
                         *k -= 1;
                         if *k == 0 {
                             s.reads.remove(&c);
-                            self.cv.notify_all();
+                            self.notify();
                         }
                     }
                 }
@@ -309,7 +309,7 @@ impl Origin {
                 s.invalidate()
             };
             g.deferred.extend(invalidation);
-            self.cv.notify_all();
+            self.notify();
             return WritePlan::Retry;
         };
         s.pending.insert(c.0, new.0);
@@ -336,7 +336,7 @@ impl Origin {
                 *k -= 1;
                 if *k == 0 {
                     s.cow_writes.remove(&c);
-                    self.cv.notify_all();
+                    self.notify();
                 }
             }
         }

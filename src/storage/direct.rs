@@ -6,8 +6,8 @@
 
 use std::os::unix::io::RawFd;
 
-use super::copy::{check_chunk, Check};
-use super::engine::{Health, Inner, Origin, SnapshotId};
+use super::copy::{check_chunk, Check, CommitMode};
+use super::engine::{run_invalidation, Health, Inner, Origin, SnapshotId};
 use super::units::ChunkIndex;
 
 /// The device a planned request runs on.
@@ -37,6 +37,18 @@ pub enum Ticket {
         first: u64,
         last: u64,
     },
+    /// A write of whole chunks without exceptions into `count` new consecutive COW chunks
+    /// from `new`: they are pending until the caller's write is done and they are committed.
+    NewExceptions(NewExceptions),
+}
+
+/// Exceptions `old..old + count → new..new + count` of snapshot `id`, made by a direct write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewExceptions {
+    pub id: SnapshotId,
+    pub old: u64,
+    pub new: u64,
+    pub count: u64,
 }
 
 /// Where a whole request runs: `offset` on `target`.
@@ -131,17 +143,21 @@ impl Origin {
                             Ticket::Reads { id, first, last },
                         ))
                     }
+                    None if write => new_exceptions(s, offset, len, self.size())
+                        .map(|(at, t)| plan(DirectTarget::Cow, at, Ticket::NewExceptions(t))),
                     _ => None,
                 }
             }
         }
     }
 
-    /// Ends a planned request (whatever its I/O's outcome).
-    pub fn finish_direct(&self, ticket: Ticket) {
+    /// Ends a planned request, whose I/O succeeded or not (`ok`). `Some`: the request made new
+    /// exceptions, and may complete only once [`Origin::settled`] says they are committed.
+    pub fn finish_direct(&self, ticket: Ticket, ok: bool) -> Option<NewExceptions> {
         let mut g = self.lock();
         match ticket {
-            Ticket::None => return,
+            Ticket::None => return None,
+            Ticket::NewExceptions(t) => return self.hand_to_commit(g, t, ok),
             Ticket::OriginWrite(token) => {
                 g.origin_writes.remove(&token);
             }
@@ -160,8 +176,112 @@ impl Origin {
                 }
             }
         }
-        self.cv.notify_all();
+        self.notify();
+        None
     }
+
+    /// The written new exceptions `t` join the commit queue; a failed write invalidates the
+    /// snapshot (as a failed copy does).
+    fn hand_to_commit(
+        &self,
+        mut g: std::sync::MutexGuard<'_, Inner>,
+        t: NewExceptions,
+        ok: bool,
+    ) -> Option<NewExceptions> {
+        let mut invalidations = Vec::new();
+        if let Some(s) = g.snap_mut(t.id) {
+            s.commit.outstanding = s.commit.outstanding.saturating_sub(t.count as usize);
+            for k in 0..t.count {
+                if ok {
+                    let pair = (ChunkIndex(t.old + k), ChunkIndex(t.new + k));
+                    s.commit.queue.push(pair);
+                } else {
+                    s.pending.remove(&(t.old + k));
+                }
+            }
+            if !ok {
+                log::error!("{}: writing new exceptions at chunk {}", s.cfg.name, t.old);
+                invalidations.push(s.invalidate());
+            }
+        }
+        invalidations.extend(g.deferred.drain(..).map(Some));
+        self.notify();
+        drop(g);
+        invalidations.into_iter().for_each(run_invalidation);
+        ok.then_some(t)
+    }
+
+    /// Commits (or waits for the commits of) the exceptions of `waits`, all of one snapshot:
+    /// blocks, so a helper thread calls it.
+    pub fn commit_direct(&self, id: SnapshotId, waits: &[NewExceptions]) {
+        self.commit_until(id, CommitMode::Eager, |s| {
+            let pending = waits
+                .iter()
+                .any(|t| (t.old..t.old + t.count).any(|c| s.pending.contains_key(&c)));
+            (!pending).then_some(())
+        })
+    }
+
+    /// Commits what is ready of snapshot `id`'s new exceptions, unless another thread is
+    /// committing: never waits for other threads (the commit's own I/O aside).
+    pub fn try_commit(&self, id: SnapshotId) {
+        self.commit_until(id, CommitMode::Try, |_| None::<()>)
+    }
+
+    /// Whether the exceptions of `t` are committed: `None` while still pending, then true
+    /// when they are in the table (false: the snapshot went invalid or away).
+    pub fn settled(&self, t: &NewExceptions) -> Option<bool> {
+        let g = self.lock();
+        let Some(s) = g.snap(t.id) else {
+            return Some(false);
+        };
+        if (t.old..t.old + t.count).any(|c| s.pending.contains_key(&c)) {
+            return None;
+        }
+        Some(
+            s.health != Health::Invalid
+                && (0..t.count)
+                    .all(|k| s.store.lookup(ChunkIndex(t.old + k)) == Some(ChunkIndex(t.new + k))),
+        )
+    }
+}
+
+/// Plans a write of whole chunks none of which has an exception or a pending one: allocates
+/// consecutive COW chunks for them (no copy: the write replaces every byte). The COW offset
+/// and the ticket; `None` (nothing allocated) when the synchronous path must do it.
+fn new_exceptions(
+    s: &mut super::engine::Snap,
+    offset: u64,
+    len: u64,
+    size: u64,
+) -> Option<(u64, NewExceptions)> {
+    let cs = s.cs();
+    let first = cs.chunk_of(offset);
+    let count = len / cs.bytes();
+    let whole = offset == cs.start(first) && len % cs.bytes() == 0 && count > 0;
+    if !whole || offset + len > size {
+        return None;
+    }
+    let olds = first.0..first.0 + count;
+    if olds
+        .clone()
+        .any(|c| s.pending.contains_key(&c) || s.store.lookup(ChunkIndex(c)).is_some())
+    {
+        return None;
+    }
+    let new = s.store.prepare_run(count)?;
+    for (k, c) in olds.enumerate() {
+        s.pending.insert(c, new.0 + k as u64);
+        s.commit.order.push_back(new.0 + k as u64);
+    }
+    s.commit.outstanding += count as usize;
+    let t = NewExceptions {
+        id: s.id,
+        old: first.0,
+        new: new.0,
+        count,
+    };
+    Some((cs.start(new), t))
 }
 
 fn release(map: &mut std::collections::HashMap<u64, u32>, c: u64) {
@@ -212,7 +332,26 @@ impl DirectNode {
         self.origin.plan_direct(self.snapshot, write, offset, len)
     }
 
-    pub fn finish(&self, ticket: Ticket) {
-        self.origin.finish_direct(ticket)
+    pub fn finish(&self, ticket: Ticket, ok: bool) -> Option<NewExceptions> {
+        self.origin.finish_direct(ticket, ok)
+    }
+
+    /// See [`Origin::commit_direct`] (blocks).
+    pub fn commit(&self, waits: &[NewExceptions]) {
+        if let (Some(id), Some(first)) = (self.snapshot, waits.first()) {
+            debug_assert_eq!(id, first.id);
+            self.origin.commit_direct(id, waits);
+        }
+    }
+
+    pub fn settled(&self, t: &NewExceptions) -> Option<bool> {
+        self.origin.settled(t)
+    }
+
+    /// See [`Origin::try_commit`].
+    pub fn try_commit(&self) {
+        if let Some(id) = self.snapshot {
+            self.origin.try_commit(id);
+        }
     }
 }

@@ -13,6 +13,7 @@
 //!   copy slot / allocating an exception and handing its entry to the commit queue.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use log::{error, warn};
@@ -225,7 +226,7 @@ impl Drop for Frozen<'_> {
     fn drop(&mut self) {
         let mut g = self.origin.lock();
         g.barrier -= 1;
-        self.origin.cv.notify_all();
+        self.origin.notify();
     }
 }
 
@@ -237,6 +238,9 @@ pub struct Origin {
     pub(super) cfg: OriginConfig,
     pub(super) inner: Mutex<Inner>,
     pub(super) cv: Condvar,
+    /// Threads in `cv.wait` (counted under the lock): `notify` skips the futex syscall, which
+    /// std's condvar makes on every notify, when nobody waits (the direct path's common case).
+    waiters: AtomicUsize,
 }
 
 impl Origin {
@@ -247,6 +251,7 @@ impl Origin {
             cfg,
             inner: Mutex::new(Inner::default()),
             cv: Condvar::new(),
+            waiters: AtomicUsize::new(0),
         }
     }
 
@@ -257,7 +262,34 @@ impl Origin {
     }
 
     pub(super) fn wait<'a>(&self, g: MutexGuard<'a, Inner>) -> MutexGuard<'a, Inner> {
-        self.cv.wait(g).unwrap_or_else(|p| p.into_inner())
+        self.wait_timeout(g, None)
+    }
+
+    /// Waits for a `notify` (or `timeout`), with the lock released meanwhile.
+    pub(super) fn wait_timeout<'a>(
+        &self,
+        g: MutexGuard<'a, Inner>,
+        timeout: Option<std::time::Duration>,
+    ) -> MutexGuard<'a, Inner> {
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let g = match timeout {
+            None => self.cv.wait(g).unwrap_or_else(|p| p.into_inner()),
+            Some(t) => {
+                self.cv
+                    .wait_timeout(g, t)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0
+            }
+        };
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        g
+    }
+
+    /// Wakes every waiter, after a change to the bookkeeping made under the lock.
+    pub(super) fn notify(&self) {
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            self.cv.notify_all();
+        }
     }
 
     /// Counters of a snapshot: (copies, parked requests, metadata commits).
@@ -362,7 +394,7 @@ impl Origin {
         if g.snaps.len() == before {
             return Err(CowError::NoSuchSnapshot(id.0));
         }
-        self.cv.notify_all();
+        self.notify();
         Ok(())
     }
 

@@ -53,7 +53,7 @@ impl Origin {
                 Some(false) if g.merge.is_none() => break,
                 other => {
                     g.barrier -= 1;
-                    self.cv.notify_all();
+                    self.notify();
                     return Err(match other {
                         None => CowError::NoSuchSnapshot(id.0),
                         _ => CowError::MergeBusy(g.merging().map_or(0, |m| m.0)),
@@ -67,7 +67,7 @@ impl Origin {
             run: None,
             failed: false,
         });
-        self.cv.notify_all();
+        self.notify();
         Ok(())
     }
 
@@ -98,7 +98,7 @@ impl Origin {
                 None => {
                     g.snaps.retain(|s| s.id != id);
                     g.merge = None;
-                    self.cv.notify_all();
+                    self.notify();
                     return Ok(MergeProgress::Done);
                 }
                 Some(run) => {
@@ -115,7 +115,7 @@ impl Origin {
             m.run = None;
             m.failed |= r.is_err();
         }
-        self.cv.notify_all();
+        self.notify();
         match r {
             Ok(()) => Ok(MergeProgress::Merged {
                 chunks: run.len,

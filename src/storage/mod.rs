@@ -19,7 +19,7 @@ pub mod units;
 
 pub use datapath::SnapshotDevice;
 pub use device::{BlockDevice, FileDevice, MemDevice};
-pub use direct::{DirectNode, DirectPlan, DirectTarget, Ticket};
+pub use direct::{DirectNode, DirectPlan, DirectTarget, NewExceptions, Ticket};
 pub use engine::{
     Frozen, Origin, OriginConfig, PreparedSnapshot, SnapshotConfig, SnapshotId, DEFAULT_COPY_CAP,
 };

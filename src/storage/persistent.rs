@@ -428,6 +428,23 @@ impl ExceptionStore for Persistent {
         Some(chunk)
     }
 
+    fn prepare_run(&mut self, n: u64) -> Option<ChunkIndex> {
+        let first = self.next_free;
+        let end = first.checked_add(n)?;
+        let stride = self.geo.stride();
+        if n == 0
+            || self.cow_sectors < end.saturating_mul(self.geo.cs.sectors())
+            || (first + 1..end).any(|c| c % stride == 1)
+        {
+            return None;
+        }
+        self.next_free = end;
+        if self.next_free % stride == 1 {
+            self.next_free += 1;
+        }
+        Some(ChunkIndex(first))
+    }
+
     fn commit_room(&self) -> usize {
         let (_, used) = self.current_area();
         usize::try_from(self.geo.epa() - used).unwrap_or(usize::MAX)

@@ -50,11 +50,7 @@ impl Origin {
                     cow: s.cfg.name.clone(),
                 });
             }
-            g = self
-                .cv
-                .wait_timeout(g, left.min(std::time::Duration::from_millis(100)))
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            g = self.wait_timeout(g, Some(left.min(std::time::Duration::from_millis(100))));
         };
         drop(g);
         let io = |source| CowError::Io {

@@ -126,6 +126,15 @@ pub trait ExceptionStore: Send {
     fn exception_ranges(&self, from: ChunkIndex, to: ChunkIndex, out: &mut Vec<Range<u64>>);
     /// Allocates a COW chunk for a new exception; `None` when the COW is full.
     fn prepare(&mut self) -> Option<ChunkIndex>;
+    /// Allocates `n` consecutive COW chunks and returns the first, or allocates nothing:
+    /// `None` when they do not fit or would not be consecutive (a metadata area between).
+    fn prepare_run(&mut self, n: u64) -> Option<ChunkIndex> {
+        if n == 1 {
+            self.prepare()
+        } else {
+            None
+        }
+    }
     /// How many more entries one commit may carry (the room left in the current area).
     fn commit_room(&self) -> usize;
     /// Plans the metadata write committing `batch` (at most `commit_room()` entries).
@@ -191,6 +200,17 @@ impl ExceptionStore for Transient {
         }
         let chunk = ChunkIndex(self.next_free_sectors / cs);
         self.next_free_sectors += cs;
+        Some(chunk)
+    }
+
+    fn prepare_run(&mut self, n: u64) -> Option<ChunkIndex> {
+        let sectors = n.checked_mul(self.cs.sectors())?;
+        let end = self.next_free_sectors.checked_add(sectors)?;
+        if n == 0 || self.cow_sectors < end {
+            return None;
+        }
+        let chunk = ChunkIndex(self.next_free_sectors / self.cs.sectors());
+        self.next_free_sectors = end;
         Some(chunk)
     }
 

@@ -205,6 +205,14 @@ impl Slot {
         Ok(())
     }
 
+    /// Drops what `prepare` built (the request takes another path).
+    pub fn reset_buffers(&mut self) {
+        self.iov.clear();
+        self.iov_pos = 0;
+        self.bounce = None;
+        self.segs.clear();
+    }
+
     /// The iovecs not yet transferred.
     pub fn iov_remaining(&self) -> (*const libc::iovec, u32) {
         let rest = &self.iov[self.iov_pos..];

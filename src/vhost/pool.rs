@@ -40,6 +40,17 @@ pub struct Job {
     pub mem: Arc<Mem>,
 }
 
+/// Work for a pool thread: a request, or a task that only reports it ran (under `slot`).
+/// (A job is moved once, through the channel; boxing it would cost an allocation each.)
+#[allow(clippy::large_enum_variant)]
+enum Work {
+    Io(Job),
+    Task {
+        slot: usize,
+        run: Box<dyn FnOnce() + Send>,
+    },
+}
+
 /// Completed jobs: (slot, result) with result = bytes done or -errno, as io_uring reports.
 pub type Done = Arc<Mutex<Vec<(usize, i32)>>>;
 
@@ -76,7 +87,7 @@ pub struct PoolGone;
 
 /// The pool of one queue.
 pub struct Pool {
-    tx: Option<Sender<Job>>,
+    tx: Option<Sender<Work>>,
     threads: Vec<JoinHandle<()>>,
     pub done: Done,
 }
@@ -88,7 +99,7 @@ impl Pool {
         notify: &EventFd,
         name: &str,
     ) -> std::io::Result<Pool> {
-        let (tx, rx) = channel::<Job>();
+        let (tx, rx) = channel::<Work>();
         let rx = Arc::new(Mutex::new(rx));
         let done: Done = Arc::new(Mutex::new(Vec::new()));
         let buffers = Arc::new(Buffers::default());
@@ -115,7 +126,15 @@ impl Pool {
     /// Queues a job. Fails only if every pool thread has exited.
     pub fn submit(&self, job: Job) -> Result<(), PoolGone> {
         match &self.tx {
-            Some(tx) => tx.send(job).map_err(|_| PoolGone),
+            Some(tx) => tx.send(Work::Io(job)).map_err(|_| PoolGone),
+            None => Err(PoolGone),
+        }
+    }
+
+    /// Queues a task; its completion is posted as `(slot, 0)` once `run` returned.
+    pub fn submit_task(&self, slot: usize, run: Box<dyn FnOnce() + Send>) -> Result<(), PoolGone> {
+        match &self.tx {
+            Some(tx) => tx.send(Work::Task { slot, run }).map_err(|_| PoolGone),
             None => Err(PoolGone),
         }
     }
@@ -138,29 +157,35 @@ impl Drop for Pool {
 
 fn worker(
     dev: &dyn BlockDevice,
-    rx: &Mutex<Receiver<Job>>,
+    rx: &Mutex<Receiver<Work>>,
     done: &Mutex<Vec<(usize, i32)>>,
     notify: &EventFd,
     buffers: &Buffers,
 ) {
     loop {
-        let job = {
+        let work = {
             let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
             match rx.recv() {
-                Ok(j) => j,
+                Ok(w) => w,
                 Err(_) => return,
             }
         };
-        let res = match run(dev, &job, buffers) {
-            Ok(()) => i32::try_from(job.len).unwrap_or(i32::MAX),
-            Err(e) => {
-                log::debug!("{:?} at byte {} failed: {e}", job.op, job.offset);
-                -e.raw_os_error().unwrap_or(libc::EIO)
+        let (slot, res) = match work {
+            Work::Io(job) => match run(dev, &job, buffers) {
+                Ok(()) => (job.slot, i32::try_from(job.len).unwrap_or(i32::MAX)),
+                Err(e) => {
+                    log::debug!("{:?} at byte {} failed: {e}", job.op, job.offset);
+                    (job.slot, -e.raw_os_error().unwrap_or(libc::EIO))
+                }
+            },
+            Work::Task { slot, run } => {
+                run();
+                (slot, 0)
             }
         };
         done.lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push((job.slot, res));
+            .push((slot, res));
         let _ = notify.write(1);
     }
 }

@@ -18,7 +18,7 @@ use super::inflight::{IoOp, PrepareError, Progress, Slots};
 use super::pool::{Job, JobOp, Pool};
 use super::stats::QueueStats;
 use crate::logging::RateLimiter;
-use crate::storage::{memory_backed, BlockDevice, DirectNode, DirectTarget, Image};
+use crate::storage::{memory_backed, BlockDevice, DirectNode, DirectTarget, Image, NewExceptions};
 use crate::virtio_blk::request::{
     parse, Rejected, Request, RequestKind, Segment, Status, ID_BYTES,
 };
@@ -83,7 +83,15 @@ pub struct QueueWorker {
     order: VecDeque<u16>,
     done: Vec<Option<u32>>,
     popped: Vec<bool>,
+    /// Direct writes that made new exceptions, waiting for their commit; whether a commit task
+    /// is running on the pool for them; requests that task's end completed.
+    committing: Vec<(usize, NewExceptions)>,
+    commit_task: bool,
+    settled: Vec<(u16, u32)>,
 }
+
+/// The pool completion slot of the commit task.
+const COMMIT_TASK: usize = usize::MAX;
 
 const FIXED_IMAGE: types::Fixed = types::Fixed(0);
 /// How long a queue polls for more work before sleeping (see `QueueWorker::poll`).
@@ -161,6 +169,9 @@ impl QueueWorker {
             order: VecDeque::with_capacity(queue_size as usize),
             done: vec![None; queue_size as usize],
             popped: vec![false; queue_size as usize],
+            committing: Vec::with_capacity(queue_size as usize),
+            commit_task: false,
+            settled: Vec::with_capacity(queue_size as usize),
         })
     }
 
@@ -289,14 +300,27 @@ impl QueueWorker {
                     self.signal(&v);
                 }
                 None => {
-                    let cqes: Vec<(u64, i32)> = self
+                    let mut cqes: Vec<(u64, i32)> = self
                         .ring
                         .completion()
                         .map(|c| (c.user_data(), c.result()))
                         .collect();
+                    if let Some(pool) = &self.pool {
+                        pool.take_done(&mut self.pool_done);
+                    }
+                    for (idx, res) in std::mem::take(&mut self.pool_done) {
+                        if idx == COMMIT_TASK {
+                            self.commit_task = false;
+                        } else {
+                            cqes.push((idx as u64, res));
+                        }
+                    }
                     for (ud, res) in cqes {
                         let _ = self.on_cqe(ud, res);
                     }
+                    self.settle();
+                    self.start_commit();
+                    self.settled.clear();
                 }
             }
         }
@@ -450,15 +474,23 @@ impl QueueWorker {
             IoOp::Write => true,
             _ => return None,
         };
-        let plan = node.plan(write, slot.offset, u64::from(slot.data_len))?;
-        let on_origin = plan.target == DirectTarget::Origin;
-        slot.file = if on_origin { 0 } else { 1 };
-        slot.file_delta = plan.offset.wrapping_sub(slot.offset);
-        slot.ticket = Some(plan.ticket);
-        let aligned = node.o_direct && on_origin;
-        if let Err(e) = slot.prepare(&self.parse_buf, mem, &self.disk.geometry, aligned) {
+        // Buffers first: a plan may allocate exceptions, which a request that then fails
+        // without I/O would leave behind. (Bounced when the origin is O_DIRECT and they are
+        // unaligned, whichever file the plan picks.)
+        if let Err(e) = slot.prepare(&self.parse_buf, mem, &self.disk.geometry, node.o_direct) {
             return Some(Err(e));
         }
+        let Some(plan) = node.plan(write, slot.offset, u64::from(slot.data_len)) else {
+            slot.reset_buffers();
+            return None;
+        };
+        slot.file = if plan.target == DirectTarget::Origin {
+            0
+        } else {
+            1
+        };
+        slot.file_delta = plan.offset.wrapping_sub(slot.offset);
+        slot.ticket = Some(plan.ticket);
         self.queue_sqes(idx);
         Some(Ok(()))
     }
@@ -602,6 +634,11 @@ impl QueueWorker {
 
     /// Reaps completions; finished requests go to the used ring.
     fn reap(&mut self, vring: &Vring) {
+        self.reap_completions(vring);
+        self.commit_parked(vring);
+    }
+
+    fn reap_completions(&mut self, vring: &Vring) {
         if let Some(pool) = &self.pool {
             pool.take_done(&mut self.pool_done);
         }
@@ -610,7 +647,9 @@ impl QueueWorker {
                 let done = std::mem::take(&mut self.pool_done);
                 let mut state = vring.get_mut();
                 for &(idx, res) in &done {
-                    if let Some((head, used)) = self.on_cqe(idx as u64, res) {
+                    if idx == COMMIT_TASK {
+                        self.commit_task = false;
+                    } else if let Some((head, used)) = self.on_cqe(idx as u64, res) {
                         self.add_used(&mut state, head, used);
                     }
                 }
@@ -736,6 +775,90 @@ impl QueueWorker {
 
     fn finish(&mut self, idx: usize) -> Option<(u16, u32)> {
         let slot = self.slots.get_mut(idx);
+        if let (Some(ticket), Some(node)) = (slot.ticket.take(), &self.direct) {
+            if let Some(t) = node.finish(ticket, !slot.failed) {
+                // New exceptions: the request completes once they are committed.
+                self.committing.push((idx, t));
+                return None;
+            }
+        }
+        self.complete(idx)
+    }
+
+    /// Hands the commit of the parked requests' exceptions to a pool thread (one at a time:
+    /// the requests that finish meanwhile share the next commit).
+    fn start_commit(&mut self) {
+        if self.commit_task || self.committing.is_empty() {
+            return;
+        }
+        let (Some(pool), Some(node)) = (&self.pool, &self.direct) else {
+            return;
+        };
+        let node = node.clone();
+        let waits: Vec<NewExceptions> = self.committing.iter().map(|&(_, t)| t).collect();
+        let task = Box::new(move || node.commit(&waits));
+        if pool.submit_task(COMMIT_TASK, task).is_ok() {
+            self.commit_task = true;
+            return;
+        }
+        // No pool thread left: the requests fail.
+        for (idx, _) in std::mem::take(&mut self.committing) {
+            self.slots.get_mut(idx).failed = true;
+            if let Some(done) = self.complete(idx) {
+                self.settled.push(done);
+            }
+        }
+    }
+
+    /// Commits the parked requests' exceptions: at once when the COW is memory-backed (the
+    /// commit costs a copy, no wait for a device) and nobody else is committing, else on a
+    /// pool thread. Completes those settled.
+    fn commit_parked(&mut self, vring: &Vring) {
+        if self.committing.is_empty() {
+            return;
+        }
+        if let (Some(node), Some(_)) = (&self.direct, self.inline_fd[1]) {
+            node.try_commit();
+        }
+        self.settle();
+        self.start_commit();
+        if !self.settled.is_empty() {
+            let mut state = vring.get_mut();
+            let mut settled = std::mem::take(&mut self.settled);
+            for (head, used) in settled.drain(..) {
+                self.add_used(&mut state, head, used);
+            }
+            self.settled = settled;
+        }
+    }
+
+    /// Completes the parked requests whose exceptions are committed (into `settled`).
+    fn settle(&mut self) {
+        let Some(node) = self.direct.clone() else {
+            return;
+        };
+        let mut i = 0;
+        while i < self.committing.len() {
+            let (idx, t) = self.committing[i];
+            match node.settled(&t) {
+                None => i += 1,
+                Some(ok) => {
+                    self.committing.swap_remove(i);
+                    if !ok {
+                        self.slots.get_mut(idx).failed = true;
+                        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if let Some(done) = self.complete(idx) {
+                        self.settled.push(done);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes the status of a finished request and frees its slot.
+    fn complete(&mut self, idx: usize) -> Option<(u16, u32)> {
+        let slot = self.slots.get_mut(idx);
         let (status, used) = slot.finish();
         if status == Status::Ok {
             let bytes = u64::from(slot.data_len);
@@ -744,9 +867,6 @@ impl QueueWorker {
                 IoOp::Write => self.stats.write_bytes.fetch_add(bytes, Ordering::Relaxed),
                 _ => 0,
             };
-        }
-        if let (Some(ticket), Some(node)) = (slot.ticket.take(), &self.direct) {
-            node.finish(ticket);
         }
         let head = slot.head;
         if let Some(mem) = slot.mem.as_ref() {
