@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions as FsOpenOptions;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -92,10 +91,8 @@ pub struct Graph {
 fn open_rw(path: &Path, direct: bool, what: &'static str) -> Result<std::fs::File, GraphError> {
     let mut oo = FsOpenOptions::new();
     oo.read(true).write(true);
-    if direct {
-        oo.custom_flags(libc::O_DIRECT);
-    }
-    oo.open(path).map_err(|source| GraphError::Open {
+    let flags = if direct { libc::O_DIRECT } else { 0 };
+    crate::storage::open_noatime(&mut oo, path, flags).map_err(|source| GraphError::Open {
         what,
         path: path.to_owned(),
         source,

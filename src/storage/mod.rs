@@ -25,7 +25,7 @@ pub use engine::{
 };
 pub use error::{CowError, IoError};
 pub use faulty::{FaultPlan, FaultyDevice};
-pub use image::{derive_serial, memory_backed, Image, ImageError, OpenOptions};
+pub use image::{derive_serial, memory_backed, open_noatime, Image, ImageError, OpenOptions};
 pub use inspect::{inspect, CowReport};
 pub use merge::MergeProgress;
 pub use persistent::Persistent;
