@@ -103,6 +103,7 @@ impl Origin {
                 ))
             }
             (Some(id), write) => {
+                let quiet = g.barrier == 0;
                 let s = g.snap_mut(id)?;
                 if s.health != Health::Valid {
                     return None;
@@ -143,7 +144,8 @@ impl Origin {
                             Ticket::Reads { id, first, last },
                         ))
                     }
-                    None if write => new_exceptions(s, offset, len, self.size())
+                    // Not while a merge or a snapshot creation waits for a quiet origin.
+                    None if write && quiet => new_exceptions(s, offset, len, self.size())
                         .map(|(at, t)| plan(DirectTarget::Cow, at, Ticket::NewExceptions(t))),
                     _ => None,
                 }
