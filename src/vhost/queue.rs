@@ -14,11 +14,11 @@ use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::inflight::{IoOp, PrepareError, Progress, Slots};
+use super::inflight::{IoOp, Progress, Slots};
 use super::pool::{Job, JobOp, Pool};
 use super::stats::QueueStats;
 use crate::logging::RateLimiter;
-use crate::storage::{memory_backed, BlockDevice, DirectNode, DirectTarget, Image, NewExceptions};
+use crate::storage::{memory_backed, BlockDevice, DirectNode, Image, NewExceptions};
 use crate::virtio_blk::request::{
     parse, Rejected, Request, RequestKind, Segment, Status, ID_BYTES,
 };
@@ -91,6 +91,8 @@ pub struct QueueWorker {
     /// SQEs submitted to the io_uring whose CQE is not reaped yet.
     ring_in_flight: usize,
 }
+
+mod graph;
 
 /// The pool completion slot of the commit task.
 const COMMIT_TASK: usize = usize::MAX;
@@ -476,37 +478,6 @@ impl QueueWorker {
         self.queue_sqes(idx);
     }
 
-    /// Runs a graph node's read or write on the io_uring when the engine places the whole
-    /// request on one file. `None`: take the helper-thread path.
-    fn start_direct(&mut self, idx: usize, mem: &Arc<Mem>) -> Option<Result<(), PrepareError>> {
-        let node = self.direct.as_ref()?;
-        let slot = self.slots.get_mut(idx);
-        let write = match slot.op {
-            IoOp::Read => false,
-            IoOp::Write => true,
-            _ => return None,
-        };
-        // Buffers first: a plan may allocate exceptions, which a request that then fails
-        // without I/O would leave behind. (Bounced when the origin is O_DIRECT and they are
-        // unaligned, whichever file the plan picks.)
-        if let Err(e) = slot.prepare(&self.parse_buf, mem, &self.disk.geometry, node.o_direct) {
-            return Some(Err(e));
-        }
-        let Some(plan) = node.plan(write, slot.offset, u64::from(slot.data_len)) else {
-            slot.reset_buffers();
-            return None;
-        };
-        slot.file = if plan.target == DirectTarget::Origin {
-            0
-        } else {
-            1
-        };
-        slot.file_delta = plan.offset.wrapping_sub(slot.offset);
-        slot.ticket = Some(plan.ticket);
-        self.queue_sqes(idx);
-        Some(Ok(()))
-    }
-
     fn get_id(&self, mem: &Mem) -> u32 {
         let serial = &self.disk.geometry.serial;
         let mut id = [0u8; ID_BYTES];
@@ -785,89 +756,6 @@ impl QueueWorker {
             return None;
         }
         self.finish(idx)
-    }
-
-    fn finish(&mut self, idx: usize) -> Option<(u16, u32)> {
-        let slot = self.slots.get_mut(idx);
-        if let (Some(ticket), Some(node)) = (slot.ticket.take(), &self.direct) {
-            if let Some(t) = node.finish(ticket, !slot.failed) {
-                // New exceptions: the request completes once they are committed.
-                self.committing.push((idx, t));
-                return None;
-            }
-        }
-        self.complete(idx)
-    }
-
-    /// Hands the commit of the parked requests' exceptions to a pool thread (one at a time:
-    /// the requests that finish meanwhile share the next commit).
-    fn start_commit(&mut self) {
-        if self.commit_task || self.committing.is_empty() {
-            return;
-        }
-        let (Some(pool), Some(node)) = (&self.pool, &self.direct) else {
-            return;
-        };
-        let node = node.clone();
-        let waits: Vec<NewExceptions> = self.committing.iter().map(|&(_, t)| t).collect();
-        let task = Box::new(move || node.commit(&waits));
-        if pool.submit_task(COMMIT_TASK, task).is_ok() {
-            self.commit_task = true;
-            return;
-        }
-        // No pool thread left: the requests fail.
-        for (idx, _) in std::mem::take(&mut self.committing) {
-            self.slots.get_mut(idx).failed = true;
-            if let Some(done) = self.complete(idx) {
-                self.settled.push(done);
-            }
-        }
-    }
-
-    /// Commits the parked requests' exceptions: at once when the COW is memory-backed (the
-    /// commit costs a copy, no wait for a device) and nobody else is committing, else on a
-    /// pool thread. Completes those settled.
-    fn commit_parked(&mut self, vring: &Vring) {
-        if self.committing.is_empty() {
-            return;
-        }
-        if let (Some(node), Some(_)) = (&self.direct, self.inline_fd[1]) {
-            node.try_commit();
-        }
-        self.settle();
-        self.start_commit();
-        if !self.settled.is_empty() {
-            let mut state = vring.get_mut();
-            let mut settled = std::mem::take(&mut self.settled);
-            for (head, used) in settled.drain(..) {
-                self.add_used(&mut state, head, used);
-            }
-            self.settled = settled;
-        }
-    }
-
-    /// Completes the parked requests whose exceptions are committed (into `settled`).
-    fn settle(&mut self) {
-        let Some(node) = self.direct.clone() else {
-            return;
-        };
-        let mut i = 0;
-        while i < self.committing.len() {
-            let (idx, t) = self.committing[i];
-            match node.settled(&t) {
-                None => i += 1,
-                Some(ok) => {
-                    self.committing.swap_remove(i);
-                    if !ok {
-                        self.slots.get_mut(idx).failed = true;
-                        self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                    if let Some(done) = self.complete(idx) {
-                        self.settled.push(done);
-                    }
-                }
-            }
-        }
     }
 
     /// Writes the status of a finished request and frees its slot.
