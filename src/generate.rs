@@ -94,7 +94,7 @@ pub fn run(cmd: GenerateCommand) -> Result<(), GenerateError> {
             for shell in shells {
                 let path =
                     clap_complete::generate_to(shell, &mut cli, "snapblk", &out).map_err(err)?;
-                println!("{}", path.display());
+                snapblk::output::line(path.display());
             }
             Ok(())
         }
@@ -129,6 +129,6 @@ fn list(dir: &Path, suffix: &str) {
         .collect();
     names.sort();
     for n in names {
-        println!("{}", n.display());
+        snapblk::output::line(n.display());
     }
 }

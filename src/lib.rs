@@ -10,6 +10,7 @@ pub mod graph;
 pub mod logging;
 pub mod manager;
 pub mod notify;
+pub mod output;
 pub mod storage;
 pub mod vhost;
 pub mod virtio_blk;

@@ -57,7 +57,7 @@ fn main() -> ExitCode {
         }
         Command::Bench(args) => match snapblk::bench::run(&args) {
             Ok(r) => {
-                println!("{}", snapblk::bench::render(&args, &r).trim_end());
+                snapblk::output::line(snapblk::bench::render(&args, &r).trim_end());
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -68,11 +68,11 @@ fn main() -> ExitCode {
         Command::Control(cmd) => snapblk::control::cli::run(cmd),
         Command::Generate(cmd) => exit_with(generate::run(cmd)),
         Command::Cow(CowCommand::Inspect { file }) => {
-            exit_with(cowcmd::inspect_file(&file).map(|r| print!("{r}")))
+            exit_with(cowcmd::inspect_file(&file).map(snapblk::output::text))
         }
         Command::Cow(CowCommand::Merge { origin, cow, runs }) => exit_with(
             cowcmd::merge_offline(&origin, &cow, runs).map(|(runs, left)| {
-                println!("merged {runs} run(s); {left} exception(s) left");
+                snapblk::output::line(format!("merged {runs} run(s); {left} exception(s) left"));
             }),
         ),
     }

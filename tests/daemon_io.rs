@@ -321,3 +321,25 @@ fn socket_group_gives_the_group_access_and_an_unknown_group_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no-such-group-x"), "{err}");
 }
+
+#[test]
+fn bench_into_a_closed_pipe_exits_quietly_instead_of_panicking() {
+    // `snapblk bench ... | head -1` after head exited: stdout is a pipe nobody reads.
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("d.img");
+    let sock = dir.path().join("d.sock");
+    make_image(&img, 4 * MIB);
+    let d = Daemon::image(&img, &sock, &[]);
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_snapblk"))
+        .args(["bench", "--seconds", "1", "--iodepth", "1", "--socket"])
+        .arg(&sock)
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {err}", out.status);
+    assert!(!err.contains("panicked"), "{err}");
+    drop(d);
+}

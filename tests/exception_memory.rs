@@ -4,6 +4,7 @@
 //! more than a hash map entry. The tests take a lock, so only one measures at a time.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -14,27 +15,38 @@ struct Counting;
 
 /// Bytes allocated and not freed, by every thread.
 static LIVE: AtomicI64 = AtomicI64::new(0);
+
+thread_local! {
+    /// The same, by this thread only: what a single-threaded test measures, immune to
+    /// allocations the harness makes on other threads meanwhile.
+    static MINE: Cell<i64> = const { Cell::new(0) };
+}
+
+fn count(bytes: i64) {
+    LIVE.fetch_add(bytes, Ordering::Relaxed);
+    let _ = MINE.try_with(|m| m.set(m.get() + bytes));
+}
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 // SAFETY: forwards to the system allocator; the counter is a plain atomic.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as i64, Ordering::Relaxed);
+        count(layout.size() as i64);
         System.alloc(layout)
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as i64, Ordering::Relaxed);
+        count(layout.size() as i64);
         System.alloc_zeroed(layout)
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as i64, Ordering::Relaxed);
+        count(-(layout.size() as i64));
         System.dealloc(ptr, layout)
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size as i64 - layout.size() as i64, Ordering::Relaxed);
+        count(new_size as i64 - layout.size() as i64);
         System.realloc(ptr, layout, new_size)
     }
 }
@@ -46,6 +58,10 @@ fn live() -> i64 {
     LIVE.load(Ordering::Relaxed)
 }
 
+fn mine() -> i64 {
+    MINE.with(|m| m.get())
+}
+
 fn measuring() -> MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -53,12 +69,12 @@ fn measuring() -> MutexGuard<'static, ()> {
 #[test]
 fn a_million_sequential_exceptions_take_one_tree_node() {
     let _one = measuring();
-    let before = live();
+    let before = mine();
     let mut m = ExMap::new();
     for k in 0..1_000_000 {
         m.insert(k, 2 + k);
     }
-    let used = live() - before;
+    let used = mine() - before;
     assert!(used <= 512, "{used} bytes");
     drop(m);
 }
@@ -67,14 +83,14 @@ fn a_million_sequential_exceptions_take_one_tree_node() {
 fn exceptions_that_form_no_runs_cost_at_most_32_bytes_each() {
     let _one = measuring();
     let n = 200_000u64;
-    let before = live();
+    let before = mine();
     let mut m = ExMap::new();
     for k in 0..n {
         // Old chunks scattered, new chunks allocated in order: no two are consecutive in both.
         m.insert(k.wrapping_mul(0x9e37_79b9) % (1 << 40), k);
     }
     assert_eq!(m.run_count() as u64, n);
-    let per = (live() - before) as f64 / n as f64;
+    let per = (mine() - before) as f64 / n as f64;
     eprintln!("{per:.1} bytes an exception");
     assert!(per <= 32.0, "{per:.1} bytes an exception");
     drop(m);
@@ -94,12 +110,12 @@ fn a_million_exceptions_allocated_slightly_out_of_order_take_about_a_byte_each()
         })
         .collect();
     arrivals.sort_unstable();
-    let before = live();
+    let before = mine();
     let mut m = ExMap::new();
     for (new, &(_, old)) in arrivals.iter().enumerate() {
         m.insert(old, 2 + new as u64);
     }
-    let per = (live() - before) as f64 / n as f64;
+    let per = (mine() - before) as f64 / n as f64;
     eprintln!("{per:.2} bytes an exception, {} segments", m.run_count());
     assert!(
         per <= 1.5,

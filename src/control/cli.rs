@@ -464,7 +464,7 @@ fn fail(e: &ClientError, json: bool) -> ExitCode {
         ClientError::Remote(err) => {
             if json {
                 if let Ok(s) = serde_json::to_string(err) {
-                    println!("{s}");
+                    crate::output::line(s);
                 }
             }
             eprintln!("error: {err}");
@@ -529,9 +529,9 @@ fn merge_wait(client: &mut Client, snapshot: &str, json: bool) -> Result<ExitCod
         }
     }
     if tty {
-        println!();
+        crate::output::line("");
     } else if !json {
-        println!("{}", progress_line(&last, 0));
+        crate::output::line(progress_line(&last, 0));
     }
     if last.state == MergeState::Failed {
         eprintln!("error: merge of {snapshot} failed; see `snapblk events`");
