@@ -6,12 +6,12 @@
 //! share one metadata write + flush. Dependent I/O is released only after the commit.
 
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard};
 
 use log::{debug, error};
 
 use super::device::BlockDevice;
-use super::engine::{run_invalidation, Health, Origin, SnapshotId};
+use super::engine::{run_invalidation, Health, Inner, Origin, SnapshotId};
 use super::store::StoreKind;
 use super::units::{ChunkIndex, ChunkSize};
 
@@ -300,31 +300,50 @@ impl Origin {
         results: Vec<io::Result<()>>,
         slots: usize,
     ) -> Vec<bool> {
-        let mut invalidations = Vec::new();
-        {
-            let mut g = self.lock();
-            g.copies -= slots;
-            for (t, r) in targets.iter().zip(&results) {
-                let Some(s) = g.snap_mut(t.id) else { continue };
-                s.commit.outstanding -= 1;
-                match r {
-                    Ok(()) => s.commit.queue.push((t.old, t.new)),
-                    Err(e) => {
-                        error!("{}: copying chunk {}: {e}", s.cfg.name, t.old);
-                        s.pending.remove(&t.old.0);
-                        invalidations.push(s.invalidate());
-                    }
-                }
-            }
-            invalidations.extend(g.deferred.drain(..).map(Some));
-            self.notify();
-        }
-        invalidations.into_iter().for_each(run_invalidation);
+        let mut g = self.lock();
+        g.copies -= slots;
+        let written = targets.iter().zip(&results).map(|(t, r)| {
+            let r = r.as_ref().map(|_| ());
+            (
+                t.id,
+                t.old,
+                t.new,
+                r.map_err(|e| format!("copying chunk {}: {e}", t.old)),
+            )
+        });
+        self.hand_to_commit(g, written);
         targets
             .iter()
             .zip(&results)
             .map(|(t, r)| r.is_ok() && self.wait_commit(t.id, t.old, t.new))
             .collect()
+    }
+
+    /// Written exceptions `(snapshot, old, new, outcome)` join their snapshots' commit queues;
+    /// a failed one (`Err(what)`) leaves `pending` and invalidates its snapshot. Invalidation
+    /// headers are written after the lock is released.
+    pub(super) fn hand_to_commit(
+        &self,
+        mut g: MutexGuard<'_, Inner>,
+        written: impl Iterator<Item = (SnapshotId, ChunkIndex, ChunkIndex, Result<(), String>)>,
+    ) {
+        let mut invalidations = Vec::new();
+        for (id, old, new, r) in written {
+            let Some(s) = g.snap_mut(id) else { continue };
+            s.commit.outstanding = s.commit.outstanding.saturating_sub(1);
+            match r {
+                Ok(()) => s.commit.queue.push((old, new)),
+                Err(what) => {
+                    error!("{}: {what}", s.cfg.name);
+                    s.pending.remove(&old.0);
+                    invalidations.push(s.invalidate());
+                }
+            }
+        }
+        invalidations.extend(g.deferred.drain(..).map(Some));
+        self.notify();
+        drop(g);
+        invalidations.into_iter().for_each(run_invalidation);
     }
 
     /// Waits until the exception `old → new` of snapshot `id` is committed, committing a batch

@@ -7,7 +7,7 @@
 use std::os::unix::io::RawFd;
 
 use super::copy::{check_chunk, Check, CommitMode};
-use super::engine::{run_invalidation, Health, Inner, Origin, SnapshotId};
+use super::engine::{Health, Inner, Origin, SnapshotId};
 use super::units::ChunkIndex;
 
 /// The device a planned request runs on.
@@ -159,7 +159,19 @@ impl Origin {
         let mut g = self.lock();
         match ticket {
             Ticket::None => return None,
-            Ticket::NewExceptions(t) => return self.hand_to_commit(g, t, ok),
+            Ticket::NewExceptions(t) => {
+                let written = (0..t.count).map(|k| {
+                    let (old, new) = (ChunkIndex(t.old + k), ChunkIndex(t.new + k));
+                    let r = if ok {
+                        Ok(())
+                    } else {
+                        Err(format!("writing the data of new exception {old}"))
+                    };
+                    (t.id, old, new, r)
+                });
+                self.hand_to_commit(g, written);
+                return ok.then_some(t);
+            }
             Ticket::OriginWrite(token) => {
                 g.origin_writes.remove(&token);
             }
@@ -180,37 +192,6 @@ impl Origin {
         }
         self.notify();
         None
-    }
-
-    /// The written new exceptions `t` join the commit queue; a failed write invalidates the
-    /// snapshot (as a failed copy does).
-    fn hand_to_commit(
-        &self,
-        mut g: std::sync::MutexGuard<'_, Inner>,
-        t: NewExceptions,
-        ok: bool,
-    ) -> Option<NewExceptions> {
-        let mut invalidations = Vec::new();
-        if let Some(s) = g.snap_mut(t.id) {
-            s.commit.outstanding = s.commit.outstanding.saturating_sub(t.count as usize);
-            for k in 0..t.count {
-                if ok {
-                    let pair = (ChunkIndex(t.old + k), ChunkIndex(t.new + k));
-                    s.commit.queue.push(pair);
-                } else {
-                    s.pending.remove(&(t.old + k));
-                }
-            }
-            if !ok {
-                log::error!("{}: writing new exceptions at chunk {}", s.cfg.name, t.old);
-                invalidations.push(s.invalidate());
-            }
-        }
-        invalidations.extend(g.deferred.drain(..).map(Some));
-        self.notify();
-        drop(g);
-        invalidations.into_iter().for_each(run_invalidation);
-        ok.then_some(t)
     }
 
     /// Commits (or waits for the commits of) the exceptions of `waits`, all of one snapshot:
