@@ -122,11 +122,16 @@ pub fn run(opts: ServeOptions) -> Result<(), DaemonError> {
     );
     let listener = bind_socket(&opts.socket)?;
     info!(
-        "serving {} ({} bytes, serial {serial}, {} queue(s){}) on {}",
+        "serving {} ({} bytes, serial {serial}, {} queue(s){}{}) on {}",
         opts.image.display(),
         capacity_sectors * 512,
         opts.num_queues,
         if opts.readonly { ", read-only" } else { "" },
+        if image.mapping().is_some() {
+            ", reads from a shared mapping"
+        } else {
+            ""
+        },
         opts.socket.display()
     );
     notify::tell(&format!(

@@ -126,6 +126,8 @@ impl Graph {
             path: spec.image.clone(),
             source,
         })?;
+        let dev = if spec.direct { dev } else { dev.mapped() };
+        let mapped = dev.mapping().is_some();
         let cfg = OriginConfig {
             copy_cap: spec.copy_cap.unwrap_or(DEFAULT_COPY_CAP),
         };
@@ -135,10 +137,15 @@ impl Graph {
             cfg,
         ));
         info!(
-            "origin {} ({}): {} bytes",
+            "origin {} ({}): {} bytes{}",
             spec.name,
             spec.image.display(),
-            origin.size()
+            origin.size(),
+            if mapped {
+                ", reads from a shared mapping"
+            } else {
+                ""
+            }
         );
         let mut n = self.lock();
         if n.origins.contains_key(&spec.name) || n.snapshots.contains_key(&spec.name) {

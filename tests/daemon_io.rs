@@ -263,37 +263,6 @@ fn sigterm_with_requests_in_flight_drains_flushes_and_exits_zero() {
 }
 
 #[test]
-fn memory_backed_image_inline_path_verifies_under_load() {
-    // On tmpfs, reads and writes run inline in the queue thread instead of on io_uring.
-    let Ok(dir) = tempfile::tempdir_in("/dev/shm") else {
-        eprintln!("SKIP: no /dev/shm");
-        return;
-    };
-    let img = dir.path().join("d.img");
-    let sock = dir.path().join("d.sock");
-    make_image(&img, 32 * MIB);
-    let d = Daemon::image(&img, &sock, &["--num-queues", "2"]);
-    for rw in [snapblk::bench::Rw::Mixed, snapblk::bench::Rw::Randwrite] {
-        let args = snapblk::bench::BenchArgs {
-            socket: sock.clone(),
-            rw,
-            bs: 8192,
-            iodepth: 16,
-            queues: 2,
-            seconds: 1,
-            verify: true,
-            size: None,
-            once: false,
-            json: false,
-        };
-        let r = snapblk::bench::run(&args).expect("verified bench run");
-        assert_eq!(r.errors, 0);
-        assert!(r.verified_sectors > 0);
-    }
-    d.stop();
-}
-
-#[test]
 fn socket_group_gives_the_group_access_and_an_unknown_group_is_refused() {
     use std::os::unix::fs::MetadataExt;
     let dir = tempfile::tempdir().unwrap();

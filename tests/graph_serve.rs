@@ -68,7 +68,24 @@ fn start(dir: &Path) -> Daemon {
 #[test]
 fn origin_writes_copy_out_and_persistent_snapshots_survive_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let p = dir.path();
+    copy_out_and_restart(dir.path());
+}
+
+#[test]
+fn the_same_on_tmpfs_where_origin_and_snapshot_reads_copy_from_a_mapping() {
+    let Ok(dir) = tempfile::tempdir_in("/dev/shm") else {
+        eprintln!("SKIP: no /dev/shm");
+        return;
+    };
+    let log = copy_out_and_restart(dir.path());
+    assert!(
+        log.contains("origin base") && log.contains("reads from a shared mapping"),
+        "{log}"
+    );
+}
+
+/// Returns the first daemon's log.
+fn copy_out_and_restart(p: &Path) -> String {
     let orig = pattern(1, 4 * MIB as usize);
     std::fs::write(p.join("base.img"), &orig).unwrap();
     std::fs::write(p.join("graph.toml"), config(p, "P")).unwrap();
@@ -107,6 +124,7 @@ fn origin_writes_copy_out_and_persistent_snapshots_survive_restart() {
     assert_eq!(q.write(0, &[1u8; 4096]).unwrap().status, BlkStatus::IoErr);
     drop(q);
     drop(fe);
+    let log = d.log_text();
     d.stop();
 
     // Restart: both persistent snapshots are reloaded from their COW files.
@@ -123,6 +141,7 @@ fn origin_writes_copy_out_and_persistent_snapshots_survive_restart() {
     let text = String::from_utf8_lossy(&out.stdout);
     // 16 copied chunks + 1 snapshot write: (2 + 17) * 8 sectors allocated of 16384.
     assert!(text.contains("152/16384 16"), "{text}");
+    log
 }
 
 #[test]

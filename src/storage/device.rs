@@ -5,7 +5,9 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use super::Mapping;
 
 /// A byte-addressed block device. Every access must lie inside `size()`.
 pub trait BlockDevice: Send + Sync {
@@ -25,6 +27,10 @@ pub trait BlockDevice: Send + Sync {
     /// The file descriptor behind the device, for callers that run their own I/O on it
     /// (see [`super::direct`]); `None` when there is none.
     fn raw_fd(&self) -> Option<std::os::unix::io::RawFd> {
+        None
+    }
+    /// A shared mapping of the device that reads may copy from (see [`Mapping`]).
+    fn mapping(&self) -> Option<&Arc<Mapping>> {
         None
     }
 }
@@ -134,6 +140,7 @@ pub struct FileDevice {
     file: File,
     size: u64,
     block: u32,
+    mapping: Option<Arc<Mapping>>,
 }
 
 impl FileDevice {
@@ -143,7 +150,15 @@ impl FileDevice {
             file,
             size,
             block: 512,
+            mapping: None,
         }
+    }
+
+    /// Maps the file for readers that copy from memory, when it is memory-backed and fully
+    /// allocated (see [`Mapping`]); otherwise unchanged.
+    pub fn mapped(mut self) -> FileDevice {
+        self.mapping = Mapping::of(&self.file, self.size).map(Arc::new);
+        self
     }
 
     /// Wraps an open regular file, taking its current length as the size.
@@ -205,6 +220,10 @@ impl BlockDevice for FileDevice {
         Some(self.file.as_raw_fd())
     }
 
+    fn mapping(&self) -> Option<&Arc<Mapping>> {
+        self.mapping.as_ref()
+    }
+
     fn logical_block_size(&self) -> u32 {
         self.block
     }
@@ -225,6 +244,10 @@ impl BlockDevice for FileDevice {
 
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
         check_range(self.size, offset, len)?;
+        if let Some(m) = &self.mapping {
+            // A read fault would allocate the hole again.
+            m.retire();
+        }
         let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
         match self.fallocate(mode, offset, len) {
             Err(e) if unsupported(&e) => self.write_zero_buffer(offset, len),

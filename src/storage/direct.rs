@@ -311,6 +311,11 @@ impl DirectNode {
         self.origin.direct_fds(self.snapshot)
     }
 
+    /// The origin's shared mapping, when reads may copy from it.
+    pub fn origin_mapping(&self) -> Option<std::sync::Arc<crate::storage::Mapping>> {
+        self.origin.dev.mapping().cloned()
+    }
+
     pub fn plan(&self, write: bool, offset: u64, len: u64) -> Option<DirectPlan> {
         self.origin.plan_direct(self.snapshot, write, offset, len)
     }

@@ -5,8 +5,11 @@ use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use thiserror::Error;
+
+use super::Mapping;
 
 /// Errors opening or using an image.
 #[derive(Debug, Error)]
@@ -50,6 +53,8 @@ pub struct Image {
     block_device: bool,
     options: OpenOptions,
     ino: u64,
+    /// Set for fully allocated memory-backed images (see [`Mapping`]).
+    mapping: Option<Arc<Mapping>>,
 }
 
 /// A serial for a disk backed by `path`: "sb-" and 16 hex digits of a hash of the canonical
@@ -106,6 +111,11 @@ impl Image {
                 path: path.to_owned(),
             });
         };
+        let mapping = if options.direct || block_device {
+            None
+        } else {
+            Mapping::of(&file, size).map(Arc::new)
+        };
         Ok(Image {
             file,
             path: path.to_owned(),
@@ -113,11 +123,17 @@ impl Image {
             block_device,
             options,
             ino: meta.ino() ^ meta.dev().rotate_left(32),
+            mapping,
         })
     }
 
     pub fn file(&self) -> &File {
         &self.file
+    }
+
+    /// The shared read-only mapping reads may copy from (memory-backed, fully allocated).
+    pub fn mapping(&self) -> Option<&Arc<Mapping>> {
+        self.mapping.as_ref()
     }
 
     pub fn path(&self) -> &Path {

@@ -18,7 +18,7 @@ use super::inflight::{IoOp, Progress, Slots};
 use super::pool::{Job, JobOp, Pool};
 use super::stats::QueueStats;
 use crate::logging::RateLimiter;
-use crate::storage::{memory_backed, BlockDevice, DirectNode, Image, NewExceptions};
+use crate::storage::{memory_backed, BlockDevice, DirectNode, Image, Mapping, NewExceptions};
 use crate::virtio_blk::request::{
     parse, Rejected, Request, RequestKind, Segment, Status, ID_BYTES,
 };
@@ -76,6 +76,8 @@ pub struct QueueWorker {
     /// Per registered file: set when memory-backed, reads and writes then run inline (see
     /// `queue_sqes`).
     inline_fd: [Option<i32>; 2],
+    /// The shared mapping of file 0 (the image or the origin) reads copy from, if any.
+    mapping: Option<Arc<Mapping>>,
     /// A graph node whose reads and writes may run on the io_uring.
     direct: Option<DirectNode>,
     /// Heads in the order they were popped, and the used length of those completed ahead of
@@ -120,6 +122,7 @@ impl QueueWorker {
         let event = EventFd::new(EFD_NONBLOCK)?;
         ring.submitter().register_eventfd(event.as_raw_fd())?;
         let mut inline_fd = [None; 2];
+        let mut mapping = None;
         let mut direct = None;
         let pool = match &disk.backing {
             Backing::Image(image) => {
@@ -127,6 +130,7 @@ impl QueueWorker {
                     .register_files(&[image.file().as_raw_fd()])?;
                 if image.memory_backed() && !image.direct() {
                     inline_fd[0] = Some(image.file().as_raw_fd());
+                    mapping = image.mapping().cloned();
                 }
                 None
             }
@@ -144,6 +148,9 @@ impl QueueWorker {
                         if memory_backed(fd) && !(i == 0 && node.o_direct) {
                             inline_fd[i] = Some(fd);
                         }
+                    }
+                    if inline_fd[0].is_some() {
+                        mapping = node.origin_mapping();
                     }
                     direct = Some(node.clone());
                 }
@@ -172,6 +179,7 @@ impl QueueWorker {
             pool_done: Vec::with_capacity(queue_size as usize),
             stopping,
             inline_fd,
+            mapping,
             direct,
             order: VecDeque::with_capacity(queue_size as usize),
             done: vec![None; queue_size as usize],
@@ -504,11 +512,23 @@ impl QueueWorker {
                 // would hand it to a worker thread; doing it here is cheaper.
                 let (ptr, n) = slot.iov_remaining();
                 let fd = self.inline_fd[slot.file as usize].unwrap_or(-1);
-                let off = slot.offset.wrapping_add(slot.file_delta) as libc::off_t;
+                let off = slot.offset.wrapping_add(slot.file_delta);
+                let mapping = self.mapping.as_ref().filter(|_| slot.file == 0);
                 // SAFETY: the iovecs name guest memory kept mapped by the slot (checked at
-                // parse time) or the slot's bounce buffer; `n` is their count.
+                // parse time) or the slot's bounce buffer; `n` is their count. Neither
+                // overlaps the image's mapping.
+                let copied = match mapping {
+                    Some(m) if slot.op == IoOp::Read => unsafe {
+                        m.read(std::slice::from_raw_parts(ptr, n as usize), off)
+                    },
+                    _ => None,
+                };
+                let off = off as libc::off_t;
+                // SAFETY: as above.
                 let res = unsafe {
-                    if slot.op == IoOp::Read {
+                    if let Some(n) = copied {
+                        n as isize
+                    } else if slot.op == IoOp::Read {
                         libc::preadv(fd, ptr, n as i32, off)
                     } else {
                         let flags = if writeback { 0 } else { libc::RWF_DSYNC };
@@ -552,6 +572,12 @@ impl QueueWorker {
                 let ranges = slot.ranges;
                 let mode = slot.fallocate_mode(zero_range);
                 let pair = matches!(slot.op, IoOp::WriteZeroes { unmap: false }) && !zero_range;
+                if mode & libc::FALLOC_FL_PUNCH_HOLE != 0 && !pair {
+                    if let Some(m) = &self.mapping {
+                        // The range becomes a hole, which a read fault would allocate again.
+                        m.retire();
+                    }
+                }
                 slot.pending = ranges.as_slice().len() as u32 * if pair { 2 } else { 1 };
                 for (i, _) in ranges.as_slice().iter().enumerate() {
                     let ud = ud | (i as u64) << RANGE_SHIFT;

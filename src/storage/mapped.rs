@@ -1,0 +1,315 @@
+//! Shared read-only mappings of memory-backed images: a read is one memcpy out of the page
+//! cache instead of a preadv (no syscall, no page-cache lookup once the page is mapped).
+//!
+//! Only fully allocated files on tmpfs or ramfs are mapped. A read fault on a tmpfs hole
+//! allocates the page, which preadv never does, so a sparse image stays on preadv, and a
+//! mapping is retired (reads go back to preadv) once its owner punches a hole.
+//!
+//! A file truncated underneath its mapping would kill the daemon with SIGBUS on the next read
+//! of the lost range. The handler installed here maps a private zero page over the faulting
+//! address instead and counts the fault; from then on no mapping is used, and a read that saw
+//! the count change returns `None` so that its caller reads again with preadv, which reports
+//! the short file as an error. A SIGBUS anywhere else gets the action that was there before.
+
+use std::fs::File;
+use std::os::unix::io::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+use log::warn;
+
+use super::memory_backed;
+
+/// Mappings the SIGBUS handler recognises (the daemon maps one per served memory-backed image).
+const REGIONS: usize = 256;
+
+struct Region {
+    start: AtomicUsize,
+    len: AtomicUsize,
+}
+
+static REGION: [Region; REGIONS] = [const {
+    Region {
+        start: AtomicUsize::new(0),
+        len: AtomicUsize::new(0),
+    }
+}; REGIONS];
+/// SIGBUS faults caught on a mapping since the process started.
+static FAULTS: AtomicUsize = AtomicUsize::new(0);
+static FAULT_LOGGED: AtomicBool = AtomicBool::new(false);
+static PAGE: AtomicUsize = AtomicUsize::new(4096);
+/// The SIGBUS action before ours (`None`: installing ours failed).
+static PREVIOUS: OnceLock<Option<Previous>> = OnceLock::new();
+
+struct Previous(libc::sigaction);
+// SAFETY: a sigaction is plain data (a handler address, a mask and flags).
+unsafe impl Sync for Previous {}
+unsafe impl Send for Previous {}
+
+/// A read-only `MAP_SHARED` view of a whole file.
+#[derive(Debug)]
+pub struct Mapping {
+    base: *mut u8,
+    len: usize,
+    region: usize,
+    retired: AtomicBool,
+}
+
+// SAFETY: the mapping is only read (through `read`), and the kernel keeps it valid until
+// `drop` unmaps it.
+unsafe impl Send for Mapping {}
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Maps the first `len` bytes of `file` when it is a fully allocated regular file on
+    /// tmpfs or ramfs; `None` otherwise, or when mapping or guarding it is not possible.
+    pub fn of(file: &File, len: u64) -> Option<Mapping> {
+        let fd = file.as_raw_fd();
+        let len = usize::try_from(len).ok().filter(|&l| l > 0)?;
+        if !file.metadata().ok()?.is_file() || !memory_backed(fd) || !dense(fd, len) {
+            return None;
+        }
+        if !guard_installed() {
+            return None;
+        }
+        // SAFETY: a fresh read-only shared mapping of an open file; nothing else is touched.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return None;
+        }
+        let Some(region) = register(base as usize, len) else {
+            // SAFETY: unmaps exactly the mapping created above, never used.
+            unsafe { libc::munmap(base, len) };
+            return None;
+        };
+        Some(Mapping {
+            base: base.cast(),
+            len,
+            region,
+            retired: AtomicBool::new(false),
+        })
+    }
+
+    /// Copies the bytes at `offset` into `iov`, filling every buffer; returns the count.
+    /// `None`: nothing usable was copied (the range is outside the mapping, the mapping is
+    /// retired, or a fault was caught): read with preadv instead.
+    ///
+    /// # Safety
+    /// Every iovec must name writable memory of its length that does not overlap the mapping.
+    pub unsafe fn read(&self, iov: &[libc::iovec], offset: u64) -> Option<usize> {
+        if self.retired.load(Ordering::Relaxed) || FAULTS.load(Ordering::SeqCst) != 0 {
+            return None;
+        }
+        let total = iov
+            .iter()
+            .try_fold(0usize, |n, v| n.checked_add(v.iov_len))?;
+        let start = usize::try_from(offset).ok()?;
+        if start.checked_add(total)? > self.len {
+            return None;
+        }
+        let mut at = start;
+        for v in iov {
+            // SAFETY: `at + iov_len` stays inside the mapping (checked above); the caller
+            // vouches for the destination.
+            unsafe {
+                std::ptr::copy_nonoverlapping(self.base.add(at), v.iov_base.cast(), v.iov_len)
+            };
+            at += v.iov_len;
+        }
+        // The handler counts a fault before it patches the page, so a copy that read a
+        // patched page sees the count change here.
+        if FAULTS.load(Ordering::SeqCst) != 0 {
+            if !FAULT_LOGGED.swap(true, Ordering::Relaxed) {
+                warn!("a memory-backed image shrank while mapped; reading every image with preadv from now on");
+            }
+            return None;
+        }
+        Some(total)
+    }
+
+    /// Stops using the mapping: the file got a hole, which a read fault would fill again.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+    }
+
+    pub fn retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        REGION[self.region].len.store(0, Ordering::SeqCst);
+        REGION[self.region].start.store(0, Ordering::SeqCst);
+        // SAFETY: the mapping created in `of`; `&mut self` means no read is running.
+        unsafe { libc::munmap(self.base.cast(), self.len) };
+    }
+}
+
+/// True when `fd` has no hole in its first `len` bytes.
+fn dense(fd: i32, len: usize) -> bool {
+    // SAFETY: lseek on a descriptor the caller holds open.
+    let hole = unsafe { libc::lseek(fd, 0, libc::SEEK_HOLE) };
+    usize::try_from(hole).is_ok_and(|h| h >= len)
+}
+
+fn register(start: usize, len: usize) -> Option<usize> {
+    for (i, r) in REGION.iter().enumerate() {
+        if r.start
+            .compare_exchange(0, start, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            r.len.store(len, Ordering::SeqCst);
+            return Some(i);
+        }
+    }
+    None
+}
+
+fn ours(addr: usize) -> bool {
+    REGION.iter().any(|r| {
+        let start = r.start.load(Ordering::SeqCst);
+        start != 0 && addr >= start && addr - start < r.len.load(Ordering::SeqCst)
+    })
+}
+
+fn guard_installed() -> bool {
+    PREVIOUS
+        .get_or_init(|| {
+            // SAFETY: sysconf has no preconditions.
+            let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+            if let Ok(p) = usize::try_from(page) {
+                PAGE.store(p, Ordering::Relaxed);
+            }
+            // SAFETY: installs a handler that only uses async-signal-safe calls (atomics,
+            // mmap, sigaction); `old` receives the previous action.
+            unsafe {
+                let mut act: libc::sigaction = std::mem::zeroed();
+                let handler: Handler = on_sigbus;
+                act.sa_sigaction = handler as usize;
+                act.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+                libc::sigemptyset(&mut act.sa_mask);
+                let mut old: libc::sigaction = std::mem::zeroed();
+                (libc::sigaction(libc::SIGBUS, &act, &mut old) == 0).then_some(Previous(old))
+            }
+        })
+        .is_some()
+}
+
+type Handler = extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void);
+
+extern "C" fn on_sigbus(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    // SAFETY: the kernel hands SA_SIGINFO handlers a valid siginfo.
+    let (code, addr) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
+    if code == libc::BUS_ADRERR && ours(addr) {
+        FAULTS.fetch_add(1, Ordering::SeqCst);
+        let page = PAGE.load(Ordering::Relaxed);
+        // SAFETY: replaces one page of a mapping this module owns (checked by `ours`) with
+        // private zeroes; the faulting copy then completes and its reader sees FAULTS.
+        let p = unsafe {
+            libc::mmap(
+                (addr & !(page - 1)) as *mut libc::c_void,
+                page,
+                libc::PROT_READ,
+                libc::MAP_FIXED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p != libc::MAP_FAILED {
+            return;
+        }
+    }
+    // Not ours: put the previous action back; the fault repeats on return and gets it.
+    if let Some(Some(Previous(old))) = PREVIOUS.get() {
+        // SAFETY: restores the action saved when ours was installed.
+        unsafe { libc::sigaction(libc::SIGBUS, old, std::ptr::null_mut()) };
+    } else {
+        // SAFETY: signal with SIG_DFL has no preconditions.
+        unsafe { libc::signal(libc::SIGBUS, libc::SIG_DFL) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn shm_file(bytes: &[u8]) -> Option<(tempfile::TempDir, File)> {
+        let dir = tempfile::tempdir_in("/dev/shm").ok()?;
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("m.img"))
+            .ok()?;
+        f.write_all(bytes).ok()?;
+        Some((dir, f))
+    }
+
+    fn iov(buf: &mut [u8]) -> libc::iovec {
+        libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        }
+    }
+
+    #[test]
+    fn reads_of_a_dense_tmpfs_file_match_its_bytes_across_buffers() {
+        let data: Vec<u8> = (0..65536u32).map(|i| (i * 7 % 251) as u8).collect();
+        let Some((_d, f)) = shm_file(&data) else {
+            eprintln!("SKIP: no /dev/shm");
+            return;
+        };
+        let m = Mapping::of(&f, data.len() as u64).expect("dense tmpfs file is mapped");
+        let (mut a, mut b) = (vec![0u8; 512], vec![0u8; 3584]);
+        let n = unsafe { m.read(&[iov(&mut a), iov(&mut b)], 8192) };
+        assert_eq!(n, Some(4096));
+        assert_eq!(a[..], data[8192..8704]);
+        assert_eq!(b[..], data[8704..12288]);
+        // A write through the file is seen through the mapping (one page cache).
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(&[0xee; 512], 8192).unwrap();
+        assert_eq!(unsafe { m.read(&[iov(&mut a)], 8192) }, Some(512));
+        assert!(a.iter().all(|&x| x == 0xee));
+    }
+
+    #[test]
+    fn out_of_range_and_retired_reads_fall_back() {
+        let Some((_d, f)) = shm_file(&[5u8; 8192]) else {
+            return;
+        };
+        let m = Mapping::of(&f, 8192).unwrap();
+        let mut b = vec![0u8; 4096];
+        assert_eq!(unsafe { m.read(&[iov(&mut b)], 4097) }, None);
+        assert_eq!(unsafe { m.read(&[iov(&mut b)], u64::MAX) }, None);
+        assert_eq!(unsafe { m.read(&[iov(&mut b)], 4096) }, Some(4096));
+        m.retire();
+        assert!(m.retired());
+        assert_eq!(unsafe { m.read(&[iov(&mut b)], 0) }, None);
+    }
+
+    #[test]
+    fn sparse_disk_and_empty_files_are_not_mapped() {
+        if let Some((_d, f)) = shm_file(&[1u8; 4096]) {
+            f.set_len(1 << 20).unwrap(); // a hole after the first page
+            assert!(Mapping::of(&f, 1 << 20).is_none());
+            assert!(Mapping::of(&f, 0).is_none());
+        }
+        let disk = tempfile::tempfile().unwrap();
+        (&disk).write_all(&[1u8; 8192]).unwrap();
+        if !memory_backed(disk.as_raw_fd()) {
+            assert!(Mapping::of(&disk, 8192).is_none());
+        }
+    }
+}
