@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from benchlib import (SNAPBLK, ROOT, BenchFailure, cleanup, cpu_seconds, ensure_tools,
-                      exit_on_signals, fs_type, make_image, peak_rss_mib, run_json,
+                      exit_on_signals, fs_type, make_image, RssPeak, run_json,
                       snapblk_bench, spawn, stop, wait_socket, workdir)
 
 GROUPS = ("tmpfs", "rootfs", "snapshot", "origin", "fio")
@@ -193,9 +193,12 @@ def run_daemon(prepare, wl, gdir, opts):
         p = spawn(cmd, f"{rundir}/daemon.log")
         wait_socket(sock, p)
         c0 = cpu_seconds(p.pid)
-        r = snapblk_bench(sock, *wl.bench_args(PASS_LIMIT_S if wl.once else opts.seconds))
+        peak = RssPeak(p.pid)
+        try:
+            r = snapblk_bench(sock, *wl.bench_args(PASS_LIMIT_S if wl.once else opts.seconds))
+        finally:
+            rss = peak.stop()
         cpu = cpu_seconds(p.pid) - c0
-        rss = peak_rss_mib(p.pid)
     finally:
         if p is not None:
             stop(p)
@@ -442,7 +445,9 @@ def header(opts):
 def notes(opts):
     out = ["", "- IOPS, p50: `snapblk bench` as the client of both daemons, identical parameters; "
            "CPU s/M req: the daemon's user+system CPU seconds per million requests "
-           "(/proc/PID/stat); peak RSS: the daemon's VmHWM."]
+           "(/proc/PID/stat); peak RSS: the daemon's resident memory less shared memory "
+           "(VmRSS - RssShmem: the guest RAM it maps, and the page cache of a memory-backed "
+           "image snapblk maps), sampled every 20 ms."]
     if "rootfs" in opts.rows:
         out.append(f"- rootfs ({opts.dirs['rootfs']}): every run starts cold, the image "
                    "written back and dropped from the page cache (fsync, POSIX_FADV_DONTNEED), "

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import tempfile
 import time
 
@@ -35,13 +36,43 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def peak_rss_mib(pid):
-    """Peak resident set size (VmHWM) of process `pid`, MiB."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+def private_rss_mib(pid):
+    """Resident memory of process `pid` less its shared memory (RssShmem: the guest RAM it
+    maps, and memory-backed images it maps), MiB; None once the process is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            kb = {k: int(v.split()[0]) for k, v in (ln.split(":", 1) for ln in f)
+                  if k in ("VmRSS", "RssShmem")}
+    except (OSError, ValueError):
+        return None
+    return (kb.get("VmRSS", 0) - kb.get("RssShmem", 0)) / 1024
+
+
+class RssPeak:
+    """Samples private_rss_mib(pid) every 20 ms on a thread; stop() returns the peak.
+    VmHWM would count the image pages a daemon maps as its own memory (page cache shared
+    with every other reader of the file), so it is not used."""
+
+    def __init__(self, pid):
+        self.pid, self.peak = pid, 0.0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _sample(self):
+        v = private_rss_mib(self.pid)
+        if v is not None:
+            self.peak = max(self.peak, v)
+
+    def _run(self):
+        while not self.done.wait(0.02):
+            self._sample()
+
+    def stop(self):
+        self.done.set()
+        self.thread.join()
+        self._sample()
+        return self.peak
 
 
 def workdir(parent, prefix="snapblk-bench-"):
