@@ -55,6 +55,9 @@ pub struct Image {
     ino: u64,
     /// Set for fully allocated memory-backed images (see [`Mapping`]).
     mapping: Option<Arc<Mapping>>,
+    /// A second open of the image with readahead off (POSIX_FADV_RANDOM), for reads that do not
+    /// continue the previous one; see [`Image::random_file`].
+    random: Option<File>,
 }
 
 /// A serial for a disk backed by `path`: "sb-" and 16 hex digits of a hash of the canonical
@@ -116,6 +119,11 @@ impl Image {
         } else {
             Mapping::of(&file, size).map(Arc::new)
         };
+        let random = if options.direct || (!block_device && memory_backed(file.as_raw_fd())) {
+            None
+        } else {
+            open_random(&file, options.readonly)
+        };
         Ok(Image {
             file,
             path: path.to_owned(),
@@ -124,11 +132,20 @@ impl Image {
             options,
             ino: meta.ino() ^ meta.dev().rotate_left(32),
             mapping,
+            random,
         })
     }
 
     pub fn file(&self) -> &File {
         &self.file
+    }
+
+    /// The image opened a second time with readahead off, for random reads: a 4 KiB read that
+    /// misses the page cache then costs the device 4 KiB, where the shared readahead state of
+    /// one descriptor would sometimes read ahead for it. Sequential reads keep [`Image::file`]
+    /// and its readahead. `None` for O_DIRECT and memory-backed images, which have none.
+    pub fn random_file(&self) -> Option<&File> {
+        self.random.as_ref()
     }
 
     /// The shared read-only mapping reads may copy from (memory-backed, fully allocated).
@@ -211,6 +228,18 @@ impl Image {
 }
 
 /// Whether the file behind `fd` lives in memory (tmpfs, ramfs).
+/// Opens `file` again (a new open file description, with its own readahead state) and turns
+/// readahead off on it; `None` when that fails (the caller then reads through `file` alone).
+fn open_random(file: &File, readonly: bool) -> Option<File> {
+    let mut oo = FsOpenOptions::new();
+    oo.read(true).write(!readonly);
+    let path = format!("/proc/self/fd/{}", file.as_raw_fd());
+    let f = open_noatime(&mut oo, Path::new(&path), 0).ok()?;
+    // SAFETY: posix_fadvise takes plain integers and a descriptor owned here.
+    let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
+    (rc == 0).then_some(f)
+}
+
 pub fn memory_backed(fd: std::os::unix::io::RawFd) -> bool {
     const TMPFS_MAGIC: i64 = 0x0102_1994;
     const RAMFS_MAGIC: i64 = 0x8584_58f6;
@@ -226,6 +255,83 @@ pub fn memory_backed(fd: std::os::unix::io::RawFd) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Pages of `f` in the page cache among the first `pages`.
+    fn cached_pages(f: &File, pages: usize) -> usize {
+        // SAFETY: a read-only shared mapping of an open file, only passed to mincore.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                pages * 4096,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        let mut vec = vec![0u8; pages];
+        // SAFETY: `vec` has one byte per page of the mapping.
+        assert_eq!(
+            unsafe { libc::mincore(p, pages * 4096, vec.as_mut_ptr()) },
+            0
+        );
+        // SAFETY: unmaps the mapping created above.
+        unsafe { libc::munmap(p, pages * 4096) };
+        vec.iter().filter(|&&b| b & 1 != 0).count()
+    }
+
+    #[test]
+    fn the_random_descriptor_reads_the_same_bytes_without_reading_ahead() {
+        use std::os::unix::fs::FileExt;
+        // On disk (the crate's directory), where readahead exists: tmpfs has none.
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let path = dir.path().join("r.img");
+        let data: Vec<u8> = (0..(8u32 << 20)).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let img = Image::open(&path, OpenOptions::default()).unwrap();
+        let Some(random) = img.random_file() else {
+            assert!(
+                img.memory_backed(),
+                "a regular file on disk gets a random descriptor"
+            );
+            return;
+        };
+        let drop_cache = || {
+            img.file().sync_all().unwrap();
+            // SAFETY: plain integers and a descriptor owned by `img`.
+            unsafe { libc::posix_fadvise(img.file().as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        };
+        // Sequential 4 KiB reads through the random descriptor bring in only what they read.
+        drop_cache();
+        let mut b = vec![0u8; 4096];
+        for page in 0..8u64 {
+            random.read_exact_at(&mut b, page * 4096).unwrap();
+            assert!(b[..] == data[page as usize * 4096..(page as usize + 1) * 4096]);
+        }
+        let without = cached_pages(img.file(), 2048);
+        assert!(
+            without <= 8,
+            "{without} pages cached after 8 reads without readahead"
+        );
+        // The same reads through the main descriptor read ahead.
+        drop_cache();
+        for page in 0..8u64 {
+            img.file().read_exact_at(&mut b, page * 4096).unwrap();
+        }
+        let with = cached_pages(img.file(), 2048);
+        assert!(with > 8, "{with} pages cached after 8 reads with readahead");
+        let direct = Image::open(
+            &path,
+            OpenOptions {
+                direct: true,
+                ..OpenOptions::default()
+            },
+        );
+        if let Ok(direct) = direct {
+            assert!(direct.random_file().is_none(), "O_DIRECT has no readahead");
+        }
+    }
 
     #[test]
     fn serial_differs_between_images_and_is_stable() {

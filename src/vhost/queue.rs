@@ -78,6 +78,11 @@ pub struct QueueWorker {
     inline_fd: [Option<i32>; 2],
     /// The shared mapping of file 0 (the image or the origin) reads copy from, if any.
     mapping: Option<Arc<Mapping>>,
+    /// The registered index of the image opened with readahead off (see `Image::random_file`):
+    /// reads of file 0 that do not start where the previous one ended go there.
+    random_file: Option<u32>,
+    /// Where the last read of file 0 ended.
+    next_read: u64,
     /// A graph node whose reads and writes may run on the io_uring.
     direct: Option<DirectNode>,
     /// Heads in the order they were popped, and the used length of those completed ahead of
@@ -123,11 +128,16 @@ impl QueueWorker {
         ring.submitter().register_eventfd(event.as_raw_fd())?;
         let mut inline_fd = [None; 2];
         let mut mapping = None;
+        let mut random_file = None;
         let mut direct = None;
         let pool = match &disk.backing {
             Backing::Image(image) => {
-                ring.submitter()
-                    .register_files(&[image.file().as_raw_fd()])?;
+                let mut fds = vec![image.file().as_raw_fd()];
+                if let Some(f) = image.random_file() {
+                    fds.push(f.as_raw_fd());
+                    random_file = Some(1);
+                }
+                ring.submitter().register_files(&fds)?;
                 if image.memory_backed() && !image.direct() {
                     inline_fd[0] = Some(image.file().as_raw_fd());
                     mapping = image.mapping().cloned();
@@ -180,6 +190,8 @@ impl QueueWorker {
             stopping,
             inline_fd,
             mapping,
+            random_file,
+            next_read: 0,
             direct,
             order: VecDeque::with_capacity(queue_size as usize),
             done: vec![None; queue_size as usize],
@@ -547,7 +559,14 @@ impl QueueWorker {
             }
             IoOp::Read | IoOp::Write => {
                 let (ptr, n) = slot.iov_remaining();
-                let file = types::Fixed(slot.file);
+                let mut file = slot.file;
+                if let (Some(random), IoOp::Read, 0) = (self.random_file, slot.op, file) {
+                    if slot.offset != self.next_read {
+                        file = random;
+                    }
+                    self.next_read = slot.offset.saturating_add(u64::from(slot.data_len));
+                }
+                let file = types::Fixed(file);
                 let at = slot.offset.wrapping_add(slot.file_delta);
                 let e = if slot.op == IoOp::Read {
                     opcode::Readv::new(file, ptr, n).offset(at).build()
