@@ -142,7 +142,7 @@ impl Graph {
             spec.image.display(),
             origin.size(),
             if mapped {
-                ", reads from a shared mapping"
+                crate::storage::mapped::LOG_NOTE
             } else {
                 ""
             }

@@ -46,6 +46,9 @@ struct Previous(libc::sigaction);
 unsafe impl Sync for Previous {}
 unsafe impl Send for Previous {}
 
+/// How the serve and origin log lines say that reads copy from a mapping.
+pub const LOG_NOTE: &str = ", reads from a shared mapping";
+
 /// A read-only `MAP_SHARED` view of a whole file.
 #[derive(Debug)]
 pub struct Mapping {
@@ -141,7 +144,8 @@ impl Mapping {
         self.retired.store(true, Ordering::Relaxed);
     }
 
-    pub fn retired(&self) -> bool {
+    #[cfg(test)]
+    fn retired(&self) -> bool {
         self.retired.load(Ordering::Relaxed)
     }
 }

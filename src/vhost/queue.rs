@@ -536,15 +536,16 @@ impl QueueWorker {
                     _ => None,
                 };
                 let off = off as libc::off_t;
-                // SAFETY: as above.
-                let res = unsafe {
-                    if let Some(n) = copied {
-                        n as isize
-                    } else if slot.op == IoOp::Read {
+                let res = match copied {
+                    Some(done) => done as isize,
+                    // SAFETY: as above.
+                    None if slot.op == IoOp::Read => unsafe {
                         libc::preadv(fd, ptr, n as i32, off)
-                    } else {
+                    },
+                    None => {
                         let flags = if writeback { 0 } else { libc::RWF_DSYNC };
-                        libc::pwritev2(fd, ptr, n as i32, off, flags)
+                        // SAFETY: as above.
+                        unsafe { libc::pwritev2(fd, ptr, n as i32, off, flags) }
                     }
                 };
                 let res = if res < 0 {
