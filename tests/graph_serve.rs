@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::{connect, pattern, read, write, Daemon, MIB};
-use snapblk::frontend::BlkStatus;
+use snapblk::frontend::{BlkFrontend, BlkStatus, FrontendOptions};
 
 fn config(dir: &Path, store: &str) -> String {
     let d = dir.display();
@@ -189,18 +189,20 @@ fn transient_snapshots_work_and_bad_configs_are_refused() {
     );
 }
 
-#[test]
-fn used_entries_are_published_in_the_order_requests_were_popped() {
-    // A slow origin write (copy-outs into two snapshots, group commits) followed by fast reads
-    // that the queue serves directly: the reads finish first, but their used entries wait for
-    // the write's, so the used index always counts a prefix of the available ring (what a
-    // frontend restarting the ring after `kill -9` relies on).
+/// A slow origin write (copy-outs into two snapshots, group commits) followed by 15 fast reads
+/// the queue serves directly; returns the order the 16 requests completed in.
+fn slow_write_then_fast_reads(inflight: bool) -> Vec<u16> {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
     std::fs::write(p.join("base.img"), pattern(7, 4 * MIB as usize)).unwrap();
     std::fs::write(p.join("graph.toml"), config(p, "P")).unwrap();
     let d = start(p);
-    let mut fe = connect(&p.join("base.sock"));
+    let opts = FrontendOptions {
+        inflight,
+        ..FrontendOptions::default()
+    };
+    let mut fe = BlkFrontend::connect(p.join("base.sock"), opts).unwrap();
+    assert_eq!(fe.inflight().is_some(), inflight);
     let mut q = fe.blk_queue(0, 16, 1 << 20).unwrap();
     q.write_data(0, &pattern(8, 1 << 20)).unwrap();
     q.submit(
@@ -229,10 +231,34 @@ fn used_entries_are_published_in_the_order_requests_were_popped() {
             order.push(c.slot.unwrap());
         }
     }
-    assert_eq!(order, (0..16).collect::<Vec<u16>>());
     drop(q);
     drop(fe);
     drop(d);
+    order
+}
+
+#[test]
+fn without_inflight_tracking_used_entries_are_published_in_pop_order() {
+    // The reads finish first, but their used entries wait for the write's, so the used index
+    // always counts a prefix of the available ring (what a frontend restarting the ring after
+    // `kill -9` without an inflight region relies on).
+    assert_eq!(
+        slow_write_then_fast_reads(false),
+        (0..16).collect::<Vec<u16>>()
+    );
+}
+
+#[test]
+fn with_inflight_tracking_fast_reads_complete_before_a_slow_write() {
+    let order = slow_write_then_fast_reads(true);
+    let mut sorted = order.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        sorted,
+        (0..16).collect::<Vec<u16>>(),
+        "each once: {order:?}"
+    );
+    assert_ne!(order[0], 0, "a read waited for the write: {order:?}");
 }
 
 #[test]

@@ -48,6 +48,10 @@ pub enum FrontendError {
     InvalidQueueSize(u16),
     #[error("Invalid request geometry: {0}")]
     InvalidGeometry(&'static str),
+    #[error("Cannot duplicate a descriptor kept for reconnecting")]
+    Dup(#[source] io::Error),
+    #[error("Backend changed its features or queue count across a reconnect")]
+    ReconnectMismatch,
     #[error("Cannot create an eventfd")]
     EventFd(#[source] io::Error),
     #[error("Kick of queue {queue} failed")]

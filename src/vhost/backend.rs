@@ -5,7 +5,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use log::{debug, error};
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use std::fs::File;
+
+use vhost::vhost_user::message::{
+    VhostUserInflight, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+};
 use vhost_user_backend::{VhostUserBackend, VringRwLock};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_FLUSH};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
@@ -15,6 +19,7 @@ use vmm_sys_util::event::{
 };
 
 use super::queue::{DiskContext, QueueWorker};
+use super::tracker;
 use crate::virtio_blk::config::{BlkConfig, WCE_OFFSET};
 
 type Mem = GuestMemoryMmap<()>;
@@ -139,6 +144,41 @@ impl VhostUserBackend for BlkBackend {
             | VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+            | VhostUserProtocolFeatures::INFLIGHT_SHMFD
+    }
+
+    fn get_inflight_fd(
+        &self,
+        inflight: &VhostUserInflight,
+    ) -> std::io::Result<(VhostUserInflight, File)> {
+        let (queues, size) = (inflight.num_queues, inflight.queue_size);
+        if queues == 0 || queues > self.0.config.num_queues || size == 0 || size > 32768 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("inflight region for {queues} queues of {size} entries refused"),
+            ));
+        }
+        let file = tracker::create(queues, size)?;
+        let reply = VhostUserInflight::new(tracker::region_size(queues, size), 0, queues, size);
+        Ok((reply, file))
+    }
+
+    fn set_inflight_fd(&self, inflight: &VhostUserInflight, file: File) -> std::io::Result<()> {
+        let region = tracker::Region::map(
+            &file,
+            inflight.mmap_offset,
+            inflight.mmap_size,
+            inflight.num_queues,
+            inflight.queue_size,
+        )?;
+        debug!(
+            "inflight tracking: {} queues of {} entries",
+            inflight.num_queues, inflight.queue_size
+        );
+        for q in 0..self.0.queues.len() {
+            self.queue(q).track_inflight(region.clone());
+        }
+        Ok(())
     }
 
     fn set_event_idx(&self, _enabled: bool) {}
@@ -187,7 +227,9 @@ impl VhostUserBackend for BlkBackend {
 
     fn stop_vring(&self, queue_index: u32) -> std::io::Result<()> {
         if let Some(q) = self.0.queues.get(queue_index as usize) {
-            lock(q).drain();
+            let mut q = lock(q);
+            q.drain();
+            q.stopped();
         }
         Ok(())
     }

@@ -8,15 +8,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use io_uring::{opcode, squeue, types, IoUring};
-use log::{error, warn};
+use log::{error, info, warn};
 use vhost_user_backend::{VringRwLock, VringState, VringT};
 use virtio_queue::QueueT;
-use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::chain;
 use super::inflight::{IoOp, Progress, Slots};
 use super::pool::{Job, JobOp, Pool};
 use super::stats::QueueStats;
+use super::tracker::{QueueLog, Region};
 use crate::logging::RateLimiter;
 use crate::storage::{memory_backed, BlockDevice, DirectNode, Image, Mapping, NewExceptions};
 use crate::virtio_blk::request::{
@@ -85,8 +87,13 @@ pub struct QueueWorker {
     next_read: u64,
     /// A graph node whose reads and writes may run on the io_uring.
     direct: Option<DirectNode>,
-    /// Heads in the order they were popped, and the used length of those completed ahead of
-    /// an earlier one: used entries are published in pop order (see `add_used`).
+    /// Inflight tracking, when the frontend gave a region: completions are then published as
+    /// they finish (see `add_used`).
+    tracking: Tracking,
+    /// Buffers of a chain resubmitted after a restart.
+    chain_buf: Vec<(GuestAddress, u32, bool)>,
+    /// Without tracking: heads in the order they were popped, and the used length of those
+    /// completed ahead of an earlier one: used entries are published in pop order.
     order: VecDeque<u16>,
     done: Vec<Option<u32>>,
     popped: Vec<bool>,
@@ -100,6 +107,15 @@ pub struct QueueWorker {
 }
 
 mod graph;
+
+/// Where a queue stands with inflight tracking.
+enum Tracking {
+    /// No region: used entries are published in pop order.
+    Off,
+    /// A region was given; the queue recovers from it when its ring starts.
+    Pending(Arc<Region>),
+    On(QueueLog),
+}
 
 /// The pool completion slot of the commit task.
 const COMMIT_TASK: usize = usize::MAX;
@@ -193,6 +209,8 @@ impl QueueWorker {
             random_file,
             next_read: 0,
             direct,
+            tracking: Tracking::Off,
+            chain_buf: Vec::with_capacity(queue_size as usize),
             order: VecDeque::with_capacity(queue_size as usize),
             done: vec![None; queue_size as usize],
             popped: vec![false; queue_size as usize],
@@ -201,6 +219,72 @@ impl QueueWorker {
             settled: Vec::with_capacity(queue_size as usize),
             ring_in_flight: 0,
         })
+    }
+
+    /// Tracks this queue's in-flight heads in `region` from the next ring start on.
+    pub fn track_inflight(&mut self, region: Arc<Region>) {
+        self.tracking = Tracking::Pending(region);
+    }
+
+    /// The ring was stopped (and drained): the next start recovers from the region again.
+    pub fn stopped(&mut self) {
+        if let Tracking::On(log) = &self.tracking {
+            self.tracking = Tracking::Pending(log.region().clone());
+        }
+    }
+
+    /// At the first kick of a started ring with a region: makes the region consistent with the
+    /// ring and resubmits the requests an earlier instance left in flight (after `kill -9`).
+    fn recover(&mut self, mem: &Arc<Mem>, state: &mut VringState<GuestMemoryAtomic<Mem>>) {
+        let Tracking::Pending(region) = std::mem::replace(&mut self.tracking, Tracking::Off) else {
+            return;
+        };
+        let q = state.get_queue();
+        let (size, table) = (q.size(), GuestAddress(q.desc_table()));
+        let Some(mut log) = u16::try_from(self.index)
+            .ok()
+            .and_then(|i| region.queue(i, size))
+        else {
+            warn!(
+                "queue {}: the inflight region has no room for a ring of {size} entries; \
+                 completing in order",
+                self.index
+            );
+            return;
+        };
+        let used = match q.used_idx(&**mem, Ordering::Acquire) {
+            Ok(u) => u.0,
+            Err(e) => {
+                warn!("queue {}: cannot read the used index: {e}", self.index);
+                return;
+            }
+        };
+        let rec = log.recover(used);
+        if let Some(next) = rec.next_avail {
+            state.get_queue_mut().set_next_avail(next);
+        }
+        self.tracking = Tracking::On(log);
+        if !rec.resubmit.is_empty() {
+            info!(
+                "queue {}: resubmitting {} requests left in flight by the previous daemon",
+                self.index,
+                rec.resubmit.len()
+            );
+        }
+        for head in rec.resubmit {
+            chain::walk(&**mem, table, size, head, &mut self.chain_buf);
+            let descs = std::mem::take(&mut self.chain_buf);
+            match parse(
+                descs.iter().copied(),
+                &**mem,
+                &self.disk.geometry,
+                &mut self.parse_buf,
+            ) {
+                Ok(req) => self.start(head, req, mem, state),
+                Err(rej) => self.reject(head, rej, mem, state),
+            }
+            self.chain_buf = descs;
+        }
     }
 
     /// The eventfd the io_uring signals on completions.
@@ -223,6 +307,9 @@ impl QueueWorker {
             if event_idx {
                 let _ = state.disable_notification();
             }
+            if matches!(self.tracking, Tracking::Pending(_)) {
+                self.recover(&mem, &mut state);
+            }
             let mut stalled = false;
             loop {
                 if self.slots.is_full() {
@@ -233,7 +320,9 @@ impl QueueWorker {
                     break;
                 };
                 let head = chain.head_index();
-                if let Some(p) = self.popped.get_mut(usize::from(head)) {
+                if let Tracking::On(log) = &mut self.tracking {
+                    log.begin(head);
+                } else if let Some(p) = self.popped.get_mut(usize::from(head)) {
                     *p = true;
                     self.order.push_back(head);
                 }
@@ -714,11 +803,24 @@ impl QueueWorker {
         }
     }
 
-    /// Completes `head`. Used entries are published in the order the chains were popped, so
-    /// the used index always counts a prefix of the available ring: when the daemon is killed,
-    /// the frontend restarts the ring from the used index (QEMU without inflight tracking) and
-    /// the restarted daemon sees exactly the requests that never completed, none twice.
+    /// Completes `head`. With inflight tracking, at once: the region records which heads are
+    /// still in flight. Without it, used entries are published in the order the chains were
+    /// popped, so the used index always counts a prefix of the available ring: when the daemon
+    /// is killed, the frontend restarts the ring from the used index and the restarted daemon
+    /// sees exactly the requests that never completed, none twice.
     fn add_used(&mut self, state: &mut VringState<GuestMemoryAtomic<Mem>>, head: u16, used: u32) {
+        if let Tracking::On(log) = &self.tracking {
+            log.before_publish(head);
+            if let Err(e) = state.add_used(head, used) {
+                error!(
+                    "queue {}: cannot add descriptor {head} to the used ring: {e}",
+                    self.index
+                );
+            }
+            log.after_publish(head, state.get_queue().next_used());
+            self.pending_signal = true;
+            return;
+        }
         let i = usize::from(head);
         if !self.popped.get(i).copied().unwrap_or(false) {
             // Not in the pop order (cannot happen): publish as is.
