@@ -148,10 +148,18 @@ fn requests_in_flight_at_kill_9_are_resubmitted_once_after_reconnect() {
         }
     }
     assert_eq!(region.in_flight(), 0, "every resubmitted head was cleared");
+    // Every head flagged at the kill is resubmitted, except one whose used entry was already
+    // published when the kill landed (between the ring's used index and the region's).
     let log = d2.log_text();
+    let resubmitted: usize = log
+        .split("resubmitting ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no resubmission logged; log: {log}"));
     assert!(
-        log.contains(&format!("resubmitting {at_kill} requests")),
-        "{at_kill} heads in flight at the kill; log: {log}"
+        resubmitted <= at_kill && at_kill - resubmitted <= 1 && resubmitted > 0,
+        "{resubmitted} resubmitted, {at_kill} flagged at the kill"
     );
     // Each request completed once (before the kill or after the resubmission).
     assert!(seen.iter().all(|&n| n <= 1), "{seen:?}");

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use log::{debug, error};
+use log::{debug, error, info};
 use std::fs::File;
 
 use vhost::vhost_user::message::{
@@ -171,8 +171,9 @@ impl VhostUserBackend for BlkBackend {
             inflight.num_queues,
             inflight.queue_size,
         )?;
-        debug!(
-            "inflight tracking: {} queues of {} entries",
+        info!(
+            "frontend keeps an inflight region ({} queues of {} entries): requests complete \
+             as they finish and survive a daemon restart",
             inflight.num_queues, inflight.queue_size
         );
         for q in 0..self.0.queues.len() {

@@ -1,7 +1,8 @@
 #!/bin/bash
 # vm-tests/scenarios/89-kill9-reconnect.sh: the daemon crashes (SIGKILL) under a writing guest and is
 # started again with the same --state-dir and --control; it restores the origin and its export by
-# itself, QEMU (reconnect=1) reconnects, and the guest finishes without an I/O error.
+# itself, QEMU (reconnect=1) reconnects with the inflight region it kept, and the guest finishes
+# without an I/O error.
 #
 # The guest writes numbered 4 KiB blocks, each with `dd oflag=direct conv=fsync` (a write, then a
 # flush) and prints "VMT-PROG aW N" once writer W has N blocks written and flushed. The host kills
@@ -116,9 +117,16 @@ for ((w = 0; w < qd; w++)); do
     wait_prog_n g a$w "$want" 120
 done
 vmt_log "writers moving again $((SECONDS - t_kill)) s after the kill"
+# QEMU keeps the inflight region snapblk gave it (VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD) and hands it
+# to the restarted daemon, which resubmits what the killed one had in flight (often nothing here:
+# a request spends microseconds in the daemon; tests/inflight.rs kills with requests in flight).
+since_restart=$(awk '/^\$ .* serve /{buf=""} {buf=buf $0 "\n"} END{printf "%s", buf}' "$VMT_TMP/d.backend.log")
+grep -q 'frontend keeps an inflight region' <<<"$since_restart" ||
+    vmt_fail "QEMU did not hand an inflight region to the restarted daemon"
+resubmitted=$(grep -o 'resubmitting [0-9]* requests' <<<"$since_restart" | awk '{n += $2} END {print n + 0}')
 fio_note=''
 [ "$fio_depth" = 0 ] || fio_note=", fio iodepth $fio_depth"
-vmt_note "SIGKILL at ${acks[*]} flushed blocks (writers: $qd$fio_note); writers moving again $((SECONDS - t_kill)) s later"
+vmt_note "SIGKILL at ${acks[*]} flushed blocks (writers: $qd$fio_note); writers moving again $((SECONDS - t_kill)) s later; $resubmitted requests resubmitted"
 guest_wait_n g
 stats=$(ctl stats --json)
 for e in $(json_fields "$stats" errors); do expect_eq "$e" 0 "export errors after the restart in: $stats"; done

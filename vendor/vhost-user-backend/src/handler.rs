@@ -251,6 +251,14 @@ where
 
     fn initialize_vring(&self, vring: &T::Vring, index: u8) -> VhostUserResult<()> {
         vring.set_queue_ready(true);
+        // (snapblk patch) One kick when a ring starts, as libvhost-user does: requests already
+        // in it, or left in flight by an earlier instance of the backend (inflight tracking),
+        // are processed without waiting for the guest's next kick.
+        if let Some(kick) = vring.get_ref().get_kick() {
+            let one = 1u64;
+            // SAFETY: writes 8 bytes from a live u64 to the ring's kick eventfd.
+            unsafe { libc::write(kick.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        }
         self.update_vring_registration(vring, index)
     }
 
