@@ -126,7 +126,11 @@ impl Graph {
             path: spec.image.clone(),
             source,
         })?;
-        let dev = if spec.direct { dev } else { dev.mapped() };
+        let dev = if spec.direct {
+            dev
+        } else {
+            dev.mapped().random_reads(false)
+        };
         let mapped = dev.mapping().is_some();
         let cfg = OriginConfig {
             copy_cap: spec.copy_cap.unwrap_or(DEFAULT_COPY_CAP),

@@ -33,6 +33,11 @@ pub trait BlockDevice: Send + Sync {
     fn mapping(&self) -> Option<&Arc<Mapping>> {
         None
     }
+    /// A second descriptor with readahead off, for reads that do not continue the previous one
+    /// (see [`super::Image::random_file`]).
+    fn random_file(&self) -> Option<&File> {
+        None
+    }
 }
 
 /// Checks that `len` bytes at `offset` fit in `size` bytes.
@@ -141,6 +146,7 @@ pub struct FileDevice {
     size: u64,
     block: u32,
     mapping: Option<Arc<Mapping>>,
+    random: Option<File>,
 }
 
 impl FileDevice {
@@ -151,6 +157,7 @@ impl FileDevice {
             size,
             block: 512,
             mapping: None,
+            random: None,
         }
     }
 
@@ -158,6 +165,15 @@ impl FileDevice {
     /// allocated (see [`Mapping`]); otherwise unchanged.
     pub fn mapped(mut self) -> FileDevice {
         self.mapping = Mapping::of(&self.file, self.size).map(Arc::new);
+        self
+    }
+
+    /// Opens the file a second time with readahead off for random reads (see
+    /// [`BlockDevice::random_file`]), unless it lives in memory, where readahead costs nothing.
+    pub fn random_reads(mut self, readonly: bool) -> FileDevice {
+        if !super::memory_backed(self.file.as_raw_fd()) {
+            self.random = super::image::open_random(&self.file, readonly);
+        }
         self
     }
 
@@ -224,6 +240,10 @@ impl BlockDevice for FileDevice {
         self.mapping.as_ref()
     }
 
+    fn random_file(&self) -> Option<&File> {
+        self.random.as_ref()
+    }
+
     fn logical_block_size(&self) -> u32 {
         self.block
     }
@@ -278,6 +298,26 @@ impl BlockDevice for FileDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_on_disk_gets_a_second_descriptor_for_random_reads_a_tmpfs_file_does_not() {
+        let disk = tempfile::tempfile_in("/var/tmp").unwrap();
+        disk.set_len(1 << 20).unwrap();
+        let on_disk = !crate::storage::memory_backed(disk.as_raw_fd());
+        let dev = FileDevice::from_file(disk).unwrap().random_reads(false);
+        assert_eq!(dev.random_file().is_some(), on_disk);
+        if let Some(r) = dev.random_file() {
+            dev.write_at(&[9u8; 512], 512).unwrap();
+            let mut b = [0u8; 512];
+            r.read_exact_at(&mut b, 512).unwrap();
+            assert_eq!(b, [9u8; 512], "the same file through either descriptor");
+        }
+        if let Ok(shm) = tempfile::tempfile_in("/dev/shm") {
+            shm.set_len(1 << 20).unwrap();
+            let dev = FileDevice::from_file(shm).unwrap().random_reads(false);
+            assert!(dev.random_file().is_none());
+        }
+    }
 
     fn conformance(dev: &dyn BlockDevice) {
         let size = dev.size();

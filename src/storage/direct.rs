@@ -311,6 +311,12 @@ impl DirectNode {
         self.origin.direct_fds(self.snapshot)
     }
 
+    /// The origin's descriptor with readahead off, for random reads.
+    pub fn origin_random_fd(&self) -> Option<RawFd> {
+        use std::os::unix::io::AsRawFd;
+        self.origin.dev.random_file().map(|f| f.as_raw_fd())
+    }
+
     /// The origin's shared mapping, when reads may copy from it.
     pub fn origin_mapping(&self) -> Option<std::sync::Arc<crate::storage::Mapping>> {
         self.origin.dev.mapping().cloned()

@@ -230,7 +230,7 @@ impl Image {
 /// Whether the file behind `fd` lives in memory (tmpfs, ramfs).
 /// Opens `file` again (a new open file description, with its own readahead state) and turns
 /// readahead off on it; `None` when that fails (the caller then reads through `file` alone).
-fn open_random(file: &File, readonly: bool) -> Option<File> {
+pub(crate) fn open_random(file: &File, readonly: bool) -> Option<File> {
     let mut oo = FsOpenOptions::new();
     oo.read(true).write(!readonly);
     let path = format!("/proc/self/fd/{}", file.as_raw_fd());

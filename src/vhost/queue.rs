@@ -168,9 +168,13 @@ impl QueueWorker {
                 if let Some((node, (origin, cow))) =
                     node.as_ref().and_then(|n| n.fds().map(|f| (n, f)))
                 {
-                    let fds = [origin, cow.unwrap_or(origin)];
+                    let mut fds = vec![origin, cow.unwrap_or(origin)];
+                    if let (Some(r), false) = (node.origin_random_fd(), memory_backed(origin)) {
+                        fds.push(r);
+                        random_file = Some(2);
+                    }
                     ring.submitter().register_files(&fds)?;
-                    for (i, fd) in fds.into_iter().enumerate() {
+                    for (i, fd) in fds.into_iter().take(2).enumerate() {
                         if memory_backed(fd) && !(i == 0 && node.o_direct) {
                             inline_fd[i] = Some(fd);
                         }

@@ -33,7 +33,11 @@ pub fn region_size(num_queues: u16, queue_size: u16) -> u64 {
     (usize::from(num_queues) * queue_bytes(queue_size)) as u64
 }
 
-/// Creates a zeroed region for GET_INFLIGHT_FD.
+/// Seals a region must carry: the frontend holds the file and could otherwise shrink it under
+/// the daemon's mapping (a SIGBUS on the next access).
+const SEALS: libc::c_int = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+
+/// Creates a zeroed, sealed region for GET_INFLIGHT_FD.
 pub fn create(num_queues: u16, queue_size: u16) -> io::Result<File> {
     let size = region_size(num_queues, queue_size);
     if size == 0 {
@@ -43,13 +47,22 @@ pub fn create(num_queues: u16, queue_size: u16) -> io::Result<File> {
         ));
     }
     // SAFETY: a NUL-terminated name; the returned fd is owned by the File below.
-    let fd = unsafe { libc::memfd_create(c"snapblk-inflight".as_ptr(), libc::MFD_CLOEXEC) };
+    let fd = unsafe {
+        libc::memfd_create(
+            c"snapblk-inflight".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        )
+    };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: `fd` is a fresh descriptor nobody else owns.
     let file = unsafe { <File as std::os::unix::io::FromRawFd>::from_raw_fd(fd) };
     file.set_len(size)?;
+    // SAFETY: fcntl on a descriptor we own.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, SEALS) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
     Ok(file)
 }
 
@@ -86,6 +99,13 @@ impl Region {
         }
         // SAFETY: sysconf has no memory-safety preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+        // SAFETY: fcntl on a descriptor the caller owns.
+        let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
+        if seals < 0 || seals & libc::F_SEAL_SHRINK == 0 {
+            return Err(invalid(
+                "inflight region is not sealed against shrinking (not one this daemon made)".into(),
+            ));
+        }
         let file_len = file.metadata()?.len();
         if offset % page != 0 || offset.checked_add(size).is_none_or(|end| end > file_len) {
             return Err(invalid(format!(
@@ -400,6 +420,13 @@ mod tests {
         assert!(r.queue(0, 16).is_none(), "ring larger than the block");
         assert!(r.queue(0, 4).is_some());
         assert!(create(0, 8).is_err());
+        let unsealed = tempfile::tempfile().unwrap();
+        unsealed.set_len(region_size(1, 8)).unwrap();
+        assert!(
+            Region::map(&unsealed, 0, region_size(1, 8), 1, 8).is_err(),
+            "unsealed"
+        );
+        assert!(f.set_len(0).is_err(), "a region cannot shrink");
     }
 
     #[test]
