@@ -123,7 +123,7 @@ vmt_log "writers moving again $((SECONDS - t_kill)) s after the kill"
 since_restart=$(awk '/^\$ .* serve /{buf=""} {buf=buf $0 "\n"} END{printf "%s", buf}' "$VMT_TMP/d.backend.log")
 grep -q 'frontend keeps an inflight region' <<<"$since_restart" ||
     vmt_fail "QEMU did not hand an inflight region to the restarted daemon"
-resubmitted=$(grep -o 'resubmitting [0-9]* requests' <<<"$since_restart" | awk '{n += $2} END {print n + 0}')
+resubmitted=$({ grep -o 'resubmitting [0-9]* requests' <<<"$since_restart" || true; } | awk '{n += $2} END {print n + 0}')
 fio_note=''
 [ "$fio_depth" = 0 ] || fio_note=", fio iodepth $fio_depth"
 vmt_note "SIGKILL at ${acks[*]} flushed blocks (writers: $qd$fio_note); writers moving again $((SECONDS - t_kill)) s later; $resubmitted requests resubmitted"
