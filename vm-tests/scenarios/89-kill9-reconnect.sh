@@ -9,9 +9,12 @@
 # the daemon mid-stream, then checks on the image file, before the restart, that every block
 # acknowledged on the console is there; at the end every block of every writer must be there.
 # VMT_KILL9_QD (default 1) is the number of concurrent writers: 1 keeps one request in flight at a
-# time; more put several in flight at the kill. VMT_KILL9_FIO=DEPTH (default 0: none) adds a fio job
+# time; more put several in flight at the kill. VMT_KILL9_FIO=DEPTH (default 16; 0: none) adds a fio job
 # (4 KiB random O_DIRECT writes at iodepth DEPTH over [40, 56) MiB, crc32c-verified after every
-# loop) that runs across the kill.
+# loop) that runs across the kill. VMT_KILL9_SNAPSHOT=1 (the default) gives the origin a persistent
+# snapshot (4 KiB chunks) first, so first writes to a chunk wait for a copy-out and its commit and
+# are more likely to be in flight at the kill; the restarted daemon then resubmits them from the
+# inflight region QEMU kept.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=../lib.sh
 . "$(dirname "$0")/../lib.sh"
@@ -23,7 +26,8 @@ if [ "$VMT_BACKEND" != snapblk ]; then
 fi
 
 qd=${VMT_KILL9_QD:-1}
-fio_depth=${VMT_KILL9_FIO:-0}
+fio_depth=${VMT_KILL9_FIO:-16}
+with_snapshot=${VMT_KILL9_SNAPSHOT:-1}
 N=512 # blocks per writer; writer W writes [4 + 4W, 6 + 4W) MiB
 img="$VMT_TMP/origin.img"
 ctlsock="$VMT_TMP/ctl.sock"
@@ -32,6 +36,9 @@ make_image "$img" 64M
 start_backend_control d "$ctlsock" "$VMT_TMP/state"
 ctl origin add vm --image "$img" >/dev/null
 ctl_export_add vm "$osock"
+if [ "$with_snapshot" = 1 ]; then
+    ctl snapshot create vm snap --cow "$VMT_TMP/snap.cow" --size 256M --chunk-size 4k --store P >/dev/null
+fi
 
 guest_script "$VMT_TMP/writer.sh" "qd=$qd" "N=$N" "fio_depth=$fio_depth" <<GUEST
 $VMT_BLOCK_FN
