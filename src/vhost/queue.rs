@@ -8,17 +8,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use io_uring::{opcode, squeue, types, IoUring};
-use log::{error, info, warn};
+use log::{error, warn};
 use vhost_user_backend::{VringRwLock, VringState, VringT};
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::chain;
 use super::inflight::{IoOp, Progress, Slots};
 use super::pool::{Job, JobOp, Pool};
 use super::stats::QueueStats;
-use super::tracker::{QueueLog, Region};
 use crate::logging::RateLimiter;
 use crate::storage::{memory_backed, BlockDevice, DirectNode, Image, Mapping, NewExceptions};
 use crate::virtio_blk::request::{
@@ -107,15 +105,9 @@ pub struct QueueWorker {
 }
 
 mod graph;
+mod publish;
 
-/// Where a queue stands with inflight tracking.
-enum Tracking {
-    /// No region: used entries are published in pop order.
-    Off,
-    /// A region was given; the queue recovers from it when its ring starts.
-    Pending(Arc<Region>),
-    On(QueueLog),
-}
+use publish::Tracking;
 
 /// The pool completion slot of the commit task.
 const COMMIT_TASK: usize = usize::MAX;
@@ -223,72 +215,6 @@ impl QueueWorker {
             settled: Vec::with_capacity(queue_size as usize),
             ring_in_flight: 0,
         })
-    }
-
-    /// Tracks this queue's in-flight heads in `region` from the next ring start on.
-    pub fn track_inflight(&mut self, region: Arc<Region>) {
-        self.tracking = Tracking::Pending(region);
-    }
-
-    /// The ring was stopped (and drained): the next start recovers from the region again.
-    pub fn stopped(&mut self) {
-        if let Tracking::On(log) = &self.tracking {
-            self.tracking = Tracking::Pending(log.region().clone());
-        }
-    }
-
-    /// At the first kick of a started ring with a region: makes the region consistent with the
-    /// ring and resubmits the requests an earlier instance left in flight (after `kill -9`).
-    fn recover(&mut self, mem: &Arc<Mem>, state: &mut VringState<GuestMemoryAtomic<Mem>>) {
-        let Tracking::Pending(region) = std::mem::replace(&mut self.tracking, Tracking::Off) else {
-            return;
-        };
-        let q = state.get_queue();
-        let (size, table) = (q.size(), GuestAddress(q.desc_table()));
-        let Some(mut log) = u16::try_from(self.index)
-            .ok()
-            .and_then(|i| region.queue(i, size))
-        else {
-            warn!(
-                "queue {}: the inflight region has no room for a ring of {size} entries; \
-                 completing in order",
-                self.index
-            );
-            return;
-        };
-        let used = match q.used_idx(&**mem, Ordering::Acquire) {
-            Ok(u) => u.0,
-            Err(e) => {
-                warn!("queue {}: cannot read the used index: {e}", self.index);
-                return;
-            }
-        };
-        let rec = log.recover(used);
-        if let Some(next) = rec.next_avail {
-            state.get_queue_mut().set_next_avail(next);
-        }
-        self.tracking = Tracking::On(log);
-        if !rec.resubmit.is_empty() {
-            info!(
-                "queue {}: resubmitting {} requests left in flight by the previous daemon",
-                self.index,
-                rec.resubmit.len()
-            );
-        }
-        for head in rec.resubmit {
-            chain::walk(&**mem, table, size, head, &mut self.chain_buf);
-            let descs = std::mem::take(&mut self.chain_buf);
-            match parse(
-                descs.iter().copied(),
-                &**mem,
-                &self.disk.geometry,
-                &mut self.parse_buf,
-            ) {
-                Ok(req) => self.start(head, req, mem, state),
-                Err(rej) => self.reject(head, rej, mem, state),
-            }
-            self.chain_buf = descs;
-        }
     }
 
     /// The eventfd the io_uring signals on completions.
@@ -804,63 +730,6 @@ impl QueueWorker {
             drop(state);
             // Short transfers and fallbacks may have queued more work.
             self.submit();
-        }
-    }
-
-    /// Completes `head`. With inflight tracking, at once: the region records which heads are
-    /// still in flight. Without it, used entries are published in the order the chains were
-    /// popped, so the used index always counts a prefix of the available ring: when the daemon
-    /// is killed, the frontend restarts the ring from the used index and the restarted daemon
-    /// sees exactly the requests that never completed, none twice.
-    fn add_used(&mut self, state: &mut VringState<GuestMemoryAtomic<Mem>>, head: u16, used: u32) {
-        if let Tracking::On(log) = &self.tracking {
-            log.before_publish(head);
-            if let Err(e) = state.add_used(head, used) {
-                error!(
-                    "queue {}: cannot add descriptor {head} to the used ring: {e}",
-                    self.index
-                );
-            }
-            log.after_publish(head, state.get_queue().next_used());
-            self.pending_signal = true;
-            return;
-        }
-        let i = usize::from(head);
-        if !self.popped.get(i).copied().unwrap_or(false) {
-            // Not in the pop order (cannot happen): publish as is.
-            return self.publish(state, head, used);
-        }
-        self.done[i] = Some(used);
-        while let Some(&front) = self.order.front() {
-            let Some(used) = self.done[usize::from(front)].take() else {
-                break;
-            };
-            self.order.pop_front();
-            self.popped[usize::from(front)] = false;
-            self.publish(state, front, used);
-        }
-    }
-
-    fn publish(&mut self, state: &mut VringState<GuestMemoryAtomic<Mem>>, head: u16, used: u32) {
-        if let Err(e) = state.add_used(head, used) {
-            error!(
-                "queue {}: cannot add descriptor {head} to the used ring: {e}",
-                self.index
-            );
-        }
-        self.pending_signal = true;
-    }
-
-    fn signal(&mut self, vring: &Vring) {
-        if !std::mem::take(&mut self.pending_signal) {
-            return;
-        }
-        if vring.needs_notification().unwrap_or(true) {
-            if let Err(e) = vring.signal_used_queue() {
-                if self.log.allow() {
-                    warn!("queue {}: cannot signal the guest: {e}", self.index);
-                }
-            }
         }
     }
 
