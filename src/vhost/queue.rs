@@ -113,12 +113,13 @@ use publish::Tracking;
 const COMMIT_TASK: usize = usize::MAX;
 
 const FIXED_IMAGE: types::Fixed = types::Fixed(0);
-/// Reads are handed to the kernel at most this many at a time. A disk serves reads that reach
-/// it as they come much sooner than the same reads in bursts: on this project's test VM, cold
-/// 4 KiB random reads at QD32 took the device 0.22-0.29 ms each when submitted one or two at a
-/// time and 0.43-0.48 ms when submitted 15-20 per call (fio shows the same with
-/// `iodepth_batch_submit=32`). Writes, which mostly land in the page cache, stay batched.
-const READ_BATCH: usize = 2;
+/// Random reads are handed to the kernel at most this many at a time. A disk serves reads that
+/// reach it as they come much sooner than the same reads in bursts: on this project's test VM,
+/// cold 4 KiB random reads at QD32 took the device 0.22-0.29 ms each when submitted one or two
+/// at a time and 0.43-0.48 ms when submitted 15-20 per call (fio shows the same with
+/// `iodepth_batch_submit=32`). Sequential reads (served from readahead) and writes (which
+/// mostly land in the page cache) stay batched.
+const RANDOM_READ_BATCH: usize = 2;
 /// How long a queue polls for more work before sleeping (see `QueueWorker::poll`), and how
 /// long while its io_uring has I/O in flight: a read that misses the page cache takes 50-100 us
 /// on an SSD, and sleeping through it adds a wakeup to its latency.
@@ -586,11 +587,18 @@ impl QueueWorker {
             IoOp::Read | IoOp::Write => {
                 let (ptr, n) = slot.iov_remaining();
                 let mut file = slot.file;
-                if let (Some(random), IoOp::Read, 0) = (self.random_file, slot.op, file) {
-                    if slot.offset != self.next_read {
-                        file = random;
+                // A read that does not continue the previous read of file 0 is random: it goes
+                // to the descriptor without readahead and to the kernel without delay.
+                let mut random_read = false;
+                if slot.op == IoOp::Read {
+                    let continues = file == 0 && slot.offset == self.next_read;
+                    if file == 0 {
+                        self.next_read = slot.offset.saturating_add(u64::from(slot.data_len));
+                        if let (Some(random), false) = (self.random_file, continues) {
+                            file = random;
+                        }
                     }
-                    self.next_read = slot.offset.saturating_add(u64::from(slot.data_len));
+                    random_read = !continues;
                 }
                 let file = types::Fixed(file);
                 let at = slot.offset.wrapping_add(slot.file_delta);
@@ -604,9 +612,8 @@ impl QueueWorker {
                         .build()
                 };
                 slot.pending = 1;
-                let read = slot.op == IoOp::Read;
                 self.push(e.user_data(ud));
-                if read && self.ring.submission().len() >= READ_BATCH {
+                if random_read && self.ring.submission().len() >= RANDOM_READ_BATCH {
                     self.submit();
                 }
             }
