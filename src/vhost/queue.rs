@@ -116,8 +116,8 @@ const FIXED_IMAGE: types::Fixed = types::Fixed(0);
 /// Random reads are handed to the kernel at most this many at a time. A disk serves reads that
 /// reach it as they come much sooner than the same reads in bursts: on this project's test VM,
 /// cold 4 KiB random reads at QD32 took the device 0.22-0.29 ms each when submitted one or two
-/// at a time and 0.43-0.48 ms when submitted 15-20 per call (fio shows the same with
-/// `iodepth_batch_submit=32`). Sequential reads (served from readahead) and writes (which
+/// at a time and 0.43-0.48 ms when submitted 15-20 per call (fio submitting and reaping 32 at a
+/// time shows the same). Sequential reads (served from readahead) and writes (which
 /// mostly land in the page cache) stay batched.
 const RANDOM_READ_BATCH: usize = 2;
 /// How long a queue polls for more work before sleeping (see `QueueWorker::poll`), and how
