@@ -1,12 +1,11 @@
 //! The `VhostUserBackend` of one export connection: one worker thread per queue, each queue's
 //! state behind its own mutex (never shared between queues), config space and features.
 
+use std::fs::File;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use log::{debug, error, info};
-use std::fs::File;
-
 use vhost::vhost_user::message::{
     VhostUserInflight, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
 };

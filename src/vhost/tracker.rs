@@ -296,8 +296,9 @@ impl QueueLog {
         }
     }
 
-    /// Whether `head` is recorded as in flight (tests).
-    pub fn in_flight(&self, head: u16) -> bool {
+    /// Whether `head` is recorded as in flight.
+    #[cfg(test)]
+    fn in_flight(&self, head: u16) -> bool {
         head < self.entries && self.flag(head).load(Ordering::Acquire) == 1
     }
 

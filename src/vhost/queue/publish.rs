@@ -81,17 +81,11 @@ impl QueueWorker {
         }
         for head in rec.resubmit {
             chain::walk(&**mem, table, size, head, &mut self.chain_buf);
-            let descs = std::mem::take(&mut self.chain_buf);
-            match parse(
-                descs.iter().copied(),
-                &**mem,
-                &self.disk.geometry,
-                &mut self.parse_buf,
-            ) {
+            let descs = self.chain_buf.iter().copied();
+            match parse(descs, &**mem, &self.disk.geometry, &mut self.parse_buf) {
                 Ok(req) => self.start(head, req, mem, state),
                 Err(rej) => self.reject(head, rej, mem, state),
             }
-            self.chain_buf = descs;
         }
     }
 
@@ -108,12 +102,7 @@ impl QueueWorker {
     ) {
         if let Tracking::On(log) = &self.tracking {
             log.before_publish(head);
-            if let Err(e) = state.add_used(head, used) {
-                error!(
-                    "queue {}: cannot add descriptor {head} to the used ring: {e}",
-                    self.index
-                );
-            }
+            add_to_ring(self.index, state, head, used);
             log.after_publish(head, state.get_queue().next_used());
             self.pending_signal = true;
             return;
@@ -140,12 +129,7 @@ impl QueueWorker {
         head: u16,
         used: u32,
     ) {
-        if let Err(e) = state.add_used(head, used) {
-            error!(
-                "queue {}: cannot add descriptor {head} to the used ring: {e}",
-                self.index
-            );
-        }
+        add_to_ring(self.index, state, head, used);
         self.pending_signal = true;
     }
 
@@ -160,5 +144,13 @@ impl QueueWorker {
                 }
             }
         }
+    }
+}
+
+/// Adds `head`'s used entry (and moves the used index); a failure is logged: the entry is lost
+/// either way.
+fn add_to_ring(queue: usize, state: &mut VringState<GuestMemoryAtomic<Mem>>, head: u16, used: u32) {
+    if let Err(e) = state.add_used(head, used) {
+        error!("queue {queue}: cannot add descriptor {head} to the used ring: {e}");
     }
 }
