@@ -79,7 +79,7 @@ fn the_same_on_tmpfs_where_origin_and_snapshot_reads_copy_from_a_mapping() {
     };
     let log = copy_out_and_restart(dir.path());
     assert!(
-        log.contains("origin base") && log.contains("reads from a shared mapping"),
+        log.contains("origin base") && log.contains("through a shared mapping"),
         "{log}"
     );
 }

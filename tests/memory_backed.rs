@@ -1,6 +1,7 @@
 //! Images on tmpfs: reads and writes run inline in the queue thread, and a fully allocated
-//! image is read through a shared mapping. The mapping is retired by a discard (reading the
-//! hole must not allocate it again) and survives the image being truncated underneath.
+//! image is read and written through a shared mapping. The mapping is retired by a discard
+//! (reading the hole must not allocate it again) and survives the image being truncated
+//! underneath.
 
 mod common;
 
@@ -54,7 +55,7 @@ fn sparse_memory_backed_image_runs_inline_and_verifies_under_load() {
 }
 
 #[test]
-fn dense_memory_backed_image_is_read_through_a_mapping_and_verifies_under_load() {
+fn dense_memory_backed_image_is_served_through_a_mapping_and_verifies_under_load() {
     let Some(dir) = shm_dir() else { return };
     let img = dir.path().join("d.img");
     let sock = dir.path().join("d.sock");
@@ -62,13 +63,25 @@ fn dense_memory_backed_image_is_read_through_a_mapping_and_verifies_under_load()
     std::fs::write(&img, &data).unwrap();
     let d = Daemon::image(&img, &sock, &["--num-queues", "2"]);
     assert!(
-        d.log_text().contains("reads from a shared mapping"),
+        d.log_text()
+            .contains("reads and writes through a shared mapping"),
         "{}",
         d.log_text()
     );
-    // The image's own bytes come back (mapping), then writes (pwritev) and reads (mapping)
-    // agree under load on two queues.
+    // The image's own bytes come back, a write reaches the file itself, then writes and
+    // reads agree under load on two queues.
     assert!(common::read(&sock, 12345, 65536)[..] == data[12345 * 512..12345 * 512 + 65536]);
+    let new = pattern(99, 8192);
+    common::write(&sock, 777, &new);
+    let file = std::fs::read(&img).unwrap();
+    assert!(
+        file[777 * 512..777 * 512 + 8192] == new[..],
+        "the write is in the file"
+    );
+    assert!(
+        file[..777 * 512] == data[..777 * 512],
+        "and nothing before it changed"
+    );
     verify_under_load(&sock);
     d.stop();
 }
@@ -110,7 +123,7 @@ fn truncating_a_mapped_image_fails_reads_past_the_new_end_and_the_daemon_lives_o
     let data = pattern(13, 8 * MIB as usize);
     std::fs::write(&img, &data).unwrap();
     let d = Daemon::image(&img, &sock, &[]);
-    assert!(d.log_text().contains("reads from a shared mapping"));
+    assert!(d.log_text().contains("through a shared mapping"));
     let mut fe = connect(&sock);
     let mut q = fe.blk_queue(0, 4, 1 << 20).unwrap();
     let (r, got) = q.read(6 * 2048, 1 << 20).unwrap();
@@ -130,6 +143,41 @@ fn truncating_a_mapped_image_fails_reads_past_the_new_end_and_the_daemon_lives_o
     let (r, got) = q.read(2048, 4096).unwrap();
     assert_eq!(r.status, BlkStatus::Ok, "the rest of the image still reads");
     assert!(got[..] == data[MIB as usize..MIB as usize + 4096]);
+    drop(q);
+    drop(fe);
+    assert!(
+        d.log_text().contains("shrank while mapped"),
+        "{}",
+        d.log_text()
+    );
+    d.stop();
+}
+
+#[test]
+fn a_write_past_the_end_of_a_truncated_mapped_image_lands_in_the_file() {
+    let Some(dir) = shm_dir() else { return };
+    let img = dir.path().join("d.img");
+    let sock = dir.path().join("d.sock");
+    std::fs::write(&img, pattern(14, 8 * MIB as usize)).unwrap();
+    let d = Daemon::image(&img, &sock, &[]);
+    let mut fe = connect(&sock);
+    let mut q = fe.blk_queue(0, 4, 1 << 20).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len(4 * MIB)
+        .unwrap();
+    // The mapped copy faults (SIGBUS) on the lost range; the daemon catches it and writes
+    // again with pwritev, which extends the file as a write past its end does.
+    let new = pattern(15, 8192);
+    assert_eq!(q.write(6 * 2048, &new).unwrap().status, BlkStatus::Ok);
+    let file = std::fs::read(&img).unwrap();
+    assert_eq!(file.len(), 6 * MIB as usize + 8192);
+    assert!(file[6 << 20..] == new[..], "the write is in the file");
+    let (r, got) = q.read(6 * 2048, 8192).unwrap();
+    assert_eq!(r.status, BlkStatus::Ok);
+    assert!(got == new);
     drop(q);
     drop(fe);
     assert!(

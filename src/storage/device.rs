@@ -29,7 +29,7 @@ pub trait BlockDevice: Send + Sync {
     fn raw_fd(&self) -> Option<std::os::unix::io::RawFd> {
         None
     }
-    /// A shared mapping of the device that reads may copy from (see [`Mapping`]).
+    /// A shared mapping of the device that reads and writes may copy through (see [`Mapping`]).
     fn mapping(&self) -> Option<&Arc<Mapping>> {
         None
     }

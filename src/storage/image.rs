@@ -148,7 +148,7 @@ impl Image {
         self.random.as_ref()
     }
 
-    /// The shared read-only mapping reads may copy from (memory-backed, fully allocated).
+    /// The shared mapping reads and writes may copy through (memory-backed, fully allocated).
     pub fn mapping(&self) -> Option<&Arc<Mapping>> {
         self.mapping.as_ref()
     }

@@ -1,5 +1,7 @@
-//! Shared read-only mappings of memory-backed images: a read is one memcpy out of the page
-//! cache instead of a preadv (no syscall, no page-cache lookup once the page is mapped).
+//! Shared mappings of memory-backed images: a read or a write is one memcpy to or from the
+//! page cache instead of a preadv or pwritev (no syscall, no page-cache lookup once the page is
+//! mapped, and no inode lock, which serialises pwritev calls from different queues). A file
+//! opened read-only is mapped read-only and never written.
 //!
 //! Only fully allocated files on tmpfs or ramfs are mapped. A read fault on a tmpfs hole
 //! allocates the page, which preadv never does, so a sparse image stays on preadv, and a
@@ -8,8 +10,8 @@
 //! A file truncated underneath its mapping would kill the daemon with SIGBUS on the next read
 //! of the lost range. The handler installed here maps a private zero page over the faulting
 //! address instead and counts the fault; from then on no mapping is used, and a read that saw
-//! the count change returns `None` so that its caller reads again with preadv, which reports
-//! the short file as an error. A SIGBUS anywhere else gets the action that was there before.
+//! the count change returns `None` so that its caller reads (or writes) again with preadv (or
+//! pwritev), which reports the short file as an error. A SIGBUS anywhere else gets the action that was there before.
 
 use std::fs::File;
 use std::os::unix::io::AsRawFd;
@@ -47,19 +49,21 @@ unsafe impl Sync for Previous {}
 unsafe impl Send for Previous {}
 
 /// How the serve and origin log lines say that reads copy from a mapping.
-pub const LOG_NOTE: &str = ", reads from a shared mapping";
+pub const LOG_NOTE: &str = ", reads and writes through a shared mapping";
 
-/// A read-only `MAP_SHARED` view of a whole file.
+/// A `MAP_SHARED` view of a whole file, writable when the file was opened for writing.
 #[derive(Debug)]
 pub struct Mapping {
     base: *mut u8,
     len: usize,
     region: usize,
+    writable: bool,
     retired: AtomicBool,
 }
 
-// SAFETY: the mapping is only read (through `read`), and the kernel keeps it valid until
-// `drop` unmaps it.
+// SAFETY: the mapping is only accessed through `read` and `write`, which copy to and from
+// it (concurrent copies race as concurrent pwritev calls do), and the kernel keeps it valid
+// until `drop` unmaps it.
 unsafe impl Send for Mapping {}
 unsafe impl Sync for Mapping {}
 
@@ -75,17 +79,16 @@ impl Mapping {
         if !guard_installed() {
             return None;
         }
-        // SAFETY: a fresh read-only shared mapping of an open file; nothing else is touched.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
+        // SAFETY: fcntl(F_GETFL) on a descriptor the caller holds open.
+        let mode = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        let writable = mode >= 0 && mode & libc::O_ACCMODE == libc::O_RDWR;
+        let prot = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
         };
+        // SAFETY: a fresh shared mapping of an open file; nothing else is touched.
+        let base = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, fd, 0) };
         if base == libc::MAP_FAILED {
             return None;
         }
@@ -98,6 +101,7 @@ impl Mapping {
             base: base.cast(),
             len,
             region,
+            writable,
             retired: AtomicBool::new(false),
         })
     }
@@ -109,6 +113,43 @@ impl Mapping {
     /// # Safety
     /// Every iovec must name writable memory of its length that does not overlap the mapping.
     pub unsafe fn read(&self, iov: &[libc::iovec], offset: u64) -> Option<usize> {
+        let start = self.usable(iov, offset)?;
+        let mut at = start;
+        for v in iov {
+            // SAFETY: `at + iov_len` stays inside the mapping (checked by `usable`); the
+            // caller vouches for the destination.
+            unsafe {
+                std::ptr::copy_nonoverlapping(self.base.add(at), v.iov_base.cast(), v.iov_len)
+            };
+            at += v.iov_len;
+        }
+        self.unfaulted(at - start)
+    }
+
+    /// Copies `iov` into the file at `offset`; returns the count. `None`: the mapping is
+    /// read-only or retired, the range is outside it, or a fault was caught (part of the
+    /// data may have reached the file): write with pwritev instead.
+    ///
+    /// # Safety
+    /// Every iovec must name readable memory of its length that does not overlap the mapping.
+    pub unsafe fn write(&self, iov: &[libc::iovec], offset: u64) -> Option<usize> {
+        if !self.writable {
+            return None;
+        }
+        let start = self.usable(iov, offset)?;
+        let mut at = start;
+        for v in iov {
+            // SAFETY: as in `read`, the other way; the mapping is writable.
+            unsafe {
+                std::ptr::copy_nonoverlapping(v.iov_base.cast(), self.base.add(at), v.iov_len)
+            };
+            at += v.iov_len;
+        }
+        self.unfaulted(at - start)
+    }
+
+    /// The start of `iov`'s range at `offset` when the mapping can serve it.
+    fn usable(&self, iov: &[libc::iovec], offset: u64) -> Option<usize> {
         if self.retired.load(Ordering::Relaxed) || FAULTS.load(Ordering::SeqCst) != 0 {
             return None;
         }
@@ -116,27 +157,19 @@ impl Mapping {
             .iter()
             .try_fold(0usize, |n, v| n.checked_add(v.iov_len))?;
         let start = usize::try_from(offset).ok()?;
-        if start.checked_add(total)? > self.len {
-            return None;
-        }
-        let mut at = start;
-        for v in iov {
-            // SAFETY: `at + iov_len` stays inside the mapping (checked above); the caller
-            // vouches for the destination.
-            unsafe {
-                std::ptr::copy_nonoverlapping(self.base.add(at), v.iov_base.cast(), v.iov_len)
-            };
-            at += v.iov_len;
-        }
-        // The handler counts a fault before it patches the page, so a copy that read a
-        // patched page sees the count change here.
+        (start.checked_add(total)? <= self.len).then_some(start)
+    }
+
+    /// `Some(n)` unless a fault was caught. The handler counts a fault before it patches the
+    /// page, so a copy that touched a patched page sees the count change here.
+    fn unfaulted(&self, n: usize) -> Option<usize> {
         if FAULTS.load(Ordering::SeqCst) != 0 {
             if !FAULT_LOGGED.swap(true, Ordering::Relaxed) {
-                warn!("a memory-backed image shrank while mapped; reading every image with preadv from now on");
+                warn!("a memory-backed image shrank while mapped; using preadv and pwritev for every image from now on");
             }
             return None;
         }
-        Some(total)
+        Some(n)
     }
 
     /// Stops using the mapping: the file got a hole, which a read fault would fill again.
@@ -218,12 +251,13 @@ extern "C" fn on_sigbus(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mu
         FAULTS.fetch_add(1, Ordering::SeqCst);
         let page = PAGE.load(Ordering::Relaxed);
         // SAFETY: replaces one page of a mapping this module owns (checked by `ours`) with
-        // private zeroes; the faulting copy then completes and its reader sees FAULTS.
+        // private zeroes, writable so that a faulting write completes too; the faulting copy
+        // then completes and its caller sees FAULTS.
         let p = unsafe {
             libc::mmap(
                 (addr & !(page - 1)) as *mut libc::c_void,
                 page,
-                libc::PROT_READ,
+                libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_FIXED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
                 -1,
                 0,
@@ -301,6 +335,36 @@ mod tests {
         m.retire();
         assert!(m.retired());
         assert_eq!(unsafe { m.read(&[iov(&mut b)], 0) }, None);
+    }
+
+    #[test]
+    fn writes_reach_the_file_and_a_read_only_file_is_never_written() {
+        let data = vec![3u8; 16384];
+        let Some((dir, f)) = shm_file(&data) else {
+            return;
+        };
+        let m = Mapping::of(&f, 16384).unwrap();
+        let (mut a, mut b) = (vec![0xa1u8; 512], vec![0xb2u8; 3584]);
+        assert_eq!(
+            unsafe { m.write(&[iov(&mut a), iov(&mut b)], 4096) },
+            Some(4096)
+        );
+        use std::os::unix::fs::FileExt;
+        let mut back = vec![0u8; 16384];
+        f.read_exact_at(&mut back, 0).unwrap();
+        assert!(back[..4096].iter().all(|&x| x == 3));
+        assert!(back[4096..4608].iter().all(|&x| x == 0xa1));
+        assert!(back[4608..8192].iter().all(|&x| x == 0xb2));
+        assert!(back[8192..].iter().all(|&x| x == 3));
+        assert_eq!(unsafe { m.write(&[iov(&mut a)], 16384 - 511) }, None);
+        m.retire();
+        assert_eq!(unsafe { m.write(&[iov(&mut a)], 0) }, None);
+
+        let ro = File::open(dir.path().join("m.img")).unwrap();
+        let m = Mapping::of(&ro, 16384).expect("a read-only file is mapped for reads");
+        assert_eq!(unsafe { m.write(&[iov(&mut a)], 0) }, None);
+        assert_eq!(unsafe { m.read(&[iov(&mut b)], 4608) }, Some(3584));
+        assert!(b.iter().all(|&x| x == 0xb2));
     }
 
     #[test]

@@ -595,12 +595,14 @@ impl QueueWorker {
                 // SAFETY: the iovecs name guest memory kept mapped by the slot (checked at
                 // parse time) or the slot's bounce buffer; `n` is their count. Neither
                 // overlaps the image's mapping.
-                let copied = match mapping {
-                    Some(m) if slot.op == IoOp::Read => unsafe {
-                        m.read(std::slice::from_raw_parts(ptr, n as usize), off)
-                    },
-                    _ => None,
-                };
+                let copied = mapping.and_then(|m| {
+                    let iov = unsafe { std::slice::from_raw_parts(ptr, n as usize) };
+                    if slot.op == IoOp::Read {
+                        unsafe { m.read(iov, off) }
+                    } else {
+                        unsafe { m.write(iov, off) }
+                    }
+                });
                 let off = off as libc::off_t;
                 let res = match copied {
                     Some(done) => done as isize,
