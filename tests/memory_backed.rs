@@ -6,7 +6,7 @@
 mod common;
 
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use common::{connect, make_image, pattern, Daemon, MIB};
 use snapblk::frontend::BlkStatus;
@@ -20,6 +20,25 @@ fn shm_dir() -> Option<tempfile::TempDir> {
             None
         }
     }
+}
+
+/// Serves `data` as a dense image in `dir` with default options.
+fn serve(dir: &tempfile::TempDir, data: &[u8]) -> (PathBuf, PathBuf, Daemon) {
+    let img = dir.path().join("d.img");
+    let sock = dir.path().join("d.sock");
+    std::fs::write(&img, data).unwrap();
+    let d = Daemon::image(&img, &sock, &[]);
+    (img, sock, d)
+}
+
+/// Cuts the served image to `len` bytes behind the daemon's back.
+fn truncate(img: &Path, len: u64) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(img)
+        .unwrap()
+        .set_len(len)
+        .unwrap();
 }
 
 fn verify_under_load(sock: &Path) {
@@ -89,10 +108,7 @@ fn dense_memory_backed_image_is_served_through_a_mapping_and_verifies_under_load
 #[test]
 fn a_discard_retires_the_mapping_so_reading_the_hole_does_not_allocate_it() {
     let Some(dir) = shm_dir() else { return };
-    let img = dir.path().join("d.img");
-    let sock = dir.path().join("d.sock");
-    std::fs::write(&img, pattern(12, 16 * MIB as usize)).unwrap();
-    let d = Daemon::image(&img, &sock, &[]);
+    let (img, sock, d) = serve(&dir, &pattern(12, 16 * MIB as usize));
     let mut fe = connect(&sock);
     let mut q = fe.blk_queue(0, 4, 1 << 20).unwrap();
     assert_eq!(q.discard(0, 8 * 2048).unwrap().status, BlkStatus::Ok);
@@ -118,11 +134,8 @@ fn a_discard_retires_the_mapping_so_reading_the_hole_does_not_allocate_it() {
 #[test]
 fn truncating_a_mapped_image_fails_reads_past_the_new_end_and_the_daemon_lives_on() {
     let Some(dir) = shm_dir() else { return };
-    let img = dir.path().join("d.img");
-    let sock = dir.path().join("d.sock");
     let data = pattern(13, 8 * MIB as usize);
-    std::fs::write(&img, &data).unwrap();
-    let d = Daemon::image(&img, &sock, &[]);
+    let (img, sock, d) = serve(&dir, &data);
     assert!(d.log_text().contains("through a shared mapping"));
     let mut fe = connect(&sock);
     let mut q = fe.blk_queue(0, 4, 1 << 20).unwrap();
@@ -132,12 +145,7 @@ fn truncating_a_mapped_image_fails_reads_past_the_new_end_and_the_daemon_lives_o
 
     // Someone else cuts the image to 4 MiB while it is served: a mapped read of the lost
     // range faults (SIGBUS). The daemon must answer it with an error, not die.
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&img)
-        .unwrap()
-        .set_len(4 * MIB)
-        .unwrap();
+    truncate(&img, 4 * MIB);
     let (r, _) = q.read(6 * 2048, 4096).unwrap();
     assert_eq!(r.status, BlkStatus::IoErr, "a read past the new end fails");
     let (r, got) = q.read(2048, 4096).unwrap();
@@ -156,18 +164,10 @@ fn truncating_a_mapped_image_fails_reads_past_the_new_end_and_the_daemon_lives_o
 #[test]
 fn a_write_past_the_end_of_a_truncated_mapped_image_lands_in_the_file() {
     let Some(dir) = shm_dir() else { return };
-    let img = dir.path().join("d.img");
-    let sock = dir.path().join("d.sock");
-    std::fs::write(&img, pattern(14, 8 * MIB as usize)).unwrap();
-    let d = Daemon::image(&img, &sock, &[]);
+    let (img, sock, d) = serve(&dir, &pattern(14, 8 * MIB as usize));
     let mut fe = connect(&sock);
     let mut q = fe.blk_queue(0, 4, 1 << 20).unwrap();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&img)
-        .unwrap()
-        .set_len(4 * MIB)
-        .unwrap();
+    truncate(&img, 4 * MIB);
     // The mapped copy faults (SIGBUS) on the lost range; the daemon catches it and writes
     // again with pwritev, which extends the file as a write past its end does.
     let new = pattern(15, 8192);
