@@ -16,7 +16,7 @@
 use std::fs::File;
 use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use log::warn;
 
@@ -59,6 +59,14 @@ pub struct Mapping {
     region: usize,
     writable: bool,
     retired: AtomicBool,
+    populate: Option<Populate>,
+}
+
+/// The thread that maps the file's pages into the page tables ahead of use.
+#[derive(Debug)]
+struct Populate {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 // SAFETY: the mapping is only accessed through `read` and `write`, which copy to and from
@@ -103,6 +111,7 @@ impl Mapping {
             region,
             writable,
             retired: AtomicBool::new(false),
+            populate: populate(base as usize, len),
         })
     }
 
@@ -137,6 +146,7 @@ impl Mapping {
             return None;
         }
         let start = self.usable(iov, offset)?;
+        self.prefault(start, at_end(start, iov));
         let mut at = start;
         for v in iov {
             // SAFETY: as in `read`, the other way; the mapping is writable.
@@ -146,6 +156,20 @@ impl Mapping {
             at += v.iov_len;
         }
         self.unfaulted(at - start)
+    }
+
+    /// Reads one byte of every page in `start..end`. A write fault maps one page, a read
+    /// fault maps the pages around it too (64 KiB), and on tmpfs a page mapped by a read is
+    /// writable: random 4 KiB writes went from one fault each to one per sixteen.
+    fn prefault(&self, start: usize, end: usize) {
+        let page = PAGE.load(Ordering::Relaxed);
+        let mut at = start & !(page - 1);
+        while at < end {
+            // SAFETY: `at` is inside the mapping (`usable` checked `end`, and `start` rounded
+            // down stays in it); a fault is caught as for any copy.
+            unsafe { std::ptr::read_volatile(self.base.add(at)) };
+            at += page;
+        }
     }
 
     /// The start of `iov`'s range at `offset` when the mapping can serve it.
@@ -185,11 +209,51 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
+        if let Some(p) = self.populate.take() {
+            p.stop.store(true, Ordering::Relaxed);
+            let _ = p.thread.join();
+        }
         REGION[self.region].len.store(0, Ordering::SeqCst);
         REGION[self.region].start.store(0, Ordering::SeqCst);
         // SAFETY: the mapping created in `of`; `&mut self` means no read is running.
         unsafe { libc::munmap(self.base.cast(), self.len) };
     }
+}
+
+/// Bytes `populate` maps per madvise call, between checks of its stop flag.
+const POPULATE_STEP: usize = 64 << 20;
+
+/// Starts a thread that maps every page of the mapping into the page tables
+/// (`MADV_POPULATE_READ`, Linux 5.14; on tmpfs a page mapped for reading is writable), about
+/// 70 ms per GiB on the test VM: afterwards nothing faults (random 4 KiB writes to a fresh
+/// mapping faulted on almost every request, `prefault` makes that one in sixteen). Page tables
+/// cost 2 MiB per GiB, 0.2% of the memory the image itself uses.
+fn populate(base: usize, len: usize) -> Option<Populate> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    let thread = std::thread::Builder::new()
+        .name("mapping-populate".into())
+        .spawn(move || {
+            let mut at = 0;
+            while at < len && !flag.load(Ordering::Relaxed) {
+                let n = POPULATE_STEP.min(len - at);
+                // SAFETY: a range of the mapping, which `Drop` keeps alive until this thread
+                // has stopped; populating only reads the pages in.
+                let rc = unsafe {
+                    libc::madvise(
+                        (base + at) as *mut libc::c_void,
+                        n,
+                        libc::MADV_POPULATE_READ,
+                    )
+                };
+                if rc != 0 {
+                    return; // an older kernel, or the file shrank: faults do the work
+                }
+                at += n;
+            }
+        })
+        .ok()?;
+    Some(Populate { stop, thread })
 }
 
 /// True when `fd` has no hole in its first `len` bytes.
@@ -240,6 +304,11 @@ fn guard_installed() -> bool {
             }
         })
         .is_some()
+}
+
+/// Where `iov`, copied from `start`, ends.
+fn at_end(start: usize, iov: &[libc::iovec]) -> usize {
+    start + iov.iter().map(|v| v.iov_len).sum::<usize>()
 }
 
 type Handler = extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void);
