@@ -14,3 +14,6 @@ else
 fi
 bash scripts/test-package.sh
 bash vm-tests/run.sh
+# Again on fully allocated tmpfs images, which snapblk reads and writes through a shared mapping.
+VMT_TMPDIR=/dev/shm VMT_DENSE=1 bash vm-tests/run.sh 10-rw-checksums-2q 20-ext4 55-restart-inflight \
+    89-kill9-reconnect

@@ -4,7 +4,8 @@
 #
 # Environment: VMT_BACKEND=snapblk|qsd (default snapblk), SNAPBLK (default target/release/snapblk),
 # VMT_TIMEOUT (seconds per guest boot, default 240), VMT_TMPDIR (default /tmp), VMT_KEEP=1 keeps the
-# per-run directory. A scenario calls vmt_init NAME first; every helper that detects a failure calls
+# per-run directory, VMT_DENSE=1 allocates new images fully (with VMT_TMPDIR=/dev/shm, snapblk
+# then reads and writes them through a shared mapping). A scenario calls vmt_init NAME first; every helper that detects a failure calls
 # vmt_fail, which prints the reason and ends the scenario (the EXIT trap cleans up).
 
 VMT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -366,8 +367,14 @@ guest_out() {
 
 # --- host-side image helpers ----------------------------------------------------------------
 
-# make_image PATH SIZE: sparse image of SIZE (truncate syntax, e.g. 64M).
-make_image() { rm -f "$1" && truncate -s "$2" "$1"; }
+# make_image PATH SIZE: sparse image of SIZE (truncate syntax, e.g. 64M); allocated if VMT_DENSE=1.
+make_image() {
+    rm -f "$1" && truncate -s "$2" "$1" || return
+    if [ "${VMT_DENSE:-0}" = 1 ]; then
+        # Zeroes written, not fallocate: tmpfs reports fallocated pages as a hole.
+        dd if=/dev/zero of="$1" bs=1M count=$(($(stat -c %s "$1") >> 20)) conv=notrunc status=none
+    fi
+}
 
 # fill_random PATH MIB: fully allocated image of MIB MiB of random bytes.
 fill_random() { dd if=/dev/urandom of="$1" bs=1M count="$2" status=none conv=fsync; }
