@@ -122,8 +122,8 @@ impl Mapping {
     /// # Safety
     /// Every iovec must name writable memory of its length that does not overlap the mapping.
     pub unsafe fn read(&self, iov: &[libc::iovec], offset: u64) -> Option<usize> {
-        let start = self.usable(iov, offset)?;
-        let mut at = start;
+        let range = self.usable(iov, offset)?;
+        let mut at = range.start;
         for v in iov {
             // SAFETY: `at + iov_len` stays inside the mapping (checked by `usable`); the
             // caller vouches for the destination.
@@ -132,7 +132,7 @@ impl Mapping {
             };
             at += v.iov_len;
         }
-        self.unfaulted(at - start)
+        self.unfaulted(range.len())
     }
 
     /// Copies `iov` into the file at `offset`; returns the count. `None`: the mapping is
@@ -145,9 +145,9 @@ impl Mapping {
         if !self.writable {
             return None;
         }
-        let start = self.usable(iov, offset)?;
-        self.prefault(start, at_end(start, iov));
-        let mut at = start;
+        let range = self.usable(iov, offset)?;
+        self.prefault(range.clone());
+        let mut at = range.start;
         for v in iov {
             // SAFETY: as in `read`, the other way; the mapping is writable.
             unsafe {
@@ -155,25 +155,23 @@ impl Mapping {
             };
             at += v.iov_len;
         }
-        self.unfaulted(at - start)
+        self.unfaulted(range.len())
     }
 
-    /// Reads one byte of every page in `start..end`. A write fault maps one page, a read
+    /// Reads one byte of every page in `range`. A write fault maps one page, a read
     /// fault maps the pages around it too (64 KiB), and on tmpfs a page mapped by a read is
     /// writable: random 4 KiB writes went from one fault each to one per sixteen.
-    fn prefault(&self, start: usize, end: usize) {
+    fn prefault(&self, range: std::ops::Range<usize>) {
         let page = PAGE.load(Ordering::Relaxed);
-        let mut at = start & !(page - 1);
-        while at < end {
-            // SAFETY: `at` is inside the mapping (`usable` checked `end`, and `start` rounded
-            // down stays in it); a fault is caught as for any copy.
+        for at in (range.start & !(page - 1)..range.end).step_by(page) {
+            // SAFETY: `at` is inside the mapping (`usable` checked the range, and its start
+            // rounded down stays in it); a fault is caught as for any copy.
             unsafe { std::ptr::read_volatile(self.base.add(at)) };
-            at += page;
         }
     }
 
-    /// The start of `iov`'s range at `offset` when the mapping can serve it.
-    fn usable(&self, iov: &[libc::iovec], offset: u64) -> Option<usize> {
+    /// The bytes of the mapping `iov` at `offset` covers, when the mapping can serve them.
+    fn usable(&self, iov: &[libc::iovec], offset: u64) -> Option<std::ops::Range<usize>> {
         if self.retired.load(Ordering::Relaxed) || FAULTS.load(Ordering::SeqCst) != 0 {
             return None;
         }
@@ -181,7 +179,8 @@ impl Mapping {
             .iter()
             .try_fold(0usize, |n, v| n.checked_add(v.iov_len))?;
         let start = usize::try_from(offset).ok()?;
-        (start.checked_add(total)? <= self.len).then_some(start)
+        let end = start.checked_add(total)?;
+        (end <= self.len).then_some(start..end)
     }
 
     /// `Some(n)` unless a fault was caught. The handler counts a fault before it patches the
@@ -304,11 +303,6 @@ fn guard_installed() -> bool {
             }
         })
         .is_some()
-}
-
-/// Where `iov`, copied from `start`, ends.
-fn at_end(start: usize, iov: &[libc::iovec]) -> usize {
-    start + iov.iter().map(|v| v.iov_len).sum::<usize>()
 }
 
 type Handler = extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void);

@@ -106,7 +106,7 @@ pub struct QueueWorker {
     device_reads: usize,
     /// Sequential and random reads queued in the submission ring since the last submit (see
     /// `READ_BATCH`).
-    reads_queued: usize,
+    seq_reads_queued: usize,
     random_reads_queued: usize,
 }
 
@@ -119,15 +119,16 @@ use publish::Tracking;
 const COMMIT_TASK: usize = usize::MAX;
 
 const FIXED_IMAGE: types::Fixed = types::Fixed(0);
-/// Reads are handed to the kernel at most this many at a time, and what they completed is
-/// published before the next chain is popped. Random reads: a disk serves reads that reach it
-/// as they come much sooner than the same reads in bursts (on this project's test VM, cold
-/// 4 KiB random reads at QD32 took the device 0.22-0.29 ms each when submitted one or two at
-/// a time and 0.43-0.48 ms when submitted 15-20 per call; fio submitting and reaping 32 at a
-/// time shows the same). Reads the page cache serves complete inside the submit call:
-/// publishing each pair at once lets the guest refill the ring while the next ones are copied
-/// (64 KiB sequential reads at QD8 from a cached ext4 file: 78-81k IOPS batched, 90-96k in
-/// pairs). Writes, which mostly land in the page cache, stay batched.
+/// Reads are handed to the kernel at most this many at a time. Random reads: a disk serves
+/// reads that reach it as they come much sooner than the same reads in bursts (on this
+/// project's test VM, cold 4 KiB random reads at QD32 took the device 0.22-0.29 ms each when
+/// submitted one or two at a time and 0.43-0.48 ms when submitted 15-20 per call; fio
+/// submitting and reaping 32 at a time shows the same). Sequential reads, which the page cache
+/// serves inside the submit call, also have what they completed published before the next
+/// chain is popped, so the guest refills the ring while the next ones are copied (64 KiB
+/// sequential reads at QD8 from a cached ext4 file: 74-77k IOPS batched, 94-98k in pairs in
+/// two runs of three).
+/// Writes, which mostly land in the page cache, stay batched.
 const READ_BATCH: usize = 2;
 /// How long a queue polls for more work before sleeping (see `QueueWorker::poll`), and how
 /// long while its io_uring has I/O in flight (other than a lone disk read): writes an io_uring
@@ -243,7 +244,7 @@ impl QueueWorker {
             settled: Vec::with_capacity(queue_size as usize),
             ring_in_flight: 0,
             device_reads: 0,
-            reads_queued: 0,
+            seq_reads_queued: 0,
             random_reads_queued: 0,
         })
     }
@@ -292,7 +293,7 @@ impl QueueWorker {
                     Ok(req) => self.start(head, req, &mem, &mut state),
                     Err(rej) => self.reject(head, rej, &mem, &mut state),
                 }
-                if self.reads_queued >= READ_BATCH {
+                if self.seq_reads_queued >= READ_BATCH {
                     drop(state);
                     self.submit();
                     self.reap(vring);
@@ -402,9 +403,7 @@ impl QueueWorker {
                         .completion()
                         .map(|c| (c.user_data(), c.result()))
                         .collect();
-                    self.ring_in_flight = self.ring_in_flight.saturating_sub(cqes.len());
-                    let device = cqes.iter().filter(|c| c.0 & DEVICE_READ != 0).count();
-                    self.device_reads = self.device_reads.saturating_sub(device);
+                    self.count_reaped(&cqes);
                     if let Some(pool) = &self.pool {
                         pool.take_done(&mut self.pool_done);
                     }
@@ -640,7 +639,7 @@ impl QueueWorker {
                         }
                     }
                     if continues {
-                        self.reads_queued += 1;
+                        self.seq_reads_queued += 1;
                     } else {
                         self.random_reads_queued += 1;
                         self.device_reads += 1;
@@ -737,7 +736,7 @@ impl QueueWorker {
     }
 
     fn submit(&mut self) {
-        self.reads_queued = 0;
+        self.seq_reads_queued = 0;
         self.random_reads_queued = 0;
         if self.ring.submission().is_empty() {
             return;
@@ -791,9 +790,7 @@ impl QueueWorker {
             if n == 0 {
                 return;
             }
-            self.ring_in_flight = self.ring_in_flight.saturating_sub(n);
-            let device = batch[..n].iter().filter(|c| c.0 & DEVICE_READ != 0).count();
-            self.device_reads = self.device_reads.saturating_sub(device);
+            self.count_reaped(&batch[..n]);
             let mut state = vring.get_mut();
             for &(ud, res) in &batch[..n] {
                 if let Some((head, used)) = self.on_cqe(ud, res) {
@@ -804,6 +801,13 @@ impl QueueWorker {
             // Short transfers and fallbacks may have queued more work.
             self.submit();
         }
+    }
+
+    /// Takes reaped CQEs (user_data, result) off the in-flight counts.
+    fn count_reaped(&mut self, cqes: &[(u64, i32)]) {
+        self.ring_in_flight = self.ring_in_flight.saturating_sub(cqes.len());
+        let device = cqes.iter().filter(|c| c.0 & DEVICE_READ != 0).count();
+        self.device_reads = self.device_reads.saturating_sub(device);
     }
 
     /// Accounts one CQE; returns `(head, used_len)` when its request is complete.
