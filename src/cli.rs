@@ -77,6 +77,10 @@ pub enum CowCommand {
     },
 }
 
+/// The options that make `serve` serve a device graph: the single-image options conflict with
+/// them (a device graph's exports take those settings from the graph).
+const GRAPH_MODE: [&str; 3] = ["config", "state_dir", "control"];
+
 /// What `serve` was asked to do.
 pub enum ServeMode {
     Image(ServeOptions),
@@ -88,9 +92,14 @@ pub struct ServeArgs {
     /// Device-graph file (TOML: origins, snapshots, exports); replaces --socket/--image.
     #[arg(long, conflicts_with_all = ["socket", "image"])]
     pub config: Option<PathBuf>,
-    /// State directory: the graph is saved there on every change and restored on start.
+    /// State directory: the graph is saved there on every change and restored on start (it
+    /// wins over --config, whose edits are then reported: see --apply-config).
     #[arg(long, conflicts_with_all = ["socket", "image"])]
     pub state_dir: Option<PathBuf>,
+    /// Apply the edits made to the --config file since it was last applied (nodes added,
+    /// removed or changed there) to the state directory's saved graph at start.
+    #[arg(long, requires_all = ["config", "state_dir"])]
+    pub apply_config: bool,
     /// Control socket for live changes (`snapblk snapshot create`, ...); mode 0600.
     #[arg(long, conflicts_with_all = ["socket", "image"])]
     pub control: Option<PathBuf>,
@@ -108,25 +117,25 @@ pub struct ServeArgs {
     #[arg(long, required_unless_present_any = ["config", "state_dir", "control"], requires = "socket")]
     pub image: Option<PathBuf>,
     /// Export read-only (the guest sees VIRTIO_BLK_F_RO; writes fail).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = GRAPH_MODE)]
     pub readonly: bool,
     /// Number of virtqueues, each served by its own thread.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    #[arg(long, conflicts_with_all = GRAPH_MODE, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub num_queues: u16,
     /// Virtqueue size (a power of two, 2 to 32768).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, conflicts_with_all = GRAPH_MODE, default_value_t = 256)]
     pub queue_size: u16,
     /// Disk serial (up to 20 bytes); default: derived from the image's identity.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = GRAPH_MODE)]
     pub serial: Option<String>,
     /// Logical block size reported to the guest.
-    #[arg(long, default_value_t = 512, value_parser = parse_lbs)]
+    #[arg(long, conflicts_with_all = GRAPH_MODE, default_value_t = 512, value_parser = parse_lbs)]
     pub logical_block_size: u32,
     /// Open the image with O_DIRECT (bypass the host page cache).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = GRAPH_MODE)]
     pub direct: bool,
     /// Start in writethrough mode (every write is durable before it completes).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = GRAPH_MODE)]
     pub writethrough: bool,
 }
 
@@ -147,6 +156,7 @@ impl TryFrom<ServeArgs> for ServeMode {
         if a.config.is_some() || a.state_dir.is_some() || a.control.is_some() {
             return Ok(ServeMode::Graph(GraphOptions {
                 config: a.config,
+                apply_config: a.apply_config,
                 state_dir: a.state_dir,
                 control: a.control,
                 control_group: a.control_group,

@@ -92,7 +92,7 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OriginSpec {
     pub name: String,
@@ -104,7 +104,7 @@ pub struct OriginSpec {
     pub direct: bool,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotSpec {
     pub name: String,
@@ -155,7 +155,7 @@ fn default_store() -> StoreType {
     StoreType::P
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExportSpec {
     /// An origin or snapshot name.
@@ -186,7 +186,7 @@ fn default_lbs() -> u32 {
 }
 
 /// The whole file.
-#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct GraphConfig {
     #[serde(default, rename = "origin")]

@@ -68,6 +68,7 @@ pub fn merge_offline(
                 runs += 1;
                 left = remaining;
             }
+            MergeProgress::Stopped => break,
             MergeProgress::Done => {
                 left = 0;
                 break;

@@ -12,7 +12,7 @@ use crate::config::{ConfigError, GraphConfig};
 use crate::control::server::ControlServerError;
 use crate::control::{bind_control, serve_control, ControlStop, ManagerControl};
 use crate::graph::GraphError;
-use crate::manager::{Manager, ManagerError};
+use crate::manager::{Manager, ManagerError, StartOptions};
 use crate::notify;
 use crate::storage::{Image, ImageError, OpenOptions};
 use crate::vhost::{bind_socket, serve, Backing, Export, ServeError, Shutdown};
@@ -151,8 +151,10 @@ pub fn run(opts: ServeOptions) -> Result<(), DaemonError> {
 /// Where `serve` gets its device graph from.
 #[derive(Debug, Clone, Default)]
 pub struct GraphOptions {
-    /// Initial graph (ignored when the state directory holds a saved one).
+    /// Initial graph (the state directory's saved one wins; its edits are then reported).
     pub config: Option<PathBuf>,
+    /// Apply the config file's edits to the saved state at start.
+    pub apply_config: bool,
     /// Where the graph is saved on every change and restored from on start.
     pub state_dir: Option<PathBuf>,
     /// Control socket, and the group that may use it (mode 0660 then, else 0600).
@@ -165,12 +167,16 @@ pub struct GraphOptions {
 pub fn run_graph(opts: GraphOptions) -> Result<(), DaemonError> {
     let stop = Shutdown::new().map_err(DaemonError::Signals)?;
     install_signal_thread(stop.clone())?;
-    let cfg = match &opts.config {
-        Some(p) => GraphConfig::load(p)?,
-        None => GraphConfig::default(),
+    let config = match &opts.config {
+        Some(p) => Some((p.clone(), GraphConfig::load(p)?)),
+        None => None,
     };
-    let reserved: Vec<PathBuf> = opts.control.iter().cloned().collect();
-    let manager = Manager::start(cfg, opts.state_dir.clone(), reserved)?;
+    let manager = Manager::start_with(StartOptions {
+        config,
+        state_dir: opts.state_dir.clone(),
+        reserved: opts.control.iter().cloned().collect(),
+        apply_config: opts.apply_config,
+    })?;
     let control = match &opts.control {
         Some(path) => {
             let listener = bind_control(path, opts.control_group.as_deref())?;

@@ -14,3 +14,8 @@ pub mod output;
 pub mod storage;
 pub mod vhost;
 pub mod virtio_blk;
+
+#[cfg(test)]
+#[path = "../tests/common/skip.rs"]
+#[allow(dead_code)]
+mod testing;

@@ -41,6 +41,7 @@ fn snapshot_info(name: &str) -> SnapshotInfo {
         total_bytes: 8 << 20,
         exceptions: 3,
         state: NodeState::Active,
+        reason: None,
         resettable: false,
     }
 }
@@ -127,7 +128,9 @@ impl MockHandler {
                     total_bytes: 1 << 30,
                     exceptions: 0,
                     state: NodeState::Active,
+                    reason: None,
                 }],
+                config_not_applied: vec![],
             }),
             Request::Stats {} => Response::Stats(StatsReport {
                 exports: vec![ExportStats {
@@ -331,6 +334,7 @@ fn one_of_each() -> Vec<Request> {
                     resettable: false,
                 },
             ],
+            adopt: false,
         }),
         Request::SnapshotDelete(RemoveNode {
             name: "s1".into(),

@@ -1,10 +1,11 @@
 //! The frontend and `snapblk bench` against QEMU's storage daemon exporting a raw image.
 //!
 //! Each test starts its own qemu-storage-daemon on a fresh sparse image and waits for its
-//! socket (polling with a deadline). Without qemu-storage-daemon the tests print SKIP and pass.
+//! socket (polling with a deadline). Without qemu-storage-daemon the tests skip, except in CI
+//! (see tests/common/skip.rs), where test.sh has installed it and they fail instead.
 
 use std::fs::File;
-use std::io::{ErrorKind, Write};
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,6 +17,10 @@ use snapblk::frontend::{
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_T_IN,
 };
+
+#[path = "common/skip.rs"]
+#[allow(dead_code)]
+mod skip;
 
 const QSD: &str = "qemu-storage-daemon";
 const IMAGE_SIZE: u64 = 64 << 20;
@@ -29,13 +34,12 @@ struct Qsd {
 }
 
 impl Qsd {
-    /// Starts qsd on a fresh sparse image, or returns None (after printing SKIP) when qsd is
-    /// not installed.
+    /// Starts qsd on a fresh sparse image, or returns None (the test skips) when qsd is not
+    /// installed outside CI.
     fn start(test: &str) -> Option<Self> {
         match Command::new(QSD).arg("--version").output() {
             Err(e) if e.kind() == ErrorKind::NotFound => {
-                // Straight to stderr: libtest captures eprintln! of passing tests.
-                let _ = writeln!(std::io::stderr(), "SKIP {test}: {QSD} is not installed");
+                skip::require(test, &format!("{QSD} (apt install qemu-system-x86)"), false);
                 return None;
             }
             other => {

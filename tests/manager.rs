@@ -66,7 +66,7 @@ fn live_snapshots_exports_and_state_survive_a_restart() {
     write(&p.join("a.sock"), 0, &pattern(3, 8192));
     // One consistent point across both disks.
     let pauses = m
-        .snapshot_create(vec![snap(p, "a", "a1"), snap(p, "b", "b1")])
+        .snapshot_create(vec![snap(p, "a", "a1"), snap(p, "b", "b1")], false)
         .unwrap();
     assert_eq!(pauses.len(), 2);
     m.export_add(export(p, "a1")).unwrap();
@@ -96,10 +96,13 @@ fn live_snapshots_exports_and_state_survive_a_restart() {
     assert_eq!(m.export_add(rel).unwrap_err().code(), "invalid_argument");
     let mut clash = snap(p, "a", "a2");
     clash.cow = p.join("b.img");
-    assert_eq!(m.snapshot_create(vec![clash]).unwrap_err().code(), "in_use");
+    assert_eq!(
+        m.snapshot_create(vec![clash], false).unwrap_err().code(),
+        "in_use"
+    );
     assert_eq!(m.export_add(export(p, "a1")).unwrap_err().code(), "in_use");
     assert_eq!(
-        m.snapshot_create(vec![snap(p, "a", "a1")])
+        m.snapshot_create(vec![snap(p, "a", "a1")], false)
             .unwrap_err()
             .code(),
         "exists"
@@ -225,7 +228,7 @@ fn a_resettable_clone_resets_after_origin_writes_and_after_a_restart() {
         resettable: true,
         ..snap(p, "a", "c")
     };
-    m.snapshot_create(vec![c]).unwrap();
+    m.snapshot_create(vec![c], false).unwrap();
     assert!(
         p.join("c.cow.anchor").exists(),
         "the anchor's COW is created"

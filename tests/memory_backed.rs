@@ -11,12 +11,12 @@ use std::path::{Path, PathBuf};
 use common::{connect, make_image, pattern, Daemon, MIB};
 use snapblk::frontend::BlkStatus;
 
-/// A directory on /dev/shm, or None (the test is skipped) where there is none.
+/// A directory on /dev/shm, or None (the test skips, outside CI) where there is none.
 fn shm_dir() -> Option<tempfile::TempDir> {
     match tempfile::tempdir_in("/dev/shm") {
         Ok(d) => Some(d),
-        Err(_) => {
-            eprintln!("SKIP: no /dev/shm");
+        Err(e) => {
+            common::require("memory_backed", &format!("/dev/shm ({e})"), false);
             None
         }
     }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{make_image, pattern, read, write, MIB};
+use common::{have, make_image, pattern, read, write, MIB};
 use snapblk::config::GraphConfig;
 use snapblk::control::protocol::{Request, Response, StatusArgs};
 use snapblk::control::Client;
@@ -67,14 +67,6 @@ fn block(name: &str) -> String {
         .find(|(n, _, _)| n == name)
         .unwrap_or_else(|| panic!("no README block marked {name}"))
         .2
-}
-
-fn have(cmd: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {cmd}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 /// A temporary root standing in for the installed system's directories.
@@ -291,10 +283,11 @@ fn every_marked_block_is_tested_and_every_test_has_its_block() {
 /// to the packaged example's export: the export reports a connected frontend.
 #[test]
 fn qemu_example_connects_to_the_packaged_example_export() {
-    if !have("qemu-system-x86_64") {
-        eprintln!(
-            "skipped: qemu-system-x86_64 is not installed (scripts/install-deps.sh installs it)"
-        );
+    if !common::require(
+        "qemu_example_connects_to_the_packaged_example_export",
+        "qemu-system-x86_64 (scripts/install-deps.sh installs it)",
+        have("qemu-system-x86_64"),
+    ) {
         return;
     }
     let root = Root::new();
@@ -447,8 +440,11 @@ fn libvirt_example_is_a_valid_domain_with_shared_memory() {
         xml.contains(&format!("queues='{}'", export.num_queues)),
         "{xml}"
     );
-    if !have("virt-xml-validate") || !have("xmllint") {
-        eprintln!("skipped schema check: virt-xml-validate or xmllint is not installed (apt install libvirt-clients libxml2-utils)");
+    if !common::require(
+        "libvirt domain XML schema check",
+        "virt-xml-validate and xmllint (apt install libvirt-clients libxml2-utils)",
+        have("virt-xml-validate") && have("xmllint"),
+    ) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -31,6 +31,16 @@ vmt_fail() {
     exit 1
 }
 
+# VMT_SKIP: the exit status of a scenario that does not apply (run.sh counts it as SKIP, and as
+# a failure under SNAPBLK_CI=1, where nothing may be skipped).
+VMT_SKIP=77
+
+# vmt_skip REASON: ends the scenario as skipped.
+vmt_skip() {
+    printf 'skip: %s\n' "$*"
+    exit "$VMT_SKIP"
+}
+
 # vmt_init NAME: per-scenario setup: temp dir, cleanup trap, backend sanity.
 vmt_init() {
     VMT_NAME=$1
@@ -49,6 +59,10 @@ vmt_init() {
 vmt_cleanup() {
     local rc=$? name pid
     trap - EXIT
+    if [ "$rc" -eq "$VMT_SKIP" ]; then
+        [ -z "$VMT_TMP" ] || rm -rf "$VMT_TMP"
+        exit "$rc"
+    fi
     if [ -n "$VMT_GUEST_PID" ] && kill -0 "$VMT_GUEST_PID" 2>/dev/null; then
         # The pid is timeout(1): SIGTERM makes it stop QEMU too (and SIGKILL it 10 s later).
         kill -TERM "$VMT_GUEST_PID" 2>/dev/null || true

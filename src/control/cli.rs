@@ -178,6 +178,11 @@ pub struct CreateArgs {
     /// creation state even after the origin was written; costs a second copy-out per chunk.
     #[arg(long)]
     pub resettable: bool,
+    /// Load a COW file that already holds a snapshot store (its exceptions apply to the origin
+    /// as it is now: right only for a store taken of this origin unchanged since); without
+    /// this, such a COW file is refused.
+    #[arg(long)]
+    pub adopt: bool,
     /// Another snapshot taken at the same point, ORIGIN:NAME:COW (same store and sizes).
     #[arg(long = "with", value_name = "ORIGIN:NAME:COW", value_parser = parse_with)]
     pub with: Vec<(String, String, PathBuf)>,
@@ -416,7 +421,10 @@ fn create(a: CreateArgs) -> Result<(Conn, Action), String> {
     for (o, n, c) in &a.with {
         snapshots.push(one(o.clone(), n.clone(), c)?);
     }
-    let req = Request::SnapshotCreate(SnapshotCreate { snapshots });
+    let req = Request::SnapshotCreate(SnapshotCreate {
+        snapshots,
+        adopt: a.adopt,
+    });
     Ok((a.conn, Action::Call(req)))
 }
 
@@ -535,6 +543,12 @@ fn merge_wait(client: &mut Client, snapshot: &str, json: bool) -> Result<ExitCod
     }
     if last.state == MergeState::Failed {
         eprintln!("error: merge of {snapshot} failed; see `snapblk events`");
+        return Ok(ExitCode::from(EXIT_REMOTE));
+    }
+    if last.state == MergeState::Stopped {
+        eprintln!(
+            "error: merge of {snapshot} stopped (the daemon is shutting down); it resumes when the daemon starts again"
+        );
         return Ok(ExitCode::from(EXIT_REMOTE));
     }
     Ok(ExitCode::SUCCESS)

@@ -65,11 +65,9 @@ impl ManagerControl {
         if merging {
             state = NodeState::Merging;
         }
-        let exceptions = self
-            .0
-            .graph()
-            .snapshot_engine(&spec.name)
-            .ok()
+        let engine = self.0.graph().snapshot_engine(&spec.name).ok();
+        let reason = engine.as_ref().and_then(|(o, id)| o.invalid_reason(*id));
+        let exceptions = engine
             .and_then(|(o, id)| o.exception_count(id).ok())
             .unwrap_or(0);
         SnapshotInfo {
@@ -83,6 +81,7 @@ impl ManagerControl {
             total_bytes: total,
             exceptions,
             state,
+            reason,
             resettable: spec.resettable,
         }
     }
@@ -92,6 +91,7 @@ impl ManagerControl {
             state: match m.state.as_str() {
                 "running" => MergeState::Running,
                 "done" => MergeState::Finished,
+                "stopped" => MergeState::Stopped,
                 _ => MergeState::Failed,
             },
             merged_bytes: 0,
@@ -105,6 +105,7 @@ impl ManagerControl {
 
     fn status(&self, node: Option<String>) -> Result<Response, ControlError> {
         let mut nodes = Vec::new();
+        let blocked = self.0.blocked_origins();
         for o in self.0.origin_specs() {
             if node.as_deref().is_some_and(|n| n != o.name) {
                 continue;
@@ -123,7 +124,14 @@ impl ManagerControl {
                 used_bytes: size,
                 total_bytes: size,
                 exceptions: 0,
-                state: NodeState::Active,
+                state: if blocked.contains_key(&o.name) {
+                    NodeState::Blocked
+                } else {
+                    NodeState::Active
+                },
+                reason: blocked
+                    .get(&o.name)
+                    .map(|why| format!("not served: its merge must resume and cannot: {why}")),
             });
         }
         for s in self.0.snapshot_specs() {
@@ -140,6 +148,7 @@ impl ManagerControl {
                 total_bytes: i.total_bytes,
                 exceptions: i.exceptions,
                 state: i.state,
+                reason: i.reason,
             });
         }
         if let Some(n) = node {
@@ -150,7 +159,10 @@ impl ManagerControl {
                 ));
             }
         }
-        Ok(Response::Status(StatusReport { nodes }))
+        Ok(Response::Status(StatusReport {
+            nodes,
+            config_not_applied: self.0.pending_config(),
+        }))
     }
 }
 
@@ -195,7 +207,7 @@ impl ControlHandler for ManagerControl {
                         resettable: n.resettable,
                     })
                     .collect();
-                let pauses = m.snapshot_create(specs).map_err(err)?;
+                let pauses = m.snapshot_create(specs, c.adopt).map_err(err)?;
                 Ok(Response::Created(CreateResult {
                     names: c.snapshots.iter().map(|n| n.name.clone()).collect(),
                     pause_us: pauses.into_iter().collect(),

@@ -6,16 +6,18 @@ use std::fmt::Write;
 
 use super::protocol::{MergeList, MergeState, NodeKind, NodeState, StatsReport, StatusReport};
 
-const NODE_STATES: [NodeState; 4] = [
+const NODE_STATES: [NodeState; 5] = [
     NodeState::Active,
     NodeState::Invalid,
     NodeState::Overflow,
     NodeState::Merging,
+    NodeState::Blocked,
 ];
-const MERGE_STATES: [MergeState; 3] = [
+const MERGE_STATES: [MergeState; 4] = [
     MergeState::Running,
     MergeState::Finished,
     MergeState::Failed,
+    MergeState::Stopped,
 ];
 
 /// One metric family: its samples are `(labels, value)` with labels already rendered.
@@ -301,6 +303,7 @@ mod tests {
                     total_bytes: 1 << 20,
                     exceptions: 0,
                     state: NodeState::Active,
+                    reason: None,
                 },
                 NodeStatus {
                     node: "job-1".into(),
@@ -311,8 +314,10 @@ mod tests {
                     total_bytes: 16384 * 512,
                     exceptions: 5,
                     state: NodeState::Merging,
+                    reason: None,
                 },
             ],
+            config_not_applied: vec![],
         };
         let merges = MergeList {
             merges: vec![MergeStatus {
@@ -386,7 +391,10 @@ mod tests {
                     exports: vec![],
                     snapshots: vec![],
                 },
-                &StatusReport { nodes: vec![] },
+                &StatusReport {
+                    nodes: vec![],
+                    config_not_applied: vec![],
+                },
                 &MergeList { merges: vec![] },
             ),
         ] {

@@ -134,8 +134,19 @@ fn exports(l: &ExportList) -> String {
 }
 
 fn status(s: &StatusReport) -> String {
+    let mut notes = String::new();
+    for n in s.nodes.iter().filter(|n| n.reason.is_some()) {
+        let why = n.reason.as_deref().unwrap_or_default();
+        notes.push_str(&format!("\n{} is {}: {why}", n.node, n.state));
+    }
+    if !s.config_not_applied.is_empty() {
+        notes.push_str(&format!(
+            "\nthe state directory won over the config file at start; not applied (start with --apply-config to apply): {}",
+            s.config_not_applied.join("; ")
+        ));
+    }
     if s.nodes.is_empty() {
-        return "no nodes".into();
+        return format!("no nodes{notes}");
     }
     let rows = s
         .nodes
@@ -163,7 +174,7 @@ fn status(s: &StatusReport) -> String {
             "STATUS",
         ],
         rows,
-    )
+    ) + &notes
 }
 
 fn stats(s: &StatsReport) -> String {

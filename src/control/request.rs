@@ -150,6 +150,9 @@ impl From<StoreType> for Store {
 pub struct SnapshotCreate {
     /// One entry per snapshot; all are taken at the same point.
     pub snapshots: Vec<NewSnapshot>,
+    /// Load COW files that already hold a snapshot store (refused otherwise).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopt: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -173,6 +173,8 @@ pub enum NodeState {
     Overflow,
     /// Being merged into its origin.
     Merging,
+    /// Not served: a merge into this origin must resume and cannot (see `reason`).
+    Blocked,
 }
 
 impl std::fmt::Display for NodeState {
@@ -182,6 +184,7 @@ impl std::fmt::Display for NodeState {
             NodeState::Invalid => "invalid",
             NodeState::Overflow => "overflow",
             NodeState::Merging => "merging",
+            NodeState::Blocked => "blocked",
         })
     }
 }
@@ -200,6 +203,9 @@ pub struct SnapshotInfo {
     pub total_bytes: u64,
     pub exceptions: u64,
     pub state: NodeState,
+    /// Why the snapshot is invalid (the operation, where, and the error), when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// Has a hidden anchor: `clone_reset` works after origin writes.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub resettable: bool,
@@ -255,11 +261,18 @@ pub struct NodeStatus {
     pub total_bytes: u64,
     pub exceptions: u64,
     pub state: NodeState,
+    /// Why the node is invalid or not served, when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusReport {
     pub nodes: Vec<NodeStatus>,
+    /// Edits in the config file that the state directory won over at start (start with
+    /// `--apply-config` to apply them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub config_not_applied: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -301,6 +314,8 @@ pub enum MergeState {
     Running,
     Finished,
     Failed,
+    /// Stopped by a shutdown; it resumes when the daemon starts again.
+    Stopped,
 }
 
 impl std::fmt::Display for MergeState {
@@ -309,6 +324,7 @@ impl std::fmt::Display for MergeState {
             MergeState::Running => "running",
             MergeState::Finished => "finished",
             MergeState::Failed => "failed",
+            MergeState::Stopped => "stopped",
         })
     }
 }

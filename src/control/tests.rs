@@ -31,6 +31,7 @@ fn one_of_each() -> Vec<Request> {
                 discard_passdown_origin: false,
                 resettable: true,
             }],
+            adopt: true,
         }),
         Request::SnapshotDelete(RemoveNode {
             name: "s".into(),

@@ -144,7 +144,7 @@ impl Origin {
                 Plan::Wait => {}
                 Plan::Copy(targets, slots) => {
                     let results = self.copy_chunks(&targets);
-                    self.finish_copies(&targets, results, slots);
+                    self.finish_copies(&targets, results, slots, "copying");
                 }
             }
         }
@@ -233,7 +233,9 @@ impl Origin {
                         }
                         None => {
                             debug!("{}: COW full on the origin path", s.cfg.name);
-                            invalidations.push(s.invalidate());
+                            invalidations.push(s.invalidate(format!(
+                                "COW full: no room to copy out origin chunk {old} (origin write at byte {pos})"
+                            )));
                         }
                     }
                 }
@@ -293,12 +295,14 @@ impl Origin {
     }
 
     /// Hands copied exceptions to their commit queues (or invalidates the snapshots whose copy
-    /// failed), frees the copy slot, then waits for the commits.
+    /// failed, saying `what` failed: "copying", "writing"), frees the copy slot, then waits for
+    /// the commits.
     pub(super) fn finish_copies(
         &self,
         targets: &[Target],
         results: Vec<io::Result<()>>,
         slots: usize,
+        what: &str,
     ) -> Vec<bool> {
         let mut g = self.lock();
         g.copies -= slots;
@@ -308,7 +312,14 @@ impl Origin {
                 t.id,
                 t.old,
                 t.new,
-                r.map_err(|e| format!("copying chunk {}: {e}", t.old)),
+                r.map_err(|e| {
+                    format!(
+                        "{what} origin chunk {} (byte {}) to COW chunk {}: {e}",
+                        t.old,
+                        t.cs.start(t.old),
+                        t.new
+                    )
+                }),
             )
         });
         self.hand_to_commit(g, written);
@@ -336,7 +347,7 @@ impl Origin {
                 Err(what) => {
                     error!("{}: {what}", s.cfg.name);
                     s.pending.remove(&old.0);
-                    invalidations.push(s.invalidate());
+                    invalidations.push(s.invalidate(what));
                 }
             }
         }
@@ -422,8 +433,14 @@ impl Origin {
                 match r {
                     Ok(()) => s.store.complete_commit(&batch),
                     Err(e) => {
-                        error!("{}: committing exceptions: {e}", s.cfg.name);
-                        invalidation = s.invalidate();
+                        let why = format!(
+                            "committing {} exception(s) (origin chunks {}..={}): {e}",
+                            batch.len(),
+                            batch.first().map_or(0, |b| b.0 .0),
+                            batch.last().map_or(0, |b| b.0 .0),
+                        );
+                        error!("{}: {why}", s.cfg.name);
+                        invalidation = s.invalidate(why);
                     }
                 }
                 for (o, _) in &batch {

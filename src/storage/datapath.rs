@@ -74,7 +74,8 @@ impl Origin {
         check_range(size, offset, len).map_err(|_| IoError::OutOfRange { offset, len, size })
     }
 
-    /// Reads the origin (during a merge: the merging snapshot's view, which it becomes).
+    /// Reads the origin (during a merge: the merging snapshot's view, which it becomes; a
+    /// merge that finishes meanwhile only changes where the rest is read from).
     pub fn read(&self, buf: &mut [u8], offset: u64) -> Result<(), IoError> {
         self.check(offset, buf.len() as u64)?;
         let merging = self.lock().merging();
@@ -82,6 +83,11 @@ impl Origin {
             None => self.dev.read_at(buf, offset).map_err(IoError::Origin),
             Some(id) => self.snapshot_read(id, buf, offset),
         }
+    }
+
+    /// Whether `id` is a snapshot merged into the origin: it reads and writes as the origin.
+    fn merged(&self, id: SnapshotId) -> bool {
+        self.lock().merged.contains(&id)
     }
 
     pub fn write(&self, buf: &[u8], offset: u64) -> Result<(), IoError> {
@@ -143,6 +149,10 @@ impl Origin {
             let pos = offset + done as u64;
             let (plan, n, name) = {
                 let mut g = self.lock();
+                if g.merged.contains(&id) {
+                    drop(g);
+                    return self.read(&mut buf[done..], pos);
+                }
                 let s = g.snap_mut(id).ok_or(IoError::NoSuchSnapshot(id.0))?;
                 if s.health == Health::Invalid {
                     return Err(IoError::Invalid {
@@ -200,6 +210,9 @@ impl Origin {
 
     /// Flushes the snapshot's COW only.
     pub fn snapshot_flush(&self, id: SnapshotId) -> Result<(), IoError> {
+        if self.merged(id) {
+            return self.flush();
+        }
         let (cow, name) = {
             let g = self.lock();
             let s = g.snap(id).ok_or(IoError::NoSuchSnapshot(id.0))?;
@@ -216,6 +229,10 @@ impl Origin {
         while done < len {
             let pos = offset + done;
             let mut g = self.lock();
+            if g.merged.contains(&id) {
+                drop(g);
+                return self.origin_data(data.slice(done, len - done), pos);
+            }
             let (plan, n) = loop {
                 let merging = g.merging() == Some(id);
                 let s = g.snap_mut(id).ok_or(IoError::NoSuchSnapshot(id.0))?;
@@ -306,7 +323,9 @@ impl Origin {
                 s.health = Health::Overflow;
                 None
             } else {
-                s.invalidate()
+                s.invalidate(format!(
+                    "COW full: no room for a new exception for chunk {c} (snapshot write at byte {pos})"
+                ))
             };
             g.deferred.extend(invalidation);
             self.notify();
@@ -358,7 +377,8 @@ impl Origin {
         } else {
             Ok(())
         };
-        if r.is_ok() {
+        let copied = r.is_ok();
+        if copied {
             let within = pos - t.cs.start(t.old);
             r = data.apply(&*t.cow, t.cs.start(t.new) + within);
         }
@@ -366,7 +386,13 @@ impl Origin {
             .as_ref()
             .err()
             .map(|e| io::Error::new(e.kind(), e.to_string()));
-        let committed = self.finish_copies(std::slice::from_ref(&t), vec![r], usize::from(copy));
+        let what = if copy && !copied {
+            "copying"
+        } else {
+            "writing a snapshot write for"
+        };
+        let committed =
+            self.finish_copies(std::slice::from_ref(&t), vec![r], usize::from(copy), what);
         if committed.first().copied().unwrap_or(false) {
             return Ok(());
         }
@@ -382,6 +408,9 @@ impl Origin {
     /// `discard_passdown_origin` the origin range is discarded too, without copy-out.
     pub fn snapshot_discard(&self, id: SnapshotId, offset: u64, len: u64) -> Result<(), IoError> {
         self.check(offset, len)?;
+        if self.merged(id) {
+            return self.origin_data(Data::Discard(len), offset);
+        }
         let (passdown, name) = {
             let g = self.lock();
             let s = g.snap(id).ok_or(IoError::NoSuchSnapshot(id.0))?;

@@ -165,7 +165,10 @@ impl Origin {
                     let r = if ok {
                         Ok(())
                     } else {
-                        Err(format!("writing the data of new exception {old}"))
+                        Err(format!(
+                            "writing a guest write into new COW chunk {new} (origin chunk {old}) \
+                             failed with an I/O error"
+                        ))
                     };
                     (t.id, old, new, r)
                 });

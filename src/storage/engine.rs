@@ -111,6 +111,8 @@ pub(super) struct Snap {
     /// Writes in flight to existing exceptions, per chunk (a merge waits for them).
     pub cow_writes: HashMap<u64, u32>,
     pub commit: CommitState,
+    /// Why the snapshot went invalid: the operation, where, and the error.
+    pub invalid_reason: Option<String>,
 }
 
 impl Snap {
@@ -118,13 +120,15 @@ impl Snap {
         self.store.chunk_size()
     }
 
-    /// Marks the snapshot invalid; returns the header write to run outside the lock.
-    pub fn invalidate(&mut self) -> Option<(Arc<dyn BlockDevice>, MetaIo, String)> {
+    /// Marks the snapshot invalid because of `why` (the operation, where, and the error);
+    /// returns the header write to run outside the lock.
+    pub fn invalidate(&mut self, why: String) -> Option<(Arc<dyn BlockDevice>, MetaIo, String)> {
         if self.health == Health::Invalid {
             return None;
         }
-        warn!("{}: snapshot invalidated", self.cfg.name);
+        warn!("{}: snapshot invalidated: {why}", self.cfg.name);
         self.health = Health::Invalid;
+        self.invalid_reason = Some(why);
         let io = self.store.plan_invalidate();
         (!io.is_empty()).then(|| (self.cow.clone(), io, self.cfg.name.clone()))
     }
@@ -158,6 +162,8 @@ pub(super) struct Inner {
     /// Threads adding a snapshot or starting a merge: new origin writes wait.
     pub barrier: usize,
     pub merge: Option<MergeState>,
+    /// Snapshots merged into the origin: they read and write as the origin now.
+    pub merged: Vec<SnapshotId>,
     /// Invalidation header writes planned by the gate, run by `finish_copies`.
     pub deferred: Vec<(Arc<dyn BlockDevice>, MetaIo, String)>,
 }
@@ -213,6 +219,8 @@ impl Frozen<'_> {
             } else {
                 Health::Invalid
             },
+            invalid_reason: (!p.valid)
+                .then(|| "the COW's header says invalid (valid = 0) when it was opened".into()),
             pending: HashMap::new(),
             reads: HashMap::new(),
             cow_writes: HashMap::new(),
@@ -440,6 +448,12 @@ impl Origin {
     pub fn copies_in_flight(&self) -> (usize, usize) {
         let g = self.lock();
         (g.copies, g.peak_copies)
+    }
+
+    /// Why a snapshot went invalid (the operation, where, and the error), if it did.
+    pub fn invalid_reason(&self, id: SnapshotId) -> Option<String> {
+        let g = self.lock();
+        g.snap(id).and_then(|s| s.invalid_reason.clone())
     }
 
     /// The number of exceptions a snapshot holds.

@@ -345,8 +345,13 @@ mod tests {
     use super::*;
     use std::io::Write;
 
+    /// A file on /dev/shm holding `bytes`; None (the test skips, outside CI) without one.
     fn shm_file(bytes: &[u8]) -> Option<(tempfile::TempDir, File)> {
-        let dir = tempfile::tempdir_in("/dev/shm").ok()?;
+        let dir = tempfile::tempdir_in("/dev/shm");
+        if !crate::testing::require("mapped", "/dev/shm", dir.is_ok()) {
+            return None;
+        }
+        let dir = dir.ok()?;
         let mut f = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -369,7 +374,6 @@ mod tests {
     fn reads_of_a_dense_tmpfs_file_match_its_bytes_across_buffers() {
         let data: Vec<u8> = (0..65536u32).map(|i| (i * 7 % 251) as u8).collect();
         let Some((_d, f)) = shm_file(&data) else {
-            eprintln!("SKIP: no /dev/shm");
             return;
         };
         let m = Mapping::of(&f, data.len() as u64).expect("dense tmpfs file is mapped");

@@ -5,11 +5,19 @@
 //! entries and write the area durably. Progress is the table shrinking from its end, so a merge
 //! interrupted by a crash resumes (`start_merge` again after reopening) by redoing the last run.
 //! While merging, the origin reads and writes as the merging snapshot (see datapath.rs).
+//! A run is at most `MERGE_RUN_BYTES` long (its newest entries, which are a run too), and a
+//! step given a stop flag abandons its run between copy pieces: the run's entries are still in
+//! the table, so the origin still reads them from the COW and the next step copies them again.
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::copy::{Gate, GateMode, COPY_PIECE};
 use super::engine::{Health, MergeState, Origin, SnapshotId};
 use super::error::CowError;
 use super::store::{Run, StoreKind};
+
+/// Most bytes one merge step copies, so progress is recorded (and a stop honoured) often.
+pub const MERGE_RUN_BYTES: u64 = 16 << 20;
 
 /// What one merge step did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,15 +26,41 @@ pub enum MergeProgress {
     Merged { chunks: u64, remaining: u64 },
     /// The table is empty: the snapshot has been merged and removed from the origin.
     Done,
+    /// The stop flag was raised: the run was abandoned and stays in the table.
+    Stopped,
 }
 
 impl Origin {
+    /// Whether snapshot `id` can be merged now: persistent, valid, and no other snapshot of this
+    /// origin merging. Changes nothing.
+    pub fn check_mergeable(&self, id: SnapshotId) -> Result<(), CowError> {
+        let g = self.lock();
+        if let Some(m) = g.merging().filter(|&m| m != id) {
+            return Err(CowError::MergeBusy(m.0));
+        }
+        let s = g.snap(id).ok_or(CowError::NoSuchSnapshot(id.0))?;
+        let cow = s.cfg.name.clone();
+        if s.store.kind() != StoreKind::Persistent {
+            return Err(CowError::MergeNotPersistent { cow });
+        }
+        if s.health == Health::Invalid {
+            return Err(CowError::MergeInvalid { cow });
+        }
+        Ok(())
+    }
+
     /// Starts (or resumes) merging snapshot `id`. Waits for in-flight origin writes and for the
     /// snapshot's pending exceptions to commit; from then on the origin shows the snapshot's view.
+    /// Starting a merge that failed again clears its failure, so the next step retries it.
     pub fn start_merge(&self, id: SnapshotId) -> Result<(), CowError> {
         let mut g = self.lock();
         match g.merging() {
-            Some(m) if m == id => return Ok(()),
+            Some(m) if m == id => {
+                if let Some(m) = g.merge.as_mut() {
+                    m.failed = false;
+                }
+                return Ok(());
+            }
             Some(m) => return Err(CowError::MergeBusy(m.0)),
             None => {}
         }
@@ -74,6 +108,11 @@ impl Origin {
     /// Merges the newest run. After `Done` the snapshot is gone from the origin and its COW holds
     /// a valid header and an empty area 0.
     pub fn merge_step(&self) -> Result<MergeProgress, CowError> {
+        self.merge_step_until(&AtomicBool::new(false))
+    }
+
+    /// As `merge_step`, abandoning the run (`Stopped`) once `stop` is raised.
+    pub fn merge_step_until(&self, stop: &AtomicBool) -> Result<MergeProgress, CowError> {
         let (id, run, name) = {
             let mut g = self.lock();
             let Some(m) = g.merge.as_ref() else {
@@ -98,10 +137,12 @@ impl Origin {
                 None => {
                     g.snaps.retain(|s| s.id != id);
                     g.merge = None;
+                    g.merged.push(id);
                     self.notify();
                     return Ok(MergeProgress::Done);
                 }
                 Some(run) => {
+                    let run = capped(run, s.cs().bytes());
                     if let Some(m) = g.merge.as_mut() {
                         m.run = Some(run);
                     }
@@ -109,7 +150,7 @@ impl Origin {
                 }
             }
         };
-        let r = self.merge_run(id, run);
+        let r = self.merge_run(id, run, stop);
         let mut g = self.lock();
         if let Some(m) = g.merge.as_mut() {
             m.run = None;
@@ -117,7 +158,8 @@ impl Origin {
         }
         self.notify();
         match r {
-            Ok(()) => Ok(MergeProgress::Merged {
+            Ok(false) => Ok(MergeProgress::Stopped),
+            Ok(true) => Ok(MergeProgress::Merged {
                 chunks: run.len,
                 remaining: g.snap(id).map_or(0, |s| s.store.exception_count()),
             }),
@@ -140,7 +182,8 @@ impl Origin {
         Ok(runs)
     }
 
-    fn merge_run(&self, id: SnapshotId, run: Run) -> std::io::Result<()> {
+    /// Merges one run; false when `stop` was raised before its entries were cleared.
+    fn merge_run(&self, id: SnapshotId, run: Run, stop: &AtomicBool) -> std::io::Result<bool> {
         let (cow, cs) = {
             let g = self.lock();
             let s = g
@@ -185,6 +228,9 @@ impl Origin {
         let mut buf = vec![0u8; COPY_PIECE.min(end.saturating_sub(start)) as usize];
         let mut p = start;
         while p < end {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(false);
+            }
             let n = COPY_PIECE.min(end - p);
             let piece = &mut buf[..n as usize];
             cow.read_at(piece, cow_start + (p - start))?;
@@ -205,6 +251,21 @@ impl Origin {
         if let Some(s) = g.snap_mut(id) {
             s.store.complete_merge_clear(run.len);
         }
-        Ok(())
+        Ok(true)
+    }
+}
+
+/// The newest `MERGE_RUN_BYTES` of `run` (at least one chunk): the table's last entries, so a
+/// run too.
+fn capped(run: Run, chunk_bytes: u64) -> Run {
+    let most = (MERGE_RUN_BYTES / chunk_bytes.max(1)).max(1);
+    if run.len <= most {
+        return run;
+    }
+    let skip = run.len - most;
+    Run {
+        old: super::units::ChunkIndex(run.old.0 + skip),
+        new: super::units::ChunkIndex(run.new.0 + skip),
+        len: most,
     }
 }

@@ -9,6 +9,11 @@ use std::time::{Duration, Instant};
 
 use snapblk::frontend::{BlkFrontend, BlkStatus, FrontendOptions};
 
+#[path = "skip.rs"]
+mod skip;
+#[allow(unused_imports)]
+pub use skip::{have, require};
+
 pub const MIB: u64 = 1 << 20;
 
 /// A running `snapblk serve`; killed on drop unless stopped.

@@ -13,8 +13,7 @@ set -euo pipefail
 vmt_init_multi merge-under-load
 
 if [ "$VMT_BACKEND" != snapblk ]; then
-    vmt_note "skipped for $VMT_BACKEND (needs snapblk's control plane)"
-    exit 0
+    vmt_skip "skipped for $VMT_BACKEND (needs snapblk's control plane)"
 fi
 
 img="$VMT_TMP/origin.img"

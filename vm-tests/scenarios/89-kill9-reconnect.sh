@@ -21,8 +21,7 @@ set -euo pipefail
 vmt_init_multi kill9-reconnect
 
 if [ "$VMT_BACKEND" != snapblk ]; then
-    vmt_note "skipped for $VMT_BACKEND (needs snapblk's control plane and state directory)"
-    exit 0
+    vmt_skip "skipped for $VMT_BACKEND (needs snapblk's control plane and state directory)"
 fi
 
 qd=${VMT_KILL9_QD:-1}
