@@ -63,7 +63,7 @@ impl fmt::Display for Holder {
 #[derive(Debug, Error)]
 pub enum LockError {
     #[error(
-        "it is in use: locked {} by {}",
+        "locked {} by {}",
         .mode.describe(),
         .holder.as_ref().map_or_else(|| "another process".to_owned(), |h| h.to_string())
     )]
