@@ -31,8 +31,8 @@ fn run(cmd: &mut Command) -> Result<String, String> {
 /// Whether loop devices can be attached here (root, losetup, /dev/loop-control).
 pub fn loop_devices_available() -> bool {
     // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() } == 0
-        && Path::new("/dev/loop-control").exists()
+    let root = unsafe { libc::geteuid() } == 0;
+    root && Path::new("/dev/loop-control").exists()
         && run(Command::new("losetup").arg("--version")).is_ok()
 }
 
