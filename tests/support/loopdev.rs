@@ -113,7 +113,17 @@ impl AlignedFs {
 
 impl Drop for AlignedFs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.dir).status();
+        // A daemon that just exited may still hold files here for a moment (an io_uring ring
+        // puts its registered files after the process is gone): then detach the mount lazily,
+        // and the loop device goes once the last file does (losetup -d sets autoclear).
+        let unmounted = Command::new("umount")
+            .arg(&self.dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !unmounted {
+            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        }
         drop(self.dev.take());
     }
 }
