@@ -4,9 +4,9 @@
 //! snapshot chunks and exports must respect; discards and write-zeroes on block devices, in
 //! part-blocks too. Needs root and loop devices (skipped without, outside CI).
 
-mod common;
 #[path = "support/bounded.rs"]
 mod bounded;
+mod common;
 #[path = "support/loopdev.rs"]
 mod loopdev;
 
@@ -77,7 +77,11 @@ fn a_graph_on_loop_devices_serves_reloads_inspects_and_merges() {
     std::fs::write(p.join("origin.bin"), &orig).unwrap();
     let o = LoopDev::attach(&p.join("origin.bin"), None);
     let c = LoopDev::new_in(p, "cow.bin", 8 * MIB, None);
-    std::fs::write(p.join("graph.toml"), graph_toml(p, o.as_str(), c.as_str(), 512)).unwrap();
+    std::fs::write(
+        p.join("graph.toml"),
+        graph_toml(p, o.as_str(), c.as_str(), 512),
+    )
+    .unwrap();
     let d = start(p);
     let log = d.log_text();
     assert!(log.contains(&format!("{size} bytes")), "{log}");
@@ -94,11 +98,16 @@ fn a_graph_on_loop_devices_serves_reloads_inspects_and_merges() {
     // Discard and write-zeroes reach the origin device.
     let mut fe = connect(&p.join("base.sock"));
     let mut q = fe.blk_queue(0, 2, 65536).unwrap();
-    assert_eq!(q.write_zeroes(8192, 16, false).unwrap().status, BlkStatus::Ok);
+    assert_eq!(
+        q.write_zeroes(8192, 16, false).unwrap().status,
+        BlkStatus::Ok
+    );
     assert_eq!(q.discard(8192 + 16, 16).unwrap().status, BlkStatus::Ok);
     drop(q);
     drop(fe);
-    assert!(read(&p.join("base.sock"), 8192, 16384).iter().all(|&b| b == 0));
+    assert!(read(&p.join("base.sock"), 8192, 16384)
+        .iter()
+        .all(|&b| b == 0));
     assert!(read(&p.join("s1.sock"), 8192, 16384)[..] == orig[4 * MIB as usize..][..16384]);
     d.stop();
     // The persistent snapshot comes back from the COW device.
@@ -109,8 +118,16 @@ fn a_graph_on_loop_devices_serves_reloads_inspects_and_merges() {
     let ran = bounded::snapblk(&["cow", "inspect", c.as_str()]);
     assert!(ran.success, "{}", ran.stderr);
     // 16 + 4 copied chunks and 2 written ones, after the header and area 0.
-    assert!(ran.stdout.contains("exceptions:       22"), "{}", ran.stdout);
-    assert!(ran.stdout.contains("16384"), "the COW's size: {}", ran.stdout);
+    assert!(
+        ran.stdout.contains("exceptions:       22"),
+        "{}",
+        ran.stdout
+    );
+    assert!(
+        ran.stdout.contains("16384"),
+        "the COW's size: {}",
+        ran.stdout
+    );
 
     let ran = bounded::snapblk(&["cow", "merge", "--origin", o.as_str(), c.as_str()]);
     assert!(ran.success, "{}", ran.stderr);
@@ -182,10 +199,11 @@ fn a_4096_byte_sector_loop_device_reports_4096_byte_blocks() {
 
     // In a graph: a chunk smaller than a block is refused, and so is an export of 512-byte
     // blocks.
-    let mut cfg: GraphConfig =
-        toml::from_str(&graph_toml(p, o.as_str(), c.as_str(), 512)).unwrap();
+    let mut cfg: GraphConfig = toml::from_str(&graph_toml(p, o.as_str(), c.as_str(), 512)).unwrap();
     cfg.snapshots[0].chunk_size = snapblk::config::ByteSize(512);
-    let e = Graph::build(&cfg).err().expect("a 512-byte chunk on 4096-byte blocks");
+    let e = Graph::build(&cfg)
+        .err()
+        .expect("a 512-byte chunk on 4096-byte blocks");
     let chain = format!("{e}: {}", std::error::Error::source(&e).unwrap());
     assert!(chain.contains("4096"), "{chain}");
     cfg.snapshots[0].chunk_size = snapblk::config::ByteSize(4096);
