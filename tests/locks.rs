@@ -169,3 +169,57 @@ fn cow_inspect_of_a_served_cow_reads_a_live_view_and_says_who_holds_it() {
     let text = &out.stdout;
     assert!(out.success && !text.contains("note:"), "{text}");
 }
+
+#[test]
+fn a_files_lock_goes_with_its_node_so_it_can_be_added_again_at_once() {
+    use snapblk::config::{ByteSize, ExportSpec, GraphConfig, OriginSpec, SnapshotSpec, StoreType};
+    use snapblk::manager::Manager;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    std::fs::write(p.join("base.img"), pattern(7, 2 * MIB as usize)).unwrap();
+    let origin = OriginSpec {
+        name: "base".into(),
+        image: p.join("base.img"),
+        copy_cap: None,
+        direct: false,
+    };
+    let snap = SnapshotSpec {
+        name: "s".into(),
+        origin: "base".into(),
+        cow: p.join("s.cow"),
+        store: StoreType::P,
+        chunk_size: ByteSize(4096),
+        create_size: Some(ByteSize(4 * MIB)),
+        discard_zeroes_cow: false,
+        discard_passdown_origin: false,
+        resettable: true,
+    };
+    let export = |node: &str| ExportSpec {
+        node: node.into(),
+        socket: p.join(format!("{node}.sock")),
+        readonly: false,
+        num_queues: 2,
+        queue_size: 256,
+        serial: None,
+        logical_block_size: 512,
+        writethrough: false,
+    };
+    let cfg = GraphConfig {
+        origins: vec![origin.clone()],
+        snapshots: vec![],
+        exports: vec![],
+    };
+    let m = Manager::start(cfg, None, vec![]).unwrap();
+    for round in 0..3u64 {
+        m.snapshot_create(vec![snap.clone()]).unwrap();
+        m.export_add(export("s")).unwrap();
+        // Whole-chunk writes run on the queue's io_uring, which registers the COW's descriptor.
+        write(&p.join("s.sock"), 0, &pattern(10 + round, 65536));
+        m.export_remove(&p.join("s.sock")).unwrap();
+        // The COW files stay: the next round opens (and locks) the same files again.
+        m.snapshot_delete("s", false).unwrap();
+    }
+    m.origin_remove("base", false).unwrap();
+    m.origin_add(origin).unwrap();
+    m.stop_all();
+}
