@@ -1,5 +1,11 @@
 //! The device graph: origins (engine + image) and their snapshots, by name, built from a config
 //! and able to gain and lose nodes while serving. Exports look nodes up here.
+//!
+//! Files are known by identity ([`FileId`]: device and inode, or a block device's number), not
+//! by path: an origin image or COW file that is already in the graph under another name (a
+//! symbolic or hard link, another device node) is refused before anything is written, and
+//! every file is locked exclusively while in the graph (see [`crate::storage::lock`]). A
+//! direct (`O_DIRECT`) origin's COW files are opened `O_DIRECT` too.
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions as FsOpenOptions;
@@ -12,9 +18,14 @@ use thiserror::Error;
 
 use crate::config::{GraphConfig, OriginSpec, SnapshotSpec, StoreType};
 use crate::storage::{
-    BlockDevice, CowError, DirectNode, FileDevice, Origin, OriginConfig, PreparedSnapshot,
+    BlockDevice, CowError, DirectNode, FileId, Origin, OriginConfig, PreparedSnapshot,
     SnapshotConfig, SnapshotDevice, SnapshotId, StoreKind, DEFAULT_COPY_CAP,
 };
+
+mod files;
+
+use files::{check_nodes, open_err, open_rw, Adding};
+pub use files::{BlockSizeError, SameFile};
 
 /// Errors building or changing the graph. Each names the node and file concerned.
 #[derive(Debug, Error)]
@@ -53,6 +64,8 @@ pub enum GraphError {
 pub struct OriginNode {
     pub spec: OriginSpec,
     pub origin: Arc<Origin>,
+    /// The image's identity.
+    pub file: FileId,
 }
 
 /// A snapshot node.
@@ -63,6 +76,10 @@ pub struct SnapshotNode {
     pub dev: Arc<SnapshotDevice>,
     /// The hidden anchor of a resettable snapshot (see [`SnapshotSpec::anchor`]).
     pub anchor: Option<SnapshotId>,
+    /// The identities of the COW file and of the anchor's.
+    pub files: Vec<(FileId, PathBuf)>,
+    /// The COW's logical block size.
+    pub cow_block: u32,
 }
 
 /// A node as an export sees it.
@@ -74,6 +91,10 @@ pub struct NodeHandle {
     pub discard: bool,
     /// For queues that run reads and writes on their own io_uring where the engine allows.
     pub direct: DirectNode,
+    /// The smallest logical block size an export may show, and the file that needs it: the
+    /// largest logical block size (direct-I/O alignment for `O_DIRECT`) of the files the
+    /// export's requests reach directly (the origin, and a snapshot's COW).
+    pub block: (u32, PathBuf),
 }
 
 #[derive(Default)]
@@ -88,15 +109,12 @@ pub struct Graph {
     nodes: Mutex<Nodes>,
 }
 
-fn open_rw(path: &Path, direct: bool, what: &'static str) -> Result<std::fs::File, GraphError> {
-    let mut oo = FsOpenOptions::new();
-    oo.read(true).write(true);
-    let flags = if direct { libc::O_DIRECT } else { 0 };
-    crate::storage::open_noatime(&mut oo, path, flags).map_err(|source| GraphError::Open {
-        what,
-        path: path.to_owned(),
-        source,
-    })
+/// A snapshot opened by `Graph::prepare`, with its COW's identity and block size.
+struct Prepared {
+    origin: Arc<Origin>,
+    snapshot: PreparedSnapshot,
+    file: (FileId, PathBuf),
+    cow_block: u32,
 }
 
 impl Graph {
@@ -120,12 +138,8 @@ impl Graph {
         if self.contains(&spec.name) {
             return Err(GraphError::Exists(spec.name));
         }
-        let file = open_rw(&spec.image, spec.direct, "origin image")?;
-        let dev = FileDevice::from_file(file).map_err(|source| GraphError::Open {
-            what: "origin image",
-            path: spec.image.clone(),
-            source,
-        })?;
+        let dev = open_rw(self, &Vec::new(), &spec.image, spec.direct, "origin image")?;
+        let file = dev.id();
         let dev = if spec.direct {
             dev
         } else {
@@ -155,9 +169,36 @@ impl Graph {
         if n.origins.contains_key(&spec.name) || n.snapshots.contains_key(&spec.name) {
             return Err(GraphError::Exists(spec.name));
         }
+        // Checked again under the lock: another thread may have added the file meanwhile.
+        if let Err(e) = check_nodes(&n, file, &Vec::new()) {
+            let err = open_err("origin image", &spec.image);
+            return Err(err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                e,
+            )));
+        }
         n.origins
-            .insert(spec.name.clone(), OriginNode { spec, origin });
+            .insert(spec.name.clone(), OriginNode { spec, origin, file });
         Ok(())
+    }
+
+    /// Refuses a file the graph already holds (as an origin image or a COW file, anchors'
+    /// included) or that is in `adding`: the same identity under any name.
+    fn check_file(&self, id: FileId, adding: &Adding) -> Result<(), SameFile> {
+        check_nodes(&self.lock(), id, adding)
+    }
+
+    /// Refuses `path` if it names (through any link) a file the graph already holds, as an
+    /// origin image or a COW file: for callers that check a request before acting on it. A
+    /// path where nothing exists passes. The error names the file as `what` (e.g. "COW file"),
+    /// and [`GraphError::in_use`] is true of it.
+    pub fn check_new_file(&self, what: &'static str, path: &Path) -> Result<(), GraphError> {
+        let err = open_err(what, path);
+        let Some(id) = FileId::of_path(path).map_err(&err)? else {
+            return Ok(());
+        };
+        self.check_file(id, &Vec::new())
+            .map_err(|e| err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, e)))
     }
 
     pub fn add_snapshot(&self, spec: SnapshotSpec) -> Result<(), GraphError> {
@@ -165,16 +206,17 @@ impl Graph {
             .map(|_| ())
     }
 
-    /// Opens (creating where asked) a snapshot's COW and its store, without attaching it.
-    fn prepare(&self, spec: &SnapshotSpec) -> Result<(Arc<Origin>, PreparedSnapshot), GraphError> {
+    /// Opens (creating where asked) a snapshot's COW and its store, without attaching it. The
+    /// COW is refused if the graph or `adding` already holds its file; then it joins `adding`.
+    fn prepare(&self, spec: &SnapshotSpec, adding: &mut Adding) -> Result<Prepared, GraphError> {
         if self.contains(&spec.name) {
             return Err(GraphError::Exists(spec.name.clone()));
         }
-        let origin = self
+        let (origin, direct) = self
             .lock()
             .origins
             .get(&spec.origin)
-            .map(|o| o.origin.clone())
+            .map(|o| (o.origin.clone(), o.spec.direct))
             .ok_or_else(|| GraphError::NoSuchNode(spec.origin.clone()))?;
         if !spec.cow.exists() {
             let size = spec
@@ -185,18 +227,16 @@ impl Graph {
                 .create_new(true)
                 .open(&spec.cow)
                 .and_then(|f| f.set_len(size.0))
-                .map_err(|source| GraphError::Open {
-                    what: "new COW file",
-                    path: spec.cow.clone(),
-                    source,
-                })?;
+                .map_err(open_err("new COW file", &spec.cow))?;
         }
-        let file = open_rw(&spec.cow, false, "COW file")?;
-        let cow = FileDevice::from_file(file).map_err(|source| GraphError::Open {
-            what: "COW file",
-            path: spec.cow.clone(),
-            source,
-        })?;
+        let cow = open_rw(self, adding, &spec.cow, direct, "COW file")?;
+        let file = cow.id();
+        let cow_block = cow.logical_block_size();
+        adding.push((
+            file,
+            spec.cow.clone(),
+            format!("the COW file of snapshot {:?}", spec.name),
+        ));
         let kind = match spec.store {
             StoreType::P => StoreKind::Persistent,
             StoreType::PO => StoreKind::PersistentOverflow,
@@ -214,7 +254,12 @@ impl Graph {
         let prepared = origin
             .prepare_snapshot(Arc::new(cow), scfg)
             .map_err(attach_err)?;
-        Ok((origin, prepared))
+        Ok(Prepared {
+            origin,
+            snapshot: prepared,
+            file: (file, spec.cow.clone()),
+            cow_block,
+        })
     }
 
     /// Attaches snapshots of several origins (at most one each) at one consistent point:
@@ -225,18 +270,25 @@ impl Graph {
         specs: &[SnapshotSpec],
     ) -> Result<Vec<(String, Duration)>, GraphError> {
         let mut prepared = Vec::new();
+        let mut adding = Adding::new();
         for spec in specs {
-            let (origin, p) = self.prepare(spec)?;
+            let p = self.prepare(spec, &mut adding)?;
+            let (origin, p, mut files, cow_block) =
+                (p.origin, p.snapshot, vec![p.file], p.cow_block);
             let anchor = match spec.resettable {
-                true => Some(self.prepare(&spec.anchor())?.1),
+                true => {
+                    let a = self.prepare(&spec.anchor(), &mut adding)?;
+                    files.push(a.file);
+                    Some(a.snapshot)
+                }
                 false => None,
             };
-            prepared.push((spec, origin, p, anchor));
+            prepared.push((spec, origin, p, anchor, (files, cow_block)));
         }
         prepared.sort_by(|a, b| a.0.origin.cmp(&b.0.origin));
         let origins: Vec<(Arc<Origin>, &SnapshotSpec)> = prepared
             .iter()
-            .map(|(s, o, _, _)| (o.clone(), *s))
+            .map(|(s, o, _, _, _)| (o.clone(), *s))
             .collect();
         let mut frozen = Vec::new();
         let mut pauses = Vec::new();
@@ -251,7 +303,7 @@ impl Graph {
         }
         let mut attached = Vec::new();
         let mut result = Ok(());
-        for (spec, origin, p, anchor) in prepared.into_iter() {
+        for (spec, origin, p, anchor, files) in prepared.into_iter() {
             let f = frozen
                 .iter()
                 .find(|(f, _)| std::ptr::eq(f.origin(), &*origin))
@@ -268,7 +320,7 @@ impl Graph {
                 },
             });
             match ids {
-                Ok(ids) => attached.push((spec, origin, ids)),
+                Ok(ids) => attached.push((spec, origin, ids, files)),
                 Err(source) => {
                     result = Err(GraphError::Attach {
                         name: spec.name.clone(),
@@ -285,7 +337,7 @@ impl Graph {
             pauses.push((origin, t0.elapsed()));
         }
         if let Err(e) = result {
-            for (_, origin, (id, anchor)) in attached {
+            for (_, origin, (id, anchor), _) in attached {
                 let _ = origin.remove_snapshot(id);
                 if let Some(a) = anchor {
                     let _ = origin.remove_snapshot(a);
@@ -294,7 +346,7 @@ impl Graph {
             return Err(e);
         }
         let mut n = self.lock();
-        for (spec, origin, (id, anchor)) in attached {
+        for (spec, origin, (id, anchor), (files, cow_block)) in attached {
             let status = origin.status(id).unwrap_or_default();
             info!(
                 "snapshot {} of {} ({}): {status}",
@@ -314,6 +366,8 @@ impl Graph {
                     origin,
                     dev,
                     anchor,
+                    files,
+                    cow_block,
                 },
             );
         }
@@ -402,6 +456,7 @@ impl Graph {
                     snapshot: None,
                     o_direct: o.spec.direct,
                 },
+                block: (o.origin.logical_block_size(), o.spec.image.clone()),
             });
         }
         if let Some(s) = n.snapshots.get(name) {
@@ -413,6 +468,10 @@ impl Graph {
                     origin: s.origin.clone(),
                     snapshot: Some(s.id),
                     o_direct: n.origins.get(&s.spec.origin).is_some_and(|o| o.spec.direct),
+                },
+                block: match s.origin.logical_block_size() {
+                    b if b >= s.cow_block => (b, s.origin.name().into()),
+                    _ => (s.cow_block, s.spec.cow.clone()),
                 },
             });
         }

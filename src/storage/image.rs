@@ -1,14 +1,18 @@
-//! An image: a raw file or a block device opened for serving, with its size and identity.
+//! An image: a raw file or a block device opened for serving (`serve --image`), with its size,
+//! block size and identity, locked against a second user (exclusive for read-write, shared for
+//! read-only; see [`super::lock`]).
 
 use std::fs::{File, OpenOptions as FsOpenOptions};
 use std::io;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use thiserror::Error;
 
+use super::lock::{FileLock, LockError, LockMode};
+use super::probe::{FileInfo, ProbeError};
 use super::Mapping;
 
 /// Errors opening or using an image.
@@ -20,13 +24,25 @@ pub enum ImageError {
         #[source]
         source: io::Error,
     },
-    #[error("image {path} is neither a regular file nor a block device")]
-    NotAFileOrDevice { path: PathBuf },
-    #[error("cannot read the size of image {path}")]
-    Size {
+    #[error("cannot use image {path}")]
+    Probe {
         path: PathBuf,
         #[source]
-        source: io::Error,
+        source: ProbeError,
+    },
+    #[error("image {path} is in use")]
+    Locked {
+        path: PathBuf,
+        #[source]
+        source: LockError,
+    },
+    #[error(
+        "logical block size {requested} is smaller than the {block}-byte blocks of image {path}"
+    )]
+    BlockTooSmall {
+        path: PathBuf,
+        requested: u32,
+        block: u32,
     },
     #[error("image {path} is {size} bytes, smaller than one {block}-byte logical block")]
     TooSmall {
@@ -51,8 +67,12 @@ pub struct Image {
     path: PathBuf,
     size: u64,
     block_device: bool,
+    /// The smallest logical block an export may show (see [`FileInfo::block_size`]).
+    block: u32,
     options: OpenOptions,
     ino: u64,
+    /// Held as long as the image is open.
+    _lock: FileLock,
     /// Set for fully allocated memory-backed images (see [`Mapping`]).
     mapping: Option<Arc<Mapping>>,
     /// A second open of the image with readahead off (POSIX_FADV_RANDOM), for reads that do not
@@ -80,7 +100,6 @@ pub fn open_noatime(oo: &mut FsOpenOptions, path: &Path, flags: i32) -> io::Resu
     }
 }
 
-const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
 const BLKDISCARD: libc::c_ulong = 0x1277;
 const BLKZEROOUT: libc::c_ulong = 0x127f;
 
@@ -95,25 +114,21 @@ impl Image {
         let flags = if options.direct { libc::O_DIRECT } else { 0 };
         let file = open_noatime(&mut oo, path, flags).map_err(open_err)?;
         let meta = file.metadata().map_err(open_err)?;
-        let ft = meta.file_type();
-        let (size, block_device) = if ft.is_file() {
-            (meta.len(), false)
-        } else if ft.is_block_device() {
-            let mut size: u64 = 0;
-            // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which is valid.
-            let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64, &mut size) };
-            if rc != 0 {
-                return Err(ImageError::Size {
-                    path: path.to_owned(),
-                    source: io::Error::last_os_error(),
-                });
-            }
-            (size, true)
-        } else {
-            return Err(ImageError::NotAFileOrDevice {
-                path: path.to_owned(),
-            });
+        let info = FileInfo::of(&file).map_err(|source| ImageError::Probe {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mode = match options.readonly {
+            true => LockMode::Shared,
+            false => LockMode::Exclusive,
         };
+        let lock = super::lock::lock(&file, mode, &path.to_string_lossy()).map_err(|source| {
+            ImageError::Locked {
+                path: path.to_owned(),
+                source,
+            }
+        })?;
+        let (size, block_device) = (info.size, info.block_device);
         let mapping = if options.direct || block_device {
             None
         } else {
@@ -129,8 +144,10 @@ impl Image {
             path: path.to_owned(),
             size,
             block_device,
+            block: info.block_size(),
             options,
             ino: meta.ino() ^ meta.dev().rotate_left(32),
+            _lock: lock,
             mapping,
             random,
         })
@@ -179,8 +196,22 @@ impl Image {
         self.options.direct
     }
 
-    /// Capacity in 512-byte sectors, rounded down to whole logical blocks.
+    /// The smallest logical block size an export of the image may show: a block device's
+    /// logical block size, or the direct-I/O alignment of an `O_DIRECT` image; 512 otherwise.
+    pub fn block_size(&self) -> u32 {
+        self.block
+    }
+
+    /// Capacity in 512-byte sectors, rounded down to whole logical blocks. Refuses a logical
+    /// block size smaller than [`Image::block_size`].
     pub fn capacity_sectors(&self, logical_block_size: u32) -> Result<u64, ImageError> {
+        if logical_block_size < self.block {
+            return Err(ImageError::BlockTooSmall {
+                path: self.path.clone(),
+                requested: logical_block_size,
+                block: self.block,
+            });
+        }
         let blocks = self.size / u64::from(logical_block_size);
         if blocks == 0 {
             return Err(ImageError::TooSmall {
@@ -227,7 +258,6 @@ impl Image {
     }
 }
 
-/// Whether the file behind `fd` lives in memory (tmpfs, ramfs).
 /// Opens `file` again (a new open file description, with its own readahead state) and turns
 /// readahead off on it; `None` when that fails (the caller then reads through `file` alone).
 pub(crate) fn open_random(file: &File, readonly: bool) -> Option<File> {
@@ -240,9 +270,17 @@ pub(crate) fn open_random(file: &File, readonly: bool) -> Option<File> {
     (rc == 0).then_some(f)
 }
 
+/// Whether the file behind `fd` lives in memory (tmpfs, ramfs). Only regular files count: a
+/// block device node on devtmpfs lives on a disk, whatever the
+/// node's file system says.
 pub fn memory_backed(fd: std::os::unix::io::RawFd) -> bool {
     const TMPFS_MAGIC: i64 = 0x0102_1994;
     const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    // SAFETY: fstat fills the zeroed struct through a valid pointer.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd, &mut stat) } != 0 || stat.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return false;
+    }
     // SAFETY: fstatfs fills the zeroed struct through a valid pointer.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     if unsafe { libc::fstatfs(fd, &mut st) } != 0 {
@@ -321,6 +359,7 @@ mod tests {
         }
         let with = cached_pages(img.file(), 2048);
         assert!(with > 8, "{with} pages cached after 8 reads with readahead");
+        drop(img);
         let direct = Image::open(
             &path,
             OpenOptions {
@@ -344,8 +383,10 @@ mod tests {
         let ib = Image::open(&b, OpenOptions::default()).unwrap();
         assert_ne!(ia.derived_serial(), ib.derived_serial());
         assert!(ia.derived_serial().len() <= 20);
+        let serial = ia.derived_serial();
+        drop(ia);
         let ia2 = Image::open(&a, OpenOptions::default()).unwrap();
-        assert_eq!(ia.derived_serial(), ia2.derived_serial());
+        assert_eq!(serial, ia2.derived_serial());
     }
 
     #[test]
@@ -356,12 +397,56 @@ mod tests {
         let i = Image::open(&p, OpenOptions::default()).unwrap();
         assert_eq!(i.capacity_sectors(512).unwrap(), 24 + 1);
         assert_eq!(i.capacity_sectors(4096).unwrap(), 24);
+        drop(i);
         std::fs::write(&p, vec![0u8; 100]).unwrap();
         let i = Image::open(&p, OpenOptions::default()).unwrap();
         assert!(matches!(
             i.capacity_sectors(512),
             Err(ImageError::TooSmall { .. })
         ));
+    }
+
+    #[test]
+    fn a_second_read_write_open_is_refused_naming_the_path_and_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.img");
+        std::fs::write(&p, vec![0u8; 4096]).unwrap();
+        let ro = OpenOptions {
+            readonly: true,
+            ..OpenOptions::default()
+        };
+        let first = Image::open(&p, OpenOptions::default()).unwrap();
+        for options in [OpenOptions::default(), ro.clone()] {
+            let e = Image::open(&p, options).unwrap_err();
+            let text = format!("{e}: {}", std::error::Error::source(&e).unwrap());
+            assert!(text.contains(&*p.to_string_lossy()), "{text}");
+            assert!(
+                text.contains("locked for writing by this process"),
+                "{text}"
+            );
+        }
+        drop(first);
+        // Readers share the image; a writer waits for them to go.
+        let r1 = Image::open(&p, ro.clone()).unwrap();
+        let _r2 = Image::open(&p, ro).unwrap();
+        assert!(Image::open(&p, OpenOptions::default()).is_err());
+        drop(r1);
+    }
+
+    #[test]
+    fn an_export_block_smaller_than_the_devices_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.img");
+        std::fs::write(&p, vec![0u8; 16384]).unwrap();
+        let mut i = Image::open(&p, OpenOptions::default()).unwrap();
+        i.block = 4096;
+        let e = i.capacity_sectors(512).unwrap_err();
+        assert!(
+            matches!(e, ImageError::BlockTooSmall { block: 4096, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("4096-byte blocks"), "{e}");
+        assert_eq!(i.capacity_sectors(4096).unwrap(), 32);
     }
 
     #[test]

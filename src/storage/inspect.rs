@@ -22,6 +22,9 @@ pub struct CowReport {
     pub next_free: u64,
     /// `Invalid` or `<allocated>/<total> <metadata>`.
     pub status: String,
+    /// Set when the COW was read while another process holds it for writing (a daemon serving
+    /// it): what holds it, and that the report is a live view.
+    pub live: Option<String>,
 }
 
 /// Inspects the COW on `dev`, named `name` in errors. Never writes.
@@ -43,6 +46,7 @@ pub fn inspect(dev: &dyn BlockDevice, name: &str) -> Result<CowReport, CowError>
         } else {
             "Invalid".to_owned()
         },
+        live: None,
     })
 }
 
@@ -62,7 +66,11 @@ impl fmt::Display for CowReport {
         writeln!(f, "exceptions:       {}", self.exceptions)?;
         writeln!(f, "areas:            {}", self.areas)?;
         writeln!(f, "next free chunk:  {}", self.next_free)?;
-        write!(f, "status:           {}", self.status)
+        write!(f, "status:           {}", self.status)?;
+        match &self.live {
+            Some(note) => write!(f, "\nnote:             {note}"),
+            None => Ok(()),
+        }
     }
 }
 
