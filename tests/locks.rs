@@ -211,7 +211,7 @@ fn a_files_lock_goes_with_its_node_so_it_can_be_added_again_at_once() {
     };
     let m = Manager::start(cfg, None, vec![]).unwrap();
     for round in 0..3u64 {
-        m.snapshot_create(vec![snap.clone()]).unwrap();
+        m.snapshot_create(vec![snap.clone()], true).unwrap();
         m.export_add(export("s")).unwrap();
         // Whole-chunk writes run on the queue's io_uring, which registers the COW's descriptor.
         write(&p.join("s.sock"), 0, &pattern(10 + round, 65536));

@@ -143,7 +143,7 @@ fn the_control_plane_refuses_linked_origins_cows_and_anchors() {
     std::os::unix::fs::symlink(p.join("s1.cow"), p.join("s1-link.cow")).unwrap();
     for (cow, other) in [("sym.cow", "base.img"), ("s1-link.cow", "s1.cow")] {
         let e = m
-            .snapshot_create(vec![snap("s2", "base", p.join(cow))])
+            .snapshot_create(vec![snap("s2", "base", p.join(cow))], false)
             .unwrap_err();
         let chain = format!("{e}: {:?}", std::error::Error::source(&e));
         assert!(chain.contains(cow) && chain.contains(other), "{chain}");
@@ -152,7 +152,7 @@ fn the_control_plane_refuses_linked_origins_cows_and_anchors() {
     std::os::unix::fs::symlink(&base, p.join("s3.cow.anchor")).unwrap();
     let mut s3 = snap("s3", "base", p.join("s3.cow"));
     s3.resettable = true;
-    let e = m.snapshot_create(vec![s3]).unwrap_err();
+    let e = m.snapshot_create(vec![s3], false).unwrap_err();
     let chain = format!("{e}: {:?}", std::error::Error::source(&e));
     assert!(chain.contains("s3.cow.anchor"), "{chain}");
     // Two snapshots in one request on one COW file.
@@ -161,10 +161,13 @@ fn the_control_plane_refuses_linked_origins_cows_and_anchors() {
     std::fs::write(p.join("other.img"), vec![0u8; 2 * MIB as usize]).unwrap();
     m.origin_add(origin("other", p.join("other.img"))).unwrap();
     let e = m
-        .snapshot_create(vec![
-            snap("x", "base", p.join("pair.cow")),
-            snap("y", "other", p.join("pair-link.cow")),
-        ])
+        .snapshot_create(
+            vec![
+                snap("x", "base", p.join("pair.cow")),
+                snap("y", "other", p.join("pair-link.cow")),
+            ],
+            false,
+        )
         .unwrap_err();
     let chain = format!("{e}: {:?}", std::error::Error::source(&e));
     assert!(chain.contains("pair"), "{chain}");

@@ -21,6 +21,7 @@ impl ControlError {
 impl From<&GraphError> for ControlError {
     fn from(e: &GraphError) -> ControlError {
         let code = match e {
+            GraphError::Open { .. } if e.in_use() => ErrorCode::InUse,
             GraphError::Open { .. } | GraphError::Attach { .. } | GraphError::Detach { .. } => {
                 ErrorCode::IoError
             }

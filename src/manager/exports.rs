@@ -183,6 +183,8 @@ pub(super) fn stop_export(mut e: RunningExport) {
 /// Builds the export of one graph node.
 pub fn build_export(graph: &Graph, spec: &ExportSpec) -> Result<Export, ManagerError> {
     let node = graph.node(&spec.node)?;
+    node.check_block_size(&spec.node, spec.logical_block_size)
+        .map_err(|e| ManagerError::InvalidArgument(e.to_string()))?;
     let block = u64::from(spec.logical_block_size);
     if block == 0 || !block.is_power_of_two() || block < 512 {
         return Err(ManagerError::InvalidArgument(format!(

@@ -79,6 +79,7 @@ impl ManagerError {
             ManagerError::Graph(GraphError::NoCow(_)) | ManagerError::InvalidArgument(_) => {
                 "invalid_argument"
             }
+            ManagerError::Graph(e) if e.in_use() => "in_use",
             ManagerError::Graph(_) | ManagerError::State(_) => "io_error",
             ManagerError::Serve(ServeError::SocketInUse(_) | ServeError::NotASocket(_))
             | ManagerError::InUse(_) => "in_use",

@@ -112,6 +112,12 @@ impl Manager {
                 }
             }
         }
+        for s in &specs {
+            self.graph.check_new_file("COW file", &s.cow)?;
+            if s.resettable {
+                self.graph.check_new_file("COW file", &s.anchor().cow)?;
+            }
+        }
         if !adopt {
             for s in &specs {
                 refuse_existing_store(s)?;

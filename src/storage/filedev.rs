@@ -400,7 +400,7 @@ mod tests {
         };
         let d = match FileDevice::open(&p, options) {
             Err(DeviceError::NoDirect(_)) => {
-                eprintln!("SKIP: no O_DIRECT on this file system");
+                crate::testing::require("filedev", "O_DIRECT on the crate's file system", false);
                 return;
             }
             r => r.unwrap(),

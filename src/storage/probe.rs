@@ -191,7 +191,7 @@ mod tests {
             .custom_flags(libc::O_DIRECT)
             .open(&p)
         else {
-            eprintln!("SKIP: no O_DIRECT on this file system");
+            crate::testing::require("probe", "O_DIRECT on the crate's file system", false);
             return;
         };
         let i = FileInfo::of(&f).unwrap();
