@@ -278,3 +278,140 @@ fn a_resettable_clone_resets_after_origin_writes_and_after_a_restart() {
     m.snapshot_delete("c", true).unwrap();
     m.stop_all();
 }
+
+#[test]
+fn a_cow_that_holds_a_store_is_refused_unless_adopted() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    std::fs::write(p.join("a.img"), pattern(21, 4 * MIB as usize)).unwrap();
+    let cfg = GraphConfig {
+        origins: vec![origin(p, "a")],
+        snapshots: vec![],
+        exports: vec![export(p, "a")],
+    };
+    let m = Manager::start(cfg, None, vec![]).unwrap();
+    m.snapshot_create(vec![snap(p, "a", "s")], false).unwrap();
+    write(&p.join("a.sock"), 0, &pattern(22, 8192));
+    m.snapshot_delete("s", false).unwrap();
+    let cow = std::fs::read(p.join("s.cow")).unwrap();
+    // The COW file stays, with its table: taken again, it is refused, and left as it was.
+    let e = m
+        .snapshot_create(vec![snap(p, "a", "s")], false)
+        .unwrap_err();
+    assert_eq!(e.code(), "in_use");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("already holds a snapshot store (2 exceptions") && msg.contains("--adopt"),
+        "{msg}"
+    );
+    assert!(std::fs::read(p.join("s.cow")).unwrap() == cow);
+    assert!(!m.graph().contains("s"));
+    // Adopted, its exceptions apply: the snapshot reads the origin as it was.
+    m.snapshot_create(vec![snap(p, "a", "s")], true).unwrap();
+    m.export_add(export(p, "s")).unwrap();
+    assert!(read(&p.join("s.sock"), 0, 8192) == pattern(21, 4 * MIB as usize)[..8192]);
+    m.stop_all();
+}
+
+#[test]
+fn config_edits_the_state_wins_over_are_reported_and_applied_on_request() {
+    use snapblk::manager::StartOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let state = p.join("state");
+    std::fs::write(p.join("a.img"), pattern(31, 4 * MIB as usize)).unwrap();
+    let file = p.join("graph.toml");
+    let cfg = GraphConfig {
+        origins: vec![origin(p, "a")],
+        snapshots: vec![snap(p, "a", "s")],
+        exports: vec![export(p, "a")],
+    };
+    let start = |cfg: &GraphConfig, apply: bool| {
+        Manager::start_with(StartOptions {
+            config: Some((file.clone(), cfg.clone())),
+            state_dir: Some(state.clone()),
+            reserved: vec![],
+            apply_config: apply,
+        })
+        .unwrap()
+    };
+    let m = start(&cfg, false);
+    assert!(m.pending_config().is_empty());
+    // Made live: not an edit of the file.
+    m.export_add(export(p, "s")).unwrap();
+    m.stop_all();
+    drop(m);
+
+    // The file gains an export and loses the snapshot's... nothing: only the origin export
+    // becomes read-only.
+    let mut edited = cfg.clone();
+    edited.exports[0].readonly = true;
+    let m = start(&edited, false);
+    assert_eq!(
+        m.pending_config(),
+        ["change export ".to_owned() + &p.join("a.sock").display().to_string()]
+    );
+    assert!(
+        m.exports().iter().all(|(e, _, _)| !e.readonly),
+        "the state wins"
+    );
+    assert!(
+        m.exports().iter().any(|(e, _, _)| e.node == "s"),
+        "live export kept"
+    );
+    m.stop_all();
+    drop(m);
+
+    let m = start(&edited, true);
+    assert!(m.pending_config().is_empty());
+    let exports = m.exports();
+    assert!(exports.iter().any(|(e, _, _)| e.node == "a" && e.readonly));
+    assert!(
+        exports.iter().any(|(e, _, _)| e.node == "s"),
+        "live export kept"
+    );
+    m.stop_all();
+    drop(m);
+    // Applied: the same file has nothing left to report.
+    let m = start(&edited, false);
+    assert!(m.pending_config().is_empty());
+    m.stop_all();
+}
+
+#[test]
+fn why_a_snapshot_went_invalid_is_in_its_status_and_events() {
+    use snapblk::control::protocol::{Request, Response, StatusArgs};
+    use snapblk::control::{ControlHandler, ManagerControl};
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    std::fs::write(p.join("a.img"), pattern(41, 4 * MIB as usize)).unwrap();
+    let mut tiny = snap(p, "a", "t");
+    tiny.create_size = Some(ByteSize(3 * 4096));
+    let cfg = GraphConfig {
+        origins: vec![origin(p, "a")],
+        snapshots: vec![tiny],
+        exports: vec![export(p, "a")],
+    };
+    let m = Manager::start(cfg, None, vec![]).unwrap();
+    write(&p.join("a.sock"), 0, &pattern(42, 3 * 4096));
+    let mut health = std::collections::BTreeMap::new();
+    m.poll_health(&mut health);
+    let control = ManagerControl(m.clone());
+    let Ok(Response::Status(st)) = control.handle(Request::Status(StatusArgs {
+        node: Some("t".into()),
+    })) else {
+        panic!("status")
+    };
+    let reason = st.nodes[0].reason.clone().expect("a reason");
+    assert!(
+        reason.contains("COW full") && reason.contains("origin chunk 1"),
+        "{reason}"
+    );
+    let ev = m.events(0);
+    assert!(
+        ev.iter()
+            .any(|e| e.kind == "invalid" && e.message.contains("COW full")),
+        "{ev:?}"
+    );
+    m.stop_all();
+}

@@ -111,6 +111,123 @@ fn a_copy_error_invalidates_the_snapshot_and_the_origin_write_proceeds() {
     o.write(&[1; 512], 0).unwrap();
     assert_eq!(o.status(s).unwrap(), "Invalid");
     assert_eq!(read_origin(&o, 0, 512), vec![1; 512]);
+    // Why, with the operation, where, and the error (a real one carries its errno).
+    let why = o.invalid_reason(s).expect("a reason");
+    assert_eq!(
+        why,
+        "copying origin chunk 0 (byte 0) to COW chunk 2: injected write error"
+    );
+}
+
+#[test]
+fn a_full_cow_and_a_failed_commit_say_why_the_snapshot_went_invalid() {
+    let (_, o) = origin(65536, 7);
+    // Room for the header, one area and one data chunk (cs = 8): the second exception fails.
+    let small = Arc::new(MemDevice::new(3 * 4096));
+    let s = snap(&o, &small, StoreKind::Persistent, 8);
+    o.write(&[1; 4096], 0).unwrap();
+    assert_eq!(o.invalid_reason(s), None);
+    o.write(&[1; 4096], 8192).unwrap();
+    let why = o.invalid_reason(s).expect("a reason");
+    assert!(
+        why.contains("COW full") && why.contains("origin chunk 2") && why.contains("byte 8192"),
+        "{why}"
+    );
+
+    let cow = Arc::new(FaultyDevice::new(1 << 20));
+    let t = o
+        .add_snapshot(
+            cow.clone(),
+            SnapshotConfig::new("f", StoreKind::Persistent, 8),
+        )
+        .unwrap();
+    cow.set_faults(FaultPlan {
+        fail_flush: Some(1),
+        ..FaultPlan::default()
+    });
+    o.write(&[2; 4096], 4096 * 4).unwrap();
+    let why = o.invalid_reason(t).expect("a reason");
+    assert!(
+        why.contains("committing 1 exception(s) (origin chunks 4..=4)")
+            && why.contains("injected flush error"),
+        "{why}"
+    );
+}
+
+/// A COW whose first read by the thread named "reader" waits until the test lets it go.
+struct GatedCow {
+    inner: MemDevice,
+    gate: std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+    entered: std::sync::mpsc::SyncSender<()>,
+}
+
+impl BlockDevice for GatedCow {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let r = self.inner.read_at(buf, offset);
+        if std::thread::current().name() == Some("reader") {
+            let gate = self.gate.lock().unwrap().take();
+            if let Some(g) = gate {
+                let _ = self.entered.send(());
+                let _ = g.recv();
+            }
+        }
+        r
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.inner.write_at(buf, offset)
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+    fn discard(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.inner.discard(offset, len)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.inner.write_zeroes(offset, len)
+    }
+}
+
+#[test]
+fn an_origin_read_spanning_a_merge_that_finishes_meanwhile_reads_the_merged_view() {
+    let (_, o) = origin(65536, 1);
+    let (go, gate) = std::sync::mpsc::channel();
+    let (entered, inside) = std::sync::mpsc::sync_channel(1);
+    let cow = Arc::new(GatedCow {
+        inner: MemDevice::new(1 << 20),
+        gate: std::sync::Mutex::new(Some(gate)),
+        entered,
+    });
+    let s = o
+        .add_snapshot(cow, SnapshotConfig::new("g", StoreKind::Persistent, 8))
+        .unwrap();
+    o.snapshot_write(s, &[9; 4096], 0).unwrap();
+    o.start_merge(s).unwrap();
+    let o = Arc::new(o);
+    let reader = {
+        let o = o.clone();
+        std::thread::Builder::new()
+            .name("reader".into())
+            .spawn(move || {
+                // Chunk 0 comes from the COW (held at the gate), chunk 1 from the origin.
+                let mut b = vec![0u8; 8192];
+                o.read(&mut b, 0).map(|()| b)
+            })
+            .unwrap()
+    };
+    inside.recv().unwrap();
+    // The merge finishes while the read is between its two chunks.
+    assert_eq!(o.merge_to_completion().unwrap(), 1);
+    go.send(()).unwrap();
+    let b = reader.join().unwrap().expect("the read succeeds");
+    assert_eq!(&b[..4096], &[9; 4096][..]);
+    assert_eq!(&b[4096..], &[1; 4096][..]);
+    // The merged snapshot reads and writes as the origin from now on.
+    assert_eq!(read_snap(&o, s, 0, 4096), vec![9; 4096]);
+    o.snapshot_write(s, &[4; 512], 512).unwrap();
+    assert_eq!(read_origin(&o, 512, 512), vec![4; 512]);
 }
 
 #[test]
