@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 bash scripts/install-deps.sh
+# The vendored vhost-user-backend is the crates.io release plus vendor/patches, and its tests pass.
+bash scripts/check-vendor.sh --test
 cargo build --release --locked
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --release --locked --no-fail-fast
