@@ -15,6 +15,7 @@ use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, Guest
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::inflight::{IoOp, Slots};
+use super::memguard::MemoryGuard;
 use super::pool::{Job, JobOp, Pool};
 use super::stats::QueueStats;
 use crate::logging::RateLimiter;
@@ -113,6 +114,8 @@ pub struct QueueWorker {
     random_reads_queued: usize,
     /// Set when the frontend's ring is found broken (see `ring.rs`): nothing more is popped.
     broken: Option<RingFault>,
+    /// The connection's guest memory guard (see `memguard.rs`).
+    guard: Arc<MemoryGuard>,
     /// Requests handed to the helper threads and not completed yet.
     pool_jobs: usize,
     /// When a drain that has not finished first logs what it waits for.
@@ -169,6 +172,7 @@ impl QueueWorker {
         disk: Arc<DiskContext>,
         mem: GuestMemoryAtomic<Mem>,
         stopping: Arc<AtomicBool>,
+        guard: Arc<MemoryGuard>,
     ) -> std::io::Result<QueueWorker> {
         let entries = (u32::from(queue_size) * 2).next_power_of_two();
         // Completions that need this thread (copying a buffered read, finishing a write an
@@ -267,6 +271,7 @@ impl QueueWorker {
             seq_reads_queued: 0,
             random_reads_queued: 0,
             broken: None,
+            guard,
             pool_jobs: 0,
             drain_report_after: DRAIN_REPORT_AFTER,
             #[cfg(test)]
@@ -365,6 +370,7 @@ impl QueueWorker {
                 _ => break,
             }
         }
+        self.check_memory();
         self.signal(vring);
     }
 

@@ -38,6 +38,7 @@ impl QueueWorker {
         if was_full && !self.slots.is_full() {
             self.handle_kick(vring);
         } else {
+            self.check_memory();
             self.signal(vring);
         }
     }
@@ -351,7 +352,10 @@ impl QueueWorker {
 
     /// Writes the status of a finished request and frees its slot.
     pub(super) fn complete(&mut self, idx: usize) -> Option<(u16, u32)> {
+        // Guest memory that lost pages may have given the request zeroes.
+        let shrank = self.guard.faulted();
         let slot = self.slots.get_mut(idx);
+        slot.failed |= shrank;
         let (status, used) = slot.finish();
         if status == Status::Ok {
             let bytes = u64::from(slot.data_len);

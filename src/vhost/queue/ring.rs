@@ -32,6 +32,8 @@ pub enum RingFault {
     DescTable(#[from] DescTableOutside),
     #[error("the used ring at {0:#x} lies outside guest memory")]
     UsedOutside(u64),
+    #[error("guest memory shrank under its mapping (the frontend truncated its file)")]
+    MemoryShrank,
 }
 
 type State = VringState<GuestMemoryAtomic<Mem>>;
@@ -87,6 +89,15 @@ impl QueueWorker {
                 self.index
             );
             self.broken = Some(fault);
+        }
+    }
+
+    /// After work that touched guest memory: when the connection's memory lost pages under
+    /// its mapping, the queue stops and the frontend is disconnected.
+    pub(super) fn check_memory(&mut self) {
+        if self.guard.faulted() {
+            self.break_ring(RingFault::MemoryShrank);
+            self.guard.disconnect();
         }
     }
 

@@ -99,7 +99,8 @@ impl Harness {
             stats: vec![Arc::new(QueueStats::default())],
         });
         let stopping = Arc::new(AtomicBool::new(false));
-        let worker = QueueWorker::new(0, SIZE, disk, mem.clone(), stopping).unwrap();
+        let guard = crate::vhost::memguard::MemoryGuard::new();
+        let worker = QueueWorker::new(0, SIZE, disk, mem.clone(), stopping, guard).unwrap();
         let vring = VringRwLock::new(mem.clone(), SIZE).unwrap();
         vring.set_queue_size(SIZE);
         vring.set_queue_info(DESC, AVAIL, USED).unwrap();
