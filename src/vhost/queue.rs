@@ -365,9 +365,17 @@ impl QueueWorker {
             if self.poll(vring) {
                 continue;
             }
-            match vring.enable_notification() {
-                Ok(true) => continue,
-                _ => break,
+            // virtio-queue's answer (avail index != next_avail) also holds for a ring that
+            // GET_VRING_BASE has just stopped, which then spun here while GET_VRING_BASE waited
+            // for this queue: ask `available`, which counts nothing on a stopped ring.
+            let _ = vring.enable_notification();
+            match self.available(&vring.get_ref(), &self.mem.memory()) {
+                Ok(0) => break,
+                Ok(_) => continue,
+                Err(fault) => {
+                    self.break_ring(fault);
+                    break;
+                }
             }
         }
         self.check_memory();

@@ -286,6 +286,20 @@ fn an_avail_index_far_ahead_breaks_the_queue_once_and_a_restart_clears_it() {
 }
 
 #[test]
+fn a_ring_stopped_with_requests_available_does_not_spin() {
+    // GET_VRING_BASE marks the ring not ready, then waits for the queue (stop_vring): the
+    // queue thread must not spin on the requests still in the available ring. Found by the
+    // fuzzer (tests/fuzz_vhost).
+    let mut h = Harness::image();
+    h.vring.set_queue_event_idx(true);
+    h.request(VIRTIO_BLK_T_IN, 0, 0x10000, &[(0x20000, 512)]);
+    h.vring.set_queue_ready(false);
+    h.kick(); // returns
+    assert_eq!(h.used_idx(), 0, "a stopped ring is not processed");
+    assert!(!h.worker.broken());
+}
+
+#[test]
 fn a_head_past_the_queue_size_breaks_the_queue() {
     let mut h = Harness::image();
     h.publish(SIZE + 3);
