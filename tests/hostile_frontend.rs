@@ -256,6 +256,19 @@ fn an_avail_index_far_ahead_stops_only_its_queue() {
     drop((q0, q1));
     drop(fe);
     serves(&sock, 5);
+    // Broken again, and SIGTERM while that frontend is still connected.
+    let mut fe = connect(&sock);
+    let mut q0 = fe.blk_queue(0, 1, 4096).unwrap();
+    let layout = *q0.queue().layout();
+    fe.memory()
+        .store(layout.avail_idx(), 300u16.to_le(), Ordering::Release)
+        .unwrap();
+    q0.queue().force_kick().unwrap();
+    let deadline = Instant::now() + T;
+    while d.log_text().matches("ring is broken").count() < 2 {
+        assert!(Instant::now() < deadline, "the second fault was not seen");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let st = d.signal_and_wait(libc::SIGTERM);
     assert!(st.success(), "exit after SIGTERM: {st}\n{}", d.log_text());
 }
