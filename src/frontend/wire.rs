@@ -7,8 +7,9 @@
 //! size: u32` (little-endian), then `size` bytes of payload; file descriptors travel as
 //! SCM_RIGHTS ancillary data with the header.
 
+use std::fs::File;
 use std::io::{self, Read};
-use std::os::unix::io::{AsRawFd, RawFd};
+use std::os::unix::io::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -56,12 +57,13 @@ const HEADER: usize = 12;
 /// backend, read no further).
 const MAX_REPLY: usize = 4096;
 
-/// A reply: its request code, flags and payload.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A reply: its request code, flags, payload and the files sent along (GET_INFLIGHT_FD).
+#[derive(Debug)]
 pub struct RawReply {
     pub request: u32,
     pub flags: u32,
     pub payload: Vec<u8>,
+    pub files: Vec<File>,
 }
 
 impl RawReply {
@@ -118,7 +120,7 @@ impl RawFrontend {
     }
 
     /// Reads the next reply, waiting at most `timeout`. `Ok(None)`: nothing came; an error:
-    /// the connection is closed or the reply is malformed. Descriptors sent along are closed.
+    /// the connection is closed or the reply is malformed.
     pub fn recv(&mut self, timeout: Duration) -> io::Result<Option<RawReply>> {
         let deadline = Instant::now() + timeout;
         match wait_for(&self.sock, libc::POLLIN, deadline) {
@@ -126,7 +128,7 @@ impl RawFrontend {
             r => r?,
         }
         let mut hdr = [0u8; HEADER];
-        recv_closing_fds(self.sock.as_raw_fd(), &mut hdr)?;
+        let files = recv_with_fds(self.sock.as_raw_fd(), &mut hdr)?;
         let word = |i: usize| u32::from_le_bytes([hdr[i], hdr[i + 1], hdr[i + 2], hdr[i + 3]]);
         let (request, flags, size) = (word(0), word(4), word(8) as usize);
         if size > MAX_REPLY {
@@ -149,6 +151,7 @@ impl RawFrontend {
             request,
             flags,
             payload,
+            files,
         }))
     }
 
@@ -248,9 +251,8 @@ fn send_with_fds(sock: RawFd, buf: &[u8], fds: &[RawFd]) -> io::Result<usize> {
     Ok(n as usize)
 }
 
-/// recvmsg() of exactly `buf.len()` bytes (the header); descriptors that come along are
-/// closed.
-fn recv_closing_fds(sock: RawFd, buf: &mut [u8]) -> io::Result<()> {
+/// recvmsg() of exactly `buf.len()` bytes (the header), and the descriptors that come along.
+fn recv_with_fds(sock: RawFd, buf: &mut [u8]) -> io::Result<Vec<File>> {
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
@@ -270,7 +272,9 @@ fn recv_closing_fds(sock: RawFd, buf: &mut [u8]) -> io::Result<()> {
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: walks the control messages the kernel wrote into `control`.
+    let mut files = Vec::new();
+    // SAFETY: walks the control messages the kernel wrote into `control`; each descriptor
+    // received is new to this process and owned by the `File` made of it.
     unsafe {
         let mut c = libc::CMSG_FIRSTHDR(&msg);
         while !c.is_null() {
@@ -279,7 +283,7 @@ fn recv_closing_fds(sock: RawFd, buf: &mut [u8]) -> io::Result<()> {
                 let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize)
                     / std::mem::size_of::<RawFd>();
                 for i in 0..count {
-                    libc::close(std::ptr::read_unaligned(data.add(i)));
+                    files.push(File::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
                 }
             }
             c = libc::CMSG_NXTHDR(&msg, c);
@@ -288,7 +292,7 @@ fn recv_closing_fds(sock: RawFd, buf: &mut [u8]) -> io::Result<()> {
     if (n as usize) < buf.len() {
         return Err(io::ErrorKind::UnexpectedEof.into());
     }
-    Ok(())
+    Ok(files)
 }
 
 /// Little-endian encoders for message payloads.
@@ -350,12 +354,14 @@ pub mod payload {
         b
     }
 
-    /// An inflight description: mmap size, mmap offset, queues, queue size.
+    /// An inflight description: mmap size, mmap offset, queues, queue size (padded to the
+    /// C struct's 24 bytes).
     pub fn inflight(size: u64, offset: u64, queues: u16, queue_size: u16) -> Vec<u8> {
         let mut b = size.to_le_bytes().to_vec();
         b.extend_from_slice(&offset.to_le_bytes());
         b.extend_from_slice(&queues.to_le_bytes());
         b.extend_from_slice(&queue_size.to_le_bytes());
+        b.extend_from_slice(&[0; 4]);
         b
     }
 }

@@ -35,6 +35,9 @@ pub enum FileRef {
     Guest,
     /// A fresh memfd of this size.
     Memfd(u64),
+    /// The inflight region the daemon returned for the last GET_INFLIGHT_FD (else the guest
+    /// memory file).
+    Inflight,
 }
 
 /// One memory region: offsets from `GUEST_BASE` and from the mapping's start.
@@ -150,6 +153,12 @@ pub enum Action {
     Wait(u16),
     /// The guest memory file shrinks to this size (the case touches its memory no more).
     Truncate(u64),
+    /// Bytes written into the daemon's inflight region (what a hostile frontend keeps there
+    /// for the next daemon to recover from).
+    InflightWrite {
+        offset: u64,
+        data: Vec<u8>,
+    },
 }
 
 /// The state of a case being run.
@@ -168,6 +177,8 @@ pub struct Run {
     pub closed: bool,
     offered: u64,
     offered_protocol: u64,
+    /// The daemon's inflight region and its size, from GET_INFLIGHT_FD.
+    inflight: Option<(File, u64)>,
 }
 
 fn memfd(size: u64) -> File {
@@ -203,6 +214,7 @@ impl Run {
             closed: false,
             offered: 0,
             offered_protocol: 0,
+            inflight: None,
         })
     }
 
@@ -240,6 +252,10 @@ impl Run {
     fn file_of(&self, f: &FileRef) -> (Option<File>, RawFd) {
         match f {
             FileRef::Guest => (None, self.guest_file().as_raw_fd()),
+            FileRef::Inflight => match &self.inflight {
+                Some((f, _)) => (None, f.as_raw_fd()),
+                None => (None, self.guest_file().as_raw_fd()),
+            },
             FileRef::Memfd(size) => {
                 let file = memfd(*size);
                 let fd = file.as_raw_fd();
@@ -425,7 +441,10 @@ impl Run {
                 let body = payload::inflight(0, 0, *queues, *size);
                 if !self.closed {
                     match self.fe.call(req::GET_INFLIGHT_FD, VERSION_1, &body, &[], T) {
-                        Ok(_) => {}
+                        Ok(mut r) => {
+                            let size = r.u64().unwrap_or(0);
+                            self.inflight = r.files.pop().map(|f| (f, size));
+                        }
                         Err(_) => self.closed = true,
                     }
                 }
@@ -438,7 +457,12 @@ impl Run {
                 file,
             } => {
                 let (_f, fd) = self.file_of(file);
-                let body = payload::inflight(*size, *offset, *queues, *qsize);
+                // Size 0: the size the daemon gave.
+                let size = match (&self.inflight, *size) {
+                    (Some((_, given)), 0) => *given,
+                    (_, s) => s,
+                };
+                let body = payload::inflight(size, *offset, *queues, *qsize);
                 self.send(req::SET_INFLIGHT_FD, &body, &[fd]);
             }
             Action::Request {
@@ -488,6 +512,12 @@ impl Run {
                 unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
                 for c in &self.call {
                     let _ = c.read();
+                }
+            }
+            Action::InflightWrite { offset, data } => {
+                use std::os::unix::fs::FileExt;
+                if let Some((f, _)) = &self.inflight {
+                    let _ = f.write_all_at(&data[..data.len().min(4096)], *offset);
                 }
             }
             Action::Truncate(size) => {

@@ -432,6 +432,9 @@ fn fuzz_vhost_messages_and_rings() {
             );
         }
         n += 1;
+        if replay.is_some() {
+            eprintln!("replayed against the {}:\n{}", t.name, t.log_tail());
+        }
         if replay.is_some() || Instant::now() >= deadline {
             break;
         }
@@ -446,11 +449,12 @@ fn fuzz_vhost_messages_and_rings() {
     let summary = format!(
         "fuzz: {n} cases in {secs:.0} s (seed {seed}; {invalid} mutants did not parse); \
          daemon logs: {} broken rings, {} refused requests, {} connections ended by an error, \
-         {} shrunk guest memories",
+         {} shrunk guest memories, {} inflight recoveries that resubmitted",
         count("ring is broken"),
         count("refused"),
         count("connection ended"),
         count("guest memory shrank"),
+        count("resubmitting"),
     );
     eprintln!("{summary}");
     println!("{summary}");
