@@ -15,6 +15,8 @@ have mkfs.ext4 || need+=(e2fsprogs)
 have dmsetup || need+=(dmsetup)
 have blkdiscard || need+=(util-linux)
 have gcc || need+=(gcc)
+# scripts/check-vendor.sh applies vendor/patches to the pristine crate.
+have patch || need+=(patch)
 # The Debian package test (scripts/test-package.sh) and the README examples' checks.
 have dpkg-shlibdeps || need+=(dpkg-dev)
 have strip || need+=(binutils)

@@ -2,8 +2,9 @@
 //!
 //! Each slot owns a 64-byte metadata block (header at 0, discard/write-zeroes segment at 16,
 //! status byte at 32) and a data buffer of `data_len` bytes. A typed request is the chain
-//! `header (out) [, data (in/out)] , status (in)`. Slots are picked by the caller, so a load
-//! generator can keep `depth` requests in flight without any allocation.
+//! `header (out) [, data (in/out)...] , status (in)`, the data split into descriptors of at
+//! most the device's `size_max` bytes, as a driver must. Slots are picked by the caller, so a
+//! load generator can keep `depth` requests in flight without any allocation.
 
 use std::sync::atomic::Ordering;
 
@@ -125,6 +126,10 @@ pub struct BlkQueue {
     slot_of_head: Vec<u16>,
     busy: Vec<bool>,
     indirect: bool,
+    /// Largest data descriptor (the device's `size_max`); 0: no limit.
+    size_max: u32,
+    /// The chain being built (reused).
+    chain: Vec<Segment>,
 }
 
 impl BlkQueue {
@@ -154,7 +159,15 @@ impl BlkQueue {
             slot_of_head: vec![NO_SLOT; size],
             busy: vec![false; usize::from(depth)],
             indirect: false,
+            size_max: 0,
+            chain: Vec::new(),
         })
+    }
+
+    /// Data descriptors of typed requests carry at most `size_max` bytes (0: no limit), the
+    /// limit the device advertises (`VIRTIO_BLK_F_SIZE_MAX`).
+    pub fn set_size_max(&mut self, size_max: u32) {
+        self.size_max = size_max;
     }
 
     /// The underlying ring driver (raw submissions, kick, custom waits).
@@ -273,12 +286,27 @@ impl BlkQueue {
         mem.write(meta, &header(ty, sector))?;
         let status = GuestAddress(meta.0 + META_STATUS);
         mem.store(status, STATUS_UNSET, Ordering::Relaxed)?;
-        let hdr = Segment::to_device(meta, HEADER_SIZE);
-        let st = Segment::from_device(status, 1);
-        let head = match data_seg {
-            Some(d) if d.len > 0 => self.q.submit(&[hdr, d, st], self.indirect)?,
-            _ => self.q.submit(&[hdr, st], self.indirect)?,
-        };
+        self.chain.clear();
+        self.chain.push(Segment::to_device(meta, HEADER_SIZE));
+        if let Some(d) = data_seg {
+            let step = if self.size_max == 0 {
+                u32::MAX
+            } else {
+                self.size_max
+            };
+            let mut off = 0;
+            while off < d.len {
+                let len = (d.len - off).min(step);
+                self.chain.push(Segment {
+                    addr: d.addr + u64::from(off),
+                    len,
+                    writable: d.writable,
+                });
+                off += len;
+            }
+        }
+        self.chain.push(Segment::from_device(status, 1));
+        let head = self.q.submit(&self.chain, self.indirect)?;
         self.slot_of_head[usize::from(head)] = slot;
         self.busy[usize::from(slot)] = true;
         Ok(head)

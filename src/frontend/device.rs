@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserInflight};
 use vhost::vhost_user::{VhostUserFrontend, VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost::{VhostBackend, VringConfigData};
-use virtio_bindings::virtio_blk::VIRTIO_BLK_F_MQ;
+use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_SIZE_MAX};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vm_memory::GuestAddress;
@@ -238,7 +238,11 @@ impl BlkFrontend {
     /// Starts queue `index` with `depth` request slots of `data_len` bytes each.
     pub fn blk_queue(&mut self, index: u16, depth: u16, data_len: u32) -> Result<BlkQueue> {
         let queue = self.queue(index)?;
-        BlkQueue::new(queue, depth, data_len)
+        let mut q = BlkQueue::new(queue, depth, data_len)?;
+        if self.has_feature(VIRTIO_BLK_F_SIZE_MAX) {
+            q.set_size_max(self.config.size_max);
+        }
+        Ok(q)
     }
 
     /// Stops every started queue (GET_VRING_BASE), then closes the socket.

@@ -21,6 +21,7 @@ mod error;
 mod memory;
 mod queue;
 mod ring;
+pub mod wire;
 
 pub use blk::{
     header, range_segment, BlkCompletion, BlkQueue, BlkStatus, Reply, Request, HEADER_SIZE,

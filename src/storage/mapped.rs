@@ -12,6 +12,10 @@
 //! address instead and counts the fault; from then on no mapping is used, and a read that saw
 //! the count change returns `None` so that its caller reads (or writes) again with preadv (or
 //! pwritev), which reports the short file as an error. A SIGBUS anywhere else gets the action that was there before.
+//!
+//! The same handler guards mappings other modules own ([`ForeignGuard`]: the daemon registers
+//! each frontend's guest memory, whose file the frontend may truncate): a fault there gets the
+//! zero page too, and sets that guard's flag instead of retiring image mappings.
 
 use std::fs::File;
 use std::os::unix::io::AsRawFd;
@@ -310,8 +314,11 @@ type Handler = extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_voi
 extern "C" fn on_sigbus(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
     // SAFETY: the kernel hands SA_SIGINFO handlers a valid siginfo.
     let (code, addr) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
-    if code == libc::BUS_ADRERR && ours(addr) {
-        FAULTS.fetch_add(1, Ordering::SeqCst);
+    let image = code == libc::BUS_ADRERR && ours(addr);
+    if image || (code == libc::BUS_ADRERR && foreign_fault(addr)) {
+        if image {
+            FAULTS.fetch_add(1, Ordering::SeqCst);
+        }
         let page = PAGE.load(Ordering::Relaxed);
         // SAFETY: replaces one page of a mapping this module owns (checked by `ours`) with
         // private zeroes, writable so that a faulting write completes too; the faulting copy
@@ -337,6 +344,87 @@ extern "C" fn on_sigbus(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mu
     } else {
         // SAFETY: signal with SIG_DFL has no preconditions.
         unsafe { libc::signal(libc::SIGBUS, libc::SIG_DFL) };
+    }
+}
+
+/// Foreign mappings the SIGBUS handler recognises.
+const FOREIGN: usize = 4096;
+
+struct Foreign {
+    start: AtomicUsize,
+    len: AtomicUsize,
+    faulted: AtomicBool,
+}
+
+static FOREIGN_REGION: [Foreign; FOREIGN] = [const {
+    Foreign {
+        start: AtomicUsize::new(0),
+        len: AtomicUsize::new(0),
+        faulted: AtomicBool::new(false),
+    }
+}; FOREIGN];
+/// SIGBUS faults caught on foreign mappings since the process started.
+static FOREIGN_FAULTS: AtomicUsize = AtomicUsize::new(0);
+
+/// Marks the foreign mapping holding `addr` as faulted; false when none holds it.
+fn foreign_fault(addr: usize) -> bool {
+    for r in &FOREIGN_REGION {
+        let start = r.start.load(Ordering::SeqCst);
+        if start != 0 && addr >= start && addr - start < r.len.load(Ordering::SeqCst) {
+            r.faulted.store(true, Ordering::SeqCst);
+            FOREIGN_FAULTS.fetch_add(1, Ordering::SeqCst);
+            return true;
+        }
+    }
+    false
+}
+
+/// Faults caught on foreign mappings so far: a cheap check before asking each guard.
+pub fn foreign_faults() -> usize {
+    FOREIGN_FAULTS.load(Ordering::SeqCst)
+}
+
+/// A mapping owned elsewhere that the SIGBUS handler guards while this lives: a fault in it
+/// (its file shrank) maps a private zero page over the faulting page and sets [`faulted`]
+/// instead of killing the process. The owner must stop trusting the mapping's contents.
+///
+/// [`faulted`]: ForeignGuard::faulted
+#[derive(Debug)]
+pub struct ForeignGuard {
+    slot: usize,
+}
+
+impl ForeignGuard {
+    /// Guards `len` bytes at `start`. `None`: the handler cannot be installed or every slot is
+    /// taken.
+    pub fn new(start: usize, len: usize) -> Option<ForeignGuard> {
+        if start == 0 || len == 0 || !guard_installed() {
+            return None;
+        }
+        for (slot, r) in FOREIGN_REGION.iter().enumerate() {
+            if r.start
+                .compare_exchange(0, start, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                r.faulted.store(false, Ordering::SeqCst);
+                r.len.store(len, Ordering::SeqCst);
+                return Some(ForeignGuard { slot });
+            }
+        }
+        None
+    }
+
+    /// Whether a fault was caught in the mapping.
+    pub fn faulted(&self) -> bool {
+        FOREIGN_REGION[self.slot].faulted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for ForeignGuard {
+    fn drop(&mut self) {
+        let r = &FOREIGN_REGION[self.slot];
+        r.len.store(0, Ordering::SeqCst);
+        r.start.store(0, Ordering::SeqCst);
     }
 }
 
@@ -432,6 +520,45 @@ mod tests {
         assert_eq!(unsafe { m.write(&[iov(&mut a)], 0) }, None);
         assert_eq!(unsafe { m.read(&[iov(&mut b)], 4608) }, Some(3584));
         assert!(b.iter().all(|&x| x == 0xb2));
+    }
+
+    #[test]
+    fn a_truncated_foreign_mapping_reads_zeroes_and_flags_its_guard() {
+        let f = tempfile::tempfile().unwrap();
+        (&f).write_all(&[7u8; 8192]).unwrap();
+        // SAFETY: a fresh shared mapping of a file this test owns.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                8192,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(base, libc::MAP_FAILED);
+        let guard = ForeignGuard::new(base as usize, 8192).expect("a free slot");
+        let before = foreign_faults();
+        f.set_len(4096).unwrap();
+        // SAFETY: inside the mapping; the second page is past the end of the file now.
+        let (kept, lost) = unsafe {
+            (
+                std::ptr::read_volatile(base.cast::<u8>()),
+                std::ptr::read_volatile(base.cast::<u8>().add(4096)),
+            )
+        };
+        assert_eq!((kept, lost), (7, 0), "the lost page reads as zeroes");
+        assert!(guard.faulted());
+        assert_eq!(foreign_faults(), before + 1);
+        assert_eq!(
+            FAULTS.load(Ordering::SeqCst),
+            0,
+            "image mappings are not retired"
+        );
+        drop(guard);
+        // SAFETY: unmaps the mapping created above.
+        unsafe { libc::munmap(base, 8192) };
     }
 
     #[test]

@@ -11,12 +11,13 @@ use vhost::vhost_user::message::{
 };
 use vhost_user_backend::{VhostUserBackend, VringRwLock};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_FLUSH};
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
+use super::memguard::MemoryGuard;
 use super::queue::{DiskContext, QueueWorker};
 use super::tracker;
 use crate::virtio_blk::config::{BlkConfig, WCE_OFFSET};
@@ -35,6 +36,7 @@ struct Inner {
     exit: Mutex<Vec<EventNotifier>>,
     /// Set when the daemon stops: queues pop no new requests.
     stopping: Arc<AtomicBool>,
+    guard: Arc<MemoryGuard>,
 }
 
 impl BlkBackend {
@@ -44,10 +46,11 @@ impl BlkBackend {
         mem: GuestMemoryAtomic<Mem>,
     ) -> std::io::Result<BlkBackend> {
         let stopping = Arc::new(AtomicBool::new(false));
+        let guard = MemoryGuard::new();
         let queues = (0..config.num_queues as usize)
             .map(|i| {
-                let (d, m, st) = (disk.clone(), mem.clone(), stopping.clone());
-                QueueWorker::new(i, config.queue_size, d, m, st).map(Mutex::new)
+                let (d, m, st, g) = (disk.clone(), mem.clone(), stopping.clone(), guard.clone());
+                QueueWorker::new(i, config.queue_size, d, m, st, g).map(Mutex::new)
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(BlkBackend(Arc::new(Inner {
@@ -57,6 +60,7 @@ impl BlkBackend {
             acked: AtomicU64::new(0),
             exit: Mutex::new(Vec::new()),
             stopping,
+            guard,
         })))
     }
 
@@ -70,6 +74,11 @@ impl BlkBackend {
         (0..self.0.queues.len())
             .map(|q| self.queue(q).completion_fd())
             .collect()
+    }
+
+    /// How to disconnect the frontend if its guest memory shrinks under the daemon.
+    pub fn set_disconnect(&self, handle: vhost_user_backend::ShutdownHandle) {
+        self.0.guard.set_disconnect(handle);
     }
 
     /// Tells every worker thread to exit.
@@ -208,8 +217,9 @@ impl VhostUserBackend for BlkBackend {
         ))
     }
 
-    fn update_memory(&self, _mem: GuestMemoryAtomic<Mem>) -> std::io::Result<()> {
+    fn update_memory(&self, mem: GuestMemoryAtomic<Mem>) -> std::io::Result<()> {
         // Queues hold the same GuestMemoryAtomic, which the framework updates in place.
+        self.0.guard.cover(&mem.memory());
         Ok(())
     }
 

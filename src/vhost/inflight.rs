@@ -1,9 +1,13 @@
 //! The in-flight table of one queue: a fixed set of slots, each holding one request's iovecs
 //! (pointing straight into guest memory), its progress and the mapping that keeps them valid.
+//!
+//! A request the kernel cannot take from guest memory directly (O_DIRECT, unaligned buffers)
+//! moves through an aligned bounce buffer of at most `BOUNCE_MAX` bytes, a piece at a time, so
+//! one request costs at most that much memory whatever its length.
 
 use std::sync::Arc;
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::storage::{Image, Ticket};
 use crate::virtio_blk::request::{Ranges, Request, RequestKind, Segment, Status};
@@ -38,6 +42,8 @@ struct Bounce {
 }
 
 const DIRECT_ALIGN: usize = 4096;
+/// Largest bounce buffer of one request (a multiple of every logical block size).
+pub const BOUNCE_MAX: usize = 256 << 10;
 
 impl Bounce {
     fn new(len: usize) -> Bounce {
@@ -86,12 +92,17 @@ pub struct Slot {
     pub ticket: Option<Ticket>,
     /// SQEs submitted and not yet completed.
     pub pending: u32,
+    /// A helper thread has (or will run) this request.
+    pub helper: bool,
     pub failed: bool,
     pub mem: Option<Arc<Mem>>,
     pub ranges: Ranges,
     iov: Vec<IoVec>,
     iov_pos: usize,
     bounce: Option<Bounce>,
+    /// Bytes of a bounced request done in earlier pieces, and the length of the current one.
+    bounced: u32,
+    piece: u32,
     segs: Vec<Segment>,
 }
 
@@ -107,12 +118,15 @@ impl Slot {
             file_delta: 0,
             ticket: None,
             pending: 0,
+            helper: false,
             failed: false,
             mem: None,
             ranges: Ranges::default(),
             iov: Vec::new(),
             iov_pos: 0,
             bounce: None,
+            bounced: 0,
+            piece: 0,
             segs: Vec::new(),
         }
     }
@@ -123,6 +137,7 @@ impl Slot {
         self.status = req.status;
         self.data_len = req.data_len;
         self.pending = 0;
+        self.helper = false;
         self.failed = false;
         self.mem = Some(mem);
         self.iov.clear();
@@ -182,27 +197,58 @@ impl Slot {
             .iter()
             .all(|v| (v.0.iov_base as usize) % align == 0 && v.0.iov_len % align == 0);
         if direct && !aligned {
-            let mut bounce = Bounce::new(self.data_len as usize);
-            if self.op == IoOp::Write {
-                let mut off = 0;
-                let buf = bounce.as_mut_slice();
-                for seg in segs {
-                    let end = off + seg.len as usize;
-                    mem.read_slice(&mut buf[off..end], seg.addr)
-                        .map_err(|_| PrepareError::BounceCopy)?;
-                    off = end;
-                }
-            }
-            let base = bounce.as_mut_slice().as_mut_ptr();
-            self.iov.clear();
-            self.iov.push(IoVec(libc::iovec {
-                iov_base: base.cast(),
-                iov_len: self.data_len as usize,
-            }));
+            self.bounce = Some(Bounce::new((self.data_len as usize).min(BOUNCE_MAX)));
             self.segs.extend_from_slice(segs);
-            self.bounce = Some(bounce);
+            self.bounced = 0;
+            if !self.load_piece(mem) {
+                return Err(PrepareError::BounceCopy);
+            }
         }
         Ok(())
+    }
+
+    /// Points the iovecs at the bounce buffer for the next piece (filled from guest memory
+    /// for a write). False: the guest data could not be read.
+    fn load_piece(&mut self, mem: &Mem) -> bool {
+        let Some(bounce) = self.bounce.as_mut() else {
+            return false;
+        };
+        let piece = (self.data_len - self.bounced).min(bounce.len as u32);
+        let buf = &mut bounce.as_mut_slice()[..piece as usize];
+        if self.op == IoOp::Write && !copy_guest(&self.segs, mem, self.bounced, buf, false) {
+            return false;
+        }
+        self.iov.clear();
+        self.iov_pos = 0;
+        self.iov.push(IoVec(libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        }));
+        self.piece = piece;
+        true
+    }
+
+    /// A bounced piece is done: a read's bytes go to the guest, and the next piece is
+    /// loaded. `None`: the request is done.
+    fn next_piece(&mut self) -> Option<Progress> {
+        let (Some(bounce), Some(mem)) = (self.bounce.as_mut(), self.mem.clone()) else {
+            return None;
+        };
+        if self.op == IoOp::Read {
+            let buf = &mut bounce.as_mut_slice()[..self.piece as usize];
+            if !copy_guest(&self.segs, &mem, self.bounced, buf, true) {
+                return Some(Progress::Stuck);
+            }
+        }
+        self.bounced += self.piece;
+        if self.bounced >= self.data_len {
+            return None;
+        }
+        Some(if self.load_piece(&mem) {
+            Progress::More
+        } else {
+            Progress::Stuck
+        })
     }
 
     /// Drops what `prepare` built (the request takes another path).
@@ -238,11 +284,10 @@ impl Slot {
                 self.iov_pos += 1;
             }
         }
-        if self.iov_pos >= self.iov.len() {
-            Progress::Done
-        } else {
-            Progress::More
+        if self.iov_pos < self.iov.len() {
+            return Progress::More;
         }
+        self.next_piece().unwrap_or(Progress::Done)
     }
 
     /// fallocate(2) mode for this slot's discard / write-zeroes ranges.
@@ -266,29 +311,48 @@ impl Slot {
         Ok(())
     }
 
-    /// Final status and used length; copies a bounced read back into guest memory.
+    /// Final status and used length (a bounced read reached the guest piece by piece).
     pub fn finish(&mut self) -> (Status, u32) {
+        self.bounce = None;
         if self.failed {
             return (Status::IoErr, 1);
-        }
-        if let (IoOp::Read, Some(mut bounce), Some(mem)) =
-            (self.op, self.bounce.take(), self.mem.as_ref())
-        {
-            let buf = bounce.as_mut_slice();
-            let mut off = 0;
-            for seg in &self.segs {
-                let end = off + seg.len as usize;
-                if mem.write_slice(&buf[off..end], seg.addr).is_err() {
-                    return (Status::IoErr, 1);
-                }
-                off = end;
-            }
         }
         match self.op {
             IoOp::Read => (Status::Ok, self.data_len + 1),
             _ => (Status::Ok, 1),
         }
     }
+}
+
+/// Copies between `buf` and the bytes of `segs` (taken as one run) from `start` on: into the
+/// guest (`to_guest`) or out of it. False: a segment is outside guest memory.
+fn copy_guest(segs: &[Segment], mem: &Mem, start: u32, buf: &mut [u8], to_guest: bool) -> bool {
+    let (mut skip, mut off) = (start as usize, 0usize);
+    for seg in segs {
+        let len = seg.len as usize;
+        if skip >= len {
+            skip -= len;
+            continue;
+        }
+        let n = (len - skip).min(buf.len() - off);
+        let Some(addr) = seg.addr.checked_add(skip as u64) else {
+            return false;
+        };
+        let ok = if to_guest {
+            mem.write_slice(&buf[off..off + n], addr).is_ok()
+        } else {
+            mem.read_slice(&mut buf[off..off + n], addr).is_ok()
+        };
+        if !ok {
+            return false;
+        }
+        skip = 0;
+        off += n;
+        if off == buf.len() {
+            break;
+        }
+    }
+    off == buf.len()
 }
 
 /// The slot table: fixed size (the queue size), a free list, no allocation per request.
@@ -321,6 +385,15 @@ impl Slots {
         &mut self.slots[idx]
     }
 
+    pub fn get(&self, idx: usize) -> &Slot {
+        &self.slots[idx]
+    }
+
+    /// The slots in use.
+    pub fn busy(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.slots.len()).filter(|&i| self.in_use(i))
+    }
+
     /// Whether `idx` names a slot that is in use (guards against stale completions).
     pub fn in_use(&self, idx: usize) -> bool {
         idx < self.slots.len() && self.slots[idx].mem.is_some()
@@ -332,5 +405,119 @@ impl Slots {
 
     pub fn in_flight(&self) -> usize {
         self.slots.len() - self.free.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio_blk::request::Request;
+
+    fn geometry() -> DiskGeometry {
+        DiskGeometry {
+            capacity_sectors: 1 << 20,
+            logical_block_size: 512,
+            readonly: false,
+            discard: false,
+            serial: Vec::new(),
+        }
+    }
+
+    /// Unaligned guest buffers, 600 KiB in all.
+    fn segments(writable: bool) -> Vec<Segment> {
+        [
+            (0x1001u64, 200u32 << 10),
+            (0x10_0001, 300 << 10),
+            (0x30_0001, 100 << 10),
+        ]
+        .map(|(a, len)| Segment {
+            addr: GuestAddress(a),
+            len,
+            writable,
+        })
+        .to_vec()
+    }
+
+    fn slot(kind: RequestKind, segs: &[Segment], mem: &Arc<Mem>) -> Slot {
+        let mut slot = Slot::new();
+        let data_len = segs.iter().map(|s| s.len).sum();
+        let req = Request {
+            kind,
+            status: GuestAddress(0x10),
+            data_len,
+        };
+        slot.begin(0, req, mem.clone());
+        slot.prepare(segs, mem, &geometry(), true).unwrap();
+        slot
+    }
+
+    /// The current piece as the kernel sees it: one iovec.
+    fn piece(slot: &mut Slot) -> &mut [u8] {
+        let (iov, n) = slot.iov_remaining();
+        assert_eq!(n, 1);
+        // SAFETY: the slot's bounce buffer, alive while the slot is.
+        unsafe {
+            let v = *iov;
+            assert_eq!(v.iov_base as usize % DIRECT_ALIGN, 0);
+            std::slice::from_raw_parts_mut(v.iov_base.cast(), v.iov_len)
+        }
+    }
+
+    #[test]
+    fn an_unaligned_direct_request_is_bounced_a_bounded_piece_at_a_time() {
+        let mem = Arc::new(Mem::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap());
+        let pattern: Vec<u8> = (0..600u32 << 10).map(|i| (i * 13 % 251) as u8).collect();
+        // A write: the pieces, in order, carry the guest's bytes.
+        let segs = segments(false);
+        let mut at = 0;
+        for s in &segs {
+            mem.write_slice(&pattern[at..at + s.len as usize], s.addr)
+                .unwrap();
+            at += s.len as usize;
+        }
+        let mut w = slot(RequestKind::Write { sector: 0 }, &segs, &mem);
+        let mut written = Vec::new();
+        loop {
+            let p = piece(&mut w);
+            assert!(p.len() <= BOUNCE_MAX);
+            written.extend_from_slice(p);
+            let n = p.len() as u32;
+            match w.advance(n) {
+                Progress::More => {}
+                Progress::Done => break,
+                Progress::Stuck => panic!("stuck"),
+            }
+        }
+        assert!(
+            written == pattern,
+            "the write's pieces carry the guest data"
+        );
+        assert_eq!(w.finish(), (Status::Ok, 1));
+
+        // A read: each piece, once done, lands in the guest's buffers, short transfers too.
+        let segs = segments(true);
+        let mut r = slot(RequestKind::Read { sector: 0 }, &segs, &mem);
+        let mut done = 0;
+        loop {
+            let p = piece(&mut r);
+            assert!(p.len() <= BOUNCE_MAX);
+            let n = p.len().min(100 << 10);
+            p[..n].copy_from_slice(&pattern[done..done + n]);
+            done += n;
+            match r.advance(n as u32) {
+                Progress::More => {}
+                Progress::Done => break,
+                Progress::Stuck => panic!("stuck"),
+            }
+        }
+        assert_eq!(done, pattern.len());
+        assert_eq!(r.finish(), (Status::Ok, (600 << 10) + 1));
+        let mut at = 0;
+        for s in &segs {
+            let mut got = vec![0u8; s.len as usize];
+            mem.read_slice(&mut got, s.addr).unwrap();
+            assert!(got[..] == pattern[at..at + got.len()]);
+            at += got.len();
+        }
     }
 }

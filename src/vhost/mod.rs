@@ -3,6 +3,7 @@
 pub mod backend;
 pub mod chain;
 pub mod inflight;
+pub mod memguard;
 pub mod pool;
 pub mod queue;
 pub mod server;

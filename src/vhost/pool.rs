@@ -3,17 +3,25 @@
 //! memory and a buffer, and post completions back to the queue thread through its eventfd.
 //! Each queue has its own pool, so no lock is shared between queues.
 //!
-//! Buffers are reused: a finished job's buffer goes back to its pool's free list for the next
-//! job, so a pool holds at most one buffer per job that was in flight at once (one per thread at
-//! worst) instead of leaving freed buffers in the allocator's per-thread arenas.
+//! A read or write moves through a buffer of at most `CHUNK` bytes, whatever the request's
+//! length (up to `seg_max * size_max`, hundreds of MiB, which a small guest can describe with
+//! aliased descriptors): one request costs a helper thread at most `CHUNK` bytes. Buffers are
+//! reused: a finished job's buffer goes back to its pool's free list for the next job, so a
+//! pool holds at most one buffer per job that was in flight at once (one per thread at worst)
+//! instead of leaving freed buffers in the allocator's per-thread arenas.
+//!
+//! A job or task that panics completes with EIO (its request with an I/O error), and its
+//! thread goes on with the next one.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use vm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::logging::RateLimiter;
 use crate::storage::BlockDevice;
 use crate::virtio_blk::request::{Ranges, Segment};
 
@@ -54,8 +62,9 @@ enum Work {
 /// Completed jobs: (slot, result) with result = bytes done or -errno, as io_uring reports.
 pub type Done = Arc<Mutex<Vec<(usize, i32)>>>;
 
-/// Buffers of finished jobs larger than this are freed, not kept.
-const KEEP_MAX: usize = 4 << 20;
+/// Most bytes one job moves between the device and guest memory at a time (and so the most
+/// buffer memory one request costs).
+pub const CHUNK: usize = 1 << 20;
 
 /// A pool's free buffers.
 #[derive(Default)]
@@ -75,9 +84,7 @@ impl Buffers {
     }
 
     fn give(&self, b: Vec<u8>) {
-        if b.capacity() <= KEEP_MAX {
-            self.0.lock().unwrap_or_else(|p| p.into_inner()).push(b);
-        }
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(b);
     }
 }
 
@@ -103,6 +110,7 @@ impl Pool {
         let rx = Arc::new(Mutex::new(rx));
         let done: Done = Arc::new(Mutex::new(Vec::new()));
         let buffers = Arc::new(Buffers::default());
+        let panics = Arc::new(Mutex::new(RateLimiter::new(10)));
         let mut handles = Vec::new();
         for i in 0..threads.max(1) {
             let rx = rx.clone();
@@ -110,11 +118,18 @@ impl Pool {
             let buffers = buffers.clone();
             let dev = dev.clone();
             let notify = notify.try_clone()?;
-            handles.push(
-                std::thread::Builder::new()
-                    .name(format!("{name}-io{i}"))
-                    .spawn(move || worker(&*dev, &rx, &done, &notify, &buffers))?,
-            );
+            let panics = panics.clone();
+            let thread = format!("{name}-io{i}");
+            handles.push(std::thread::Builder::new().name(thread).spawn(move || {
+                let shared = Shared {
+                    rx: &rx,
+                    done: &done,
+                    notify: &notify,
+                    buffers: &buffers,
+                    panics: &panics,
+                };
+                worker(&*dev, &shared)
+            })?);
         }
         Ok(Pool {
             tx: Some(tx),
@@ -155,45 +170,61 @@ impl Drop for Pool {
     }
 }
 
-fn worker(
-    dev: &dyn BlockDevice,
-    rx: &Mutex<Receiver<Work>>,
-    done: &Mutex<Vec<(usize, i32)>>,
-    notify: &EventFd,
-    buffers: &Buffers,
-) {
+/// What a pool's threads share.
+struct Shared<'a> {
+    rx: &'a Mutex<Receiver<Work>>,
+    done: &'a Mutex<Vec<(usize, i32)>>,
+    notify: &'a EventFd,
+    buffers: &'a Buffers,
+    /// Limits the log lines of panicking jobs.
+    panics: &'a Mutex<RateLimiter>,
+}
+
+fn worker(dev: &dyn BlockDevice, sh: &Shared) {
     loop {
         let work = {
-            let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
+            let rx = sh.rx.lock().unwrap_or_else(|p| p.into_inner());
             match rx.recv() {
                 Ok(w) => w,
                 Err(_) => return,
             }
         };
-        let (slot, res) = match work {
-            Work::Io(job) => match run(dev, &job, buffers) {
-                Ok(()) => (job.slot, i32::try_from(job.len).unwrap_or(i32::MAX)),
+        let slot = match &work {
+            Work::Io(job) => job.slot,
+            Work::Task { slot, .. } => *slot,
+        };
+        let res = catch_unwind(AssertUnwindSafe(|| match work {
+            Work::Io(job) => match run(dev, &job, sh.buffers) {
+                Ok(()) => i32::try_from(job.len).unwrap_or(i32::MAX),
                 Err(e) => {
                     log::debug!("{:?} at byte {} failed: {e}", job.op, job.offset);
-                    (job.slot, -e.raw_os_error().unwrap_or(libc::EIO))
+                    -e.raw_os_error().unwrap_or(libc::EIO)
                 }
             },
-            Work::Task { slot, run } => {
+            Work::Task { run, .. } => {
                 run();
-                (slot, 0)
+                0
             }
-        };
-        done.lock()
+        }))
+        .unwrap_or_else(|_| {
+            let mut limit = sh.panics.lock().unwrap_or_else(|p| p.into_inner());
+            if limit.allow() {
+                log::error!("a helper thread's job panicked; its request fails with EIO");
+            }
+            -libc::EIO
+        });
+        sh.done
+            .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push((slot, res));
-        let _ = notify.write(1);
+        let _ = sh.notify.write(1);
     }
 }
 
 fn run(dev: &dyn BlockDevice, job: &Job, buffers: &Buffers) -> std::io::Result<()> {
     match job.op {
         JobOp::Read | JobOp::Write => {
-            let mut buf = buffers.take(job.len as usize);
+            let mut buf = buffers.take(CHUNK.min(job.len as usize));
             let r = transfer(dev, job, &mut buf);
             buffers.give(buf);
             r
@@ -214,25 +245,219 @@ fn run(dev: &dyn BlockDevice, job: &Job, buffers: &Buffers) -> std::io::Result<(
     }
 }
 
-/// A read or write through `buf` (`job.len` bytes).
+/// A read or write of `job.len` bytes, `buf.len()` bytes at a time.
 fn transfer(dev: &dyn BlockDevice, job: &Job, buf: &mut [u8]) -> std::io::Result<()> {
-    let guest = |_| std::io::Error::from_raw_os_error(libc::EFAULT);
-    let mut off = 0;
-    if let JobOp::Read = job.op {
-        dev.read_at(buf, job.offset)?;
-        for s in &job.segs {
-            let end = off + s.len as usize;
-            job.mem.write_slice(&buf[off..end], s.addr).map_err(guest)?;
-            off = end;
+    let total = job.len as usize;
+    let mut guest = Cursor {
+        segs: &job.segs,
+        seg: 0,
+        within: 0,
+    };
+    let mut done = 0;
+    while done < total {
+        let n = buf.len().min(total - done);
+        let chunk = &mut buf[..n];
+        let at = job.offset + done as u64;
+        if let JobOp::Read = job.op {
+            dev.read_at(chunk, at)?;
+            guest.copy(&job.mem, chunk, true)?;
+        } else {
+            guest.copy(&job.mem, chunk, false)?;
+            dev.write_at(chunk, at)?;
         }
-        return Ok(());
+        done += chunk.len();
     }
-    for s in &job.segs {
-        let end = off + s.len as usize;
-        job.mem
-            .read_slice(&mut buf[off..end], s.addr)
-            .map_err(guest)?;
-        off = end;
+    Ok(())
+}
+
+/// A position in a request's guest segments.
+struct Cursor<'a> {
+    segs: &'a [Segment],
+    seg: usize,
+    within: usize,
+}
+
+impl Cursor<'_> {
+    /// Copies `buf` to the guest (`to_guest`) or fills it from the guest, from the cursor on,
+    /// and moves the cursor past it.
+    fn copy(&mut self, mem: &Mem, buf: &mut [u8], to_guest: bool) -> std::io::Result<()> {
+        let fault = || std::io::Error::from_raw_os_error(libc::EFAULT);
+        let mut off = 0;
+        while off < buf.len() {
+            let s = self.segs.get(self.seg).ok_or_else(fault)?;
+            if self.within >= s.len as usize {
+                self.seg += 1;
+                self.within = 0;
+                continue;
+            }
+            let n = (s.len as usize - self.within).min(buf.len() - off);
+            let addr = s.addr.checked_add(self.within as u64).ok_or_else(fault)?;
+            if to_guest {
+                mem.write_slice(&buf[off..off + n], addr)
+                    .map_err(|_| fault())?;
+            } else {
+                mem.read_slice(&mut buf[off..off + n], addr)
+                    .map_err(|_| fault())?;
+            }
+            off += n;
+            self.within += n;
+            if self.within == s.len as usize {
+                self.seg += 1;
+                self.within = 0;
+            }
+        }
+        Ok(())
     }
-    dev.write_at(buf, job.offset)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemDevice;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use vm_memory::GuestAddress;
+
+    /// A device that panics on reads of byte 0 and records the largest transfer it saw.
+    struct Hostile {
+        inner: MemDevice,
+        largest: AtomicUsize,
+    }
+
+    impl BlockDevice for Hostile {
+        fn size(&self) -> u64 {
+            self.inner.size()
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+            assert!(offset != 0, "injected fault: read of byte 0");
+            self.largest.fetch_max(buf.len(), Ordering::Relaxed);
+            self.inner.read_at(buf, offset)
+        }
+        fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+            self.largest.fetch_max(buf.len(), Ordering::Relaxed);
+            self.inner.write_at(buf, offset)
+        }
+        fn flush(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn discard(&self, offset: u64, len: u64) -> std::io::Result<()> {
+            self.inner.discard(offset, len)
+        }
+        fn write_zeroes(&self, offset: u64, len: u64) -> std::io::Result<()> {
+            self.inner.write_zeroes(offset, len)
+        }
+    }
+
+    fn setup() -> (Arc<Hostile>, Pool, EventFd, Arc<Mem>) {
+        let dev = Arc::new(Hostile {
+            inner: MemDevice::new(16 << 20),
+            largest: AtomicUsize::new(0),
+        });
+        let event = EventFd::new(0).unwrap();
+        let pool = Pool::new(dev.clone(), 1, &event, "test").unwrap();
+        let mem = Arc::new(Mem::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap());
+        (dev, pool, event, mem)
+    }
+
+    fn job(slot: usize, op: JobOp, offset: u64, segs: Vec<Segment>, mem: &Arc<Mem>) -> Job {
+        Job {
+            slot,
+            op,
+            offset,
+            len: segs.iter().map(|s| s.len).sum(),
+            segs,
+            ranges: Ranges::default(),
+            mem: mem.clone(),
+        }
+    }
+
+    /// Waits for the next completion.
+    fn next(pool: &Pool, event: &EventFd) -> (usize, i32) {
+        loop {
+            let mut out = Vec::new();
+            pool.take_done(&mut out);
+            if let Some(&d) = out.first() {
+                assert_eq!(out.len(), 1);
+                return d;
+            }
+            event.read().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_panicking_job_fails_with_eio_and_the_thread_goes_on() {
+        let (_dev, pool, event, mem) = setup();
+        let seg = |len| Segment {
+            addr: GuestAddress(0x1000),
+            len,
+            writable: true,
+        };
+        pool.submit(job(3, JobOp::Read, 0, vec![seg(512)], &mem))
+            .unwrap();
+        assert_eq!(next(&pool, &event), (3, -libc::EIO));
+        // The same (only) thread serves the next job.
+        pool.submit(job(4, JobOp::Read, 4096, vec![seg(512)], &mem))
+            .unwrap();
+        assert_eq!(next(&pool, &event), (4, 512));
+        let ran = Arc::new(AtomicUsize::new(0));
+        let r = ran.clone();
+        pool.submit_task(5, Box::new(|| panic!("injected task fault")))
+            .unwrap();
+        assert_eq!(next(&pool, &event), (5, -libc::EIO));
+        pool.submit_task(
+            6,
+            Box::new(move || {
+                r.fetch_add(1, Ordering::Relaxed);
+            }),
+        )
+        .unwrap();
+        assert_eq!(next(&pool, &event), (6, 0));
+        assert_eq!(ran.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn an_aliased_request_moves_through_a_bounded_buffer() {
+        let (dev, pool, event, mem) = setup();
+        // 8 MiB described by 128 descriptors naming the same 64 KiB of guest memory.
+        let pattern: Vec<u8> = (0..65536u32).map(|i| (i * 31 % 251) as u8).collect();
+        mem.write_slice(&pattern, GuestAddress(0x10000)).unwrap();
+        let aliased = |writable| {
+            vec![
+                Segment {
+                    addr: GuestAddress(0x10000),
+                    len: 65536,
+                    writable,
+                };
+                128
+            ]
+        };
+        pool.submit(job(1, JobOp::Write, 4096, aliased(false), &mem))
+            .unwrap();
+        assert_eq!(next(&pool, &event), (1, 8 << 20));
+        let disk = dev.inner.contents();
+        for k in 0..128 {
+            let at = 4096 + k * 65536;
+            assert!(disk[at..at + 65536] == pattern[..], "copy {k}");
+        }
+        assert!(dev.largest.load(Ordering::Relaxed) <= CHUNK);
+        // A read scattered over segments of odd sizes gets the bytes in order.
+        let segs = [(0x20000u64, 4096u32), (0x30000, 3 << 18), (0x40000, 8192)]
+            .map(|(a, l)| Segment {
+                addr: GuestAddress(a),
+                len: l,
+                writable: true,
+            })
+            .to_vec();
+        let total: usize = segs.iter().map(|s| s.len as usize).sum();
+        pool.submit(job(2, JobOp::Read, 4096, segs.clone(), &mem))
+            .unwrap();
+        assert_eq!(next(&pool, &event), (2, total as i32));
+        let mut off = 4096;
+        for s in &segs {
+            let mut got = vec![0u8; s.len as usize];
+            mem.read_slice(&mut got, s.addr).unwrap();
+            assert!(got[..] == disk[off..off + got.len()]);
+            off += got.len();
+        }
+        assert!(dev.largest.load(Ordering::Relaxed) <= CHUNK);
+    }
 }

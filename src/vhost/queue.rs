@@ -1,24 +1,30 @@
 //! One virtqueue's worker: pops chains, parses them, keeps their I/O in flight on its own
 //! io_uring and completes them into the used ring. Owned by one thread; nothing here is shared
 //! with other queues except the image handle and relaxed atomics.
+//!
+//! Parts: `ring.rs` reads the available ring (checked: a broken ring stops the queue),
+//! `sqe.rs` builds the SQEs, `reap.rs` reaps completions and drains, `publish.rs` fills the used
+//! ring (and recovers from an inflight region), `graph.rs` runs graph-node requests.
 
 use std::collections::VecDeque;
 use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use io_uring::{opcode, squeue, types, IoUring};
-use log::{error, warn};
+use io_uring::{types, IoUring};
+use log::warn;
 use vhost_user_backend::{VringRwLock, VringState, VringT};
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::inflight::{IoOp, Progress, Slots};
+use super::inflight::{IoOp, Slots};
+use super::memguard::MemoryGuard;
 use super::pool::{Job, JobOp, Pool};
 use super::stats::QueueStats;
 use crate::logging::RateLimiter;
 use crate::storage::{memory_backed, BlockDevice, DirectNode, Image, Mapping, NewExceptions};
+use crate::virtio_blk::config::RequestLimits;
 use crate::virtio_blk::request::{
     parse, Rejected, Request, RequestKind, Segment, Status, ID_BYTES,
 };
@@ -64,6 +70,8 @@ pub struct QueueWorker {
     event: EventFd,
     slots: Slots,
     parse_buf: Vec<Segment>,
+    /// The `seg_max` and `size_max` the device advertises, enforced on every request.
+    limits: RequestLimits,
     vring: Option<Vring>,
     log: RateLimiter,
     stats: Arc<QueueStats>,
@@ -108,12 +116,29 @@ pub struct QueueWorker {
     /// `READ_BATCH`).
     seq_reads_queued: usize,
     random_reads_queued: usize,
+    /// Set when the frontend's ring is found broken (see `ring.rs`): nothing more is popped.
+    broken: Option<RingFault>,
+    /// The connection's guest memory guard (see `memguard.rs`).
+    guard: Arc<MemoryGuard>,
+    /// Requests handed to the helper threads and not completed yet.
+    pool_jobs: usize,
+    /// When a drain that has not finished first logs what it waits for.
+    drain_report_after: std::time::Duration,
+    /// Unit tests: this many io_uring submits fail with EAGAIN.
+    #[cfg(test)]
+    inject_submit_errors: u32,
 }
 
 mod graph;
 mod publish;
+mod reap;
+mod ring;
+mod sqe;
+#[cfg(test)]
+mod tests;
 
 use publish::Tracking;
+pub use ring::RingFault;
 
 /// The pool completion slot of the commit task.
 const COMMIT_TASK: usize = usize::MAX;
@@ -142,6 +167,8 @@ const RANGE_SHIFT: u32 = 32;
 const ZERO_PAIR: u64 = 1 << 63;
 /// A random read: unless the page cache holds it, it waits for the disk (see `QueueWorker::poll`).
 const DEVICE_READ: u64 = 1 << 62;
+/// How long a drain runs before it logs what it waits for.
+const DRAIN_REPORT_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl QueueWorker {
     pub fn new(
@@ -150,6 +177,7 @@ impl QueueWorker {
         disk: Arc<DiskContext>,
         mem: GuestMemoryAtomic<Mem>,
         stopping: Arc<AtomicBool>,
+        guard: Arc<MemoryGuard>,
     ) -> std::io::Result<QueueWorker> {
         let entries = (u32::from(queue_size) * 2).next_power_of_two();
         // Completions that need this thread (copying a buffered read, finishing a write an
@@ -222,6 +250,7 @@ impl QueueWorker {
             event,
             slots: Slots::new(queue_size as usize),
             parse_buf: Vec::with_capacity(queue_size as usize),
+            limits: RequestLimits::for_queue_size(queue_size),
             vring: None,
             log: RateLimiter::new(10),
             stats,
@@ -246,6 +275,12 @@ impl QueueWorker {
             device_reads: 0,
             seq_reads_queued: 0,
             random_reads_queued: 0,
+            broken: None,
+            guard,
+            pool_jobs: 0,
+            drain_report_after: DRAIN_REPORT_AFTER,
+            #[cfg(test)]
+            inject_submit_errors: 0,
         })
     }
 
@@ -263,6 +298,9 @@ impl QueueWorker {
             return;
         }
         loop {
+            if self.broken.is_some() || self.stopping.load(Ordering::Relaxed) {
+                break;
+            }
             let mem = self.mem.memory().into_inner();
             let mut state = vring.get_mut();
             let event_idx = state.get_queue().event_idx_enabled();
@@ -273,23 +311,44 @@ impl QueueWorker {
                 self.recover(&mem, &mut state);
             }
             let mut stalled = false;
+            let mut left = 0u16;
             loop {
                 if self.slots.is_full() {
                     stalled = true;
                     break;
                 }
-                let Some(chain) = state.get_queue_mut().pop_descriptor_chain(&*mem) else {
-                    break;
+                if left == 0 {
+                    left = match self.available(&state, &mem) {
+                        Ok(0) => break,
+                        Ok(n) => n,
+                        Err(fault) => {
+                            self.break_ring(fault);
+                            break;
+                        }
+                    };
+                }
+                let head = match self.pop_chain(&mut state, &mem) {
+                    Ok(head) => head,
+                    Err(fault) => {
+                        self.break_ring(fault);
+                        break;
+                    }
                 };
-                let head = chain.head_index();
+                left -= 1;
                 if let Tracking::On(log) = &mut self.tracking {
                     log.begin(head);
                 } else if let Some(p) = self.popped.get_mut(usize::from(head)) {
                     *p = true;
                     self.order.push_back(head);
                 }
-                let descs = chain.map(|d| (d.addr(), d.len(), d.is_write_only()));
-                match parse(descs, &*mem, &self.disk.geometry, &mut self.parse_buf) {
+                let descs = self.chain_buf.iter().copied();
+                match parse(
+                    descs,
+                    &*mem,
+                    &self.disk.geometry,
+                    &self.limits,
+                    &mut self.parse_buf,
+                ) {
                     Ok(req) => self.start(head, req, &mem, &mut state),
                     Err(rej) => self.reject(head, rej, &mem, &mut state),
                 }
@@ -304,18 +363,27 @@ impl QueueWorker {
             drop(state);
             self.submit();
             self.reap(vring);
-            if stalled || !event_idx {
+            if stalled || !event_idx || self.broken.is_some() {
                 // Stalled: every slot is busy and completions call back into handle_kick.
                 break;
             }
             if self.poll(vring) {
                 continue;
             }
-            match vring.enable_notification() {
-                Ok(true) => continue,
-                _ => break,
+            // virtio-queue's answer (avail index != next_avail) also holds for a ring that
+            // GET_VRING_BASE has just stopped, which then spun here while GET_VRING_BASE waited
+            // for this queue: ask `available`, which counts nothing on a stopped ring.
+            let _ = vring.enable_notification();
+            match self.available(&vring.get_ref(), &self.mem.memory()) {
+                Ok(0) => break,
+                Ok(_) => continue,
+                Err(fault) => {
+                    self.break_ring(fault);
+                    break;
+                }
             }
         }
+        self.check_memory();
         self.signal(vring);
     }
 
@@ -328,13 +396,8 @@ impl QueueWorker {
             self.reap(vring);
             self.signal(vring);
             let mem = self.mem.memory();
-            let more = {
-                let state = vring.get_ref();
-                let q = state.get_queue();
-                q.avail_idx(&*mem, Ordering::Acquire)
-                    .is_ok_and(|i| i.0 != q.next_avail())
-            };
-            if more {
+            // A fault is found (and logged) by the pop that follows.
+            if !matches!(self.available(&vring.get_ref(), &mem), Ok(0)) {
                 return true;
             }
             // A lone read waiting for the disk takes a full device latency: polling through
@@ -364,83 +427,6 @@ impl QueueWorker {
         if let Some(v) = self.vring.clone() {
             self.handle_kick(&v);
         }
-    }
-
-    /// Handles the io_uring completion eventfd.
-    pub fn handle_completions(&mut self, vring: &Vring) {
-        let _ = self.event.read();
-        let was_full = self.slots.is_full();
-        self.reap(vring);
-        if was_full && !self.slots.is_full() {
-            self.handle_kick(vring);
-        } else {
-            self.signal(vring);
-        }
-    }
-
-    /// Waits for every request in flight and completes it (GET_VRING_BASE, disconnect).
-    pub fn drain(&mut self) {
-        while self.slots.in_flight() > 0 {
-            if self.pool.is_some() {
-                self.wait_pool();
-            } else if let Err(e) = self.ring.submit_and_wait(1) {
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    error!(
-                        "queue {}: waiting for in-flight I/O failed: {e}",
-                        self.index
-                    );
-                    return;
-                }
-            }
-            match self.vring.clone() {
-                Some(v) => {
-                    self.reap(&v);
-                    self.signal(&v);
-                }
-                None => {
-                    let mut cqes: Vec<(u64, i32)> = self
-                        .ring
-                        .completion()
-                        .map(|c| (c.user_data(), c.result()))
-                        .collect();
-                    self.count_reaped(&cqes);
-                    if let Some(pool) = &self.pool {
-                        pool.take_done(&mut self.pool_done);
-                    }
-                    for (idx, res) in std::mem::take(&mut self.pool_done) {
-                        if idx == COMMIT_TASK {
-                            self.commit_task = false;
-                        } else {
-                            cqes.push((idx as u64, res));
-                        }
-                    }
-                    for (ud, res) in cqes {
-                        let _ = self.on_cqe(ud, res);
-                    }
-                    self.settle();
-                    self.start_commit();
-                    self.settled.clear();
-                }
-            }
-        }
-        if self.vring.is_none() {
-            // Nothing can be published without a ring: start the next one afresh.
-            self.order.clear();
-            self.done.fill(None);
-            self.popped.fill(false);
-        }
-    }
-
-    /// Blocks until a pool thread posts a completion (its write to the eventfd).
-    fn wait_pool(&mut self) {
-        let mut fds = [libc::pollfd {
-            fd: self.event.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        }];
-        // SAFETY: one valid pollfd; a timeout bounds the wait so a lost wakeup cannot hang.
-        unsafe { libc::poll(fds.as_mut_ptr(), 1, 100) };
-        let _ = self.event.read();
     }
 
     fn reject(
@@ -520,6 +506,8 @@ impl QueueWorker {
                 IoOp::WriteZeroes { .. } => JobOp::WriteZeroes,
             };
             slot.pending = 1;
+            slot.helper = true;
+            self.pool_jobs += 1;
             let job = Job {
                 slot: idx,
                 op,
@@ -530,7 +518,10 @@ impl QueueWorker {
                 mem: mem.clone(),
             };
             if pool.submit(job).is_err() {
+                let slot = self.slots.get_mut(idx);
                 slot.failed = true;
+                slot.helper = false;
+                self.pool_jobs -= 1;
                 if let Some((head, used)) = self.finish(idx) {
                     self.add_used(state, head, used);
                 }
@@ -575,308 +566,6 @@ impl QueueWorker {
             written += take;
         }
         written as u32 + 1
-    }
-
-    /// Pushes the SQEs of one slot (one per range for discards).
-    fn queue_sqes(&mut self, idx: usize) {
-        let writeback = self.disk.writeback.load(Ordering::Relaxed);
-        let zero_range = self.disk.zero_range.load(Ordering::Relaxed);
-        let slot = self.slots.get_mut(idx);
-        let mut ud = idx as u64;
-        match slot.op {
-            IoOp::Read | IoOp::Write if self.inline_fd[slot.file as usize].is_some() => {
-                // Memory-backed file (tmpfs): the copy never waits for a device, and io_uring
-                // would hand it to a worker thread; doing it here is cheaper.
-                let (ptr, n) = slot.iov_remaining();
-                let fd = self.inline_fd[slot.file as usize].unwrap_or(-1);
-                let off = slot.offset.wrapping_add(slot.file_delta);
-                let mapping = self.mapping.as_ref().filter(|_| slot.file == 0);
-                // SAFETY: the iovecs name guest memory kept mapped by the slot (checked at
-                // parse time) or the slot's bounce buffer; `n` is their count. Neither
-                // overlaps the image's mapping.
-                let copied = mapping.and_then(|m| {
-                    let iov = unsafe { std::slice::from_raw_parts(ptr, n as usize) };
-                    if slot.op == IoOp::Read {
-                        unsafe { m.read(iov, off) }
-                    } else {
-                        unsafe { m.write(iov, off) }
-                    }
-                });
-                let off = off as libc::off_t;
-                let res = match copied {
-                    Some(done) => done as isize,
-                    // SAFETY: as above.
-                    None if slot.op == IoOp::Read => unsafe {
-                        libc::preadv(fd, ptr, n as i32, off)
-                    },
-                    None => {
-                        let flags = if writeback { 0 } else { libc::RWF_DSYNC };
-                        // SAFETY: as above.
-                        unsafe { libc::pwritev2(fd, ptr, n as i32, off, flags) }
-                    }
-                };
-                let res = if res < 0 {
-                    -std::io::Error::last_os_error()
-                        .raw_os_error()
-                        .unwrap_or(libc::EIO)
-                } else {
-                    i32::try_from(res).unwrap_or(i32::MAX)
-                };
-                slot.pending = 1;
-                self.pool_done.push((idx, res));
-            }
-            IoOp::Read | IoOp::Write => {
-                let (ptr, n) = slot.iov_remaining();
-                let mut file = slot.file;
-                // A read that does not continue the previous read of file 0 is random: it goes
-                // to the descriptor without readahead.
-                if slot.op == IoOp::Read {
-                    let continues = file == 0 && slot.offset == self.next_read;
-                    if file == 0 {
-                        self.next_read = slot.offset.saturating_add(u64::from(slot.data_len));
-                        if let (Some(random), false) = (self.random_file, continues) {
-                            file = random;
-                        }
-                    }
-                    if continues {
-                        self.seq_reads_queued += 1;
-                    } else {
-                        self.random_reads_queued += 1;
-                        self.device_reads += 1;
-                        ud |= DEVICE_READ;
-                    }
-                }
-                let file = types::Fixed(file);
-                let at = slot.offset.wrapping_add(slot.file_delta);
-                let e = if slot.op == IoOp::Read {
-                    opcode::Readv::new(file, ptr, n).offset(at).build()
-                } else {
-                    let flags = if writeback { 0 } else { libc::RWF_DSYNC };
-                    opcode::Writev::new(file, ptr, n)
-                        .offset(at)
-                        .rw_flags(flags)
-                        .build()
-                };
-                slot.pending = 1;
-                self.push(e.user_data(ud));
-                if self.random_reads_queued >= READ_BATCH {
-                    self.submit();
-                }
-            }
-            IoOp::Flush => {
-                slot.pending = 1;
-                let e = opcode::Fsync::new(FIXED_IMAGE)
-                    .flags(types::FsyncFlags::DATASYNC)
-                    .build();
-                self.push(e.user_data(ud));
-            }
-            IoOp::Discard | IoOp::WriteZeroes { .. } => {
-                let ranges = slot.ranges;
-                let mode = slot.fallocate_mode(zero_range);
-                let pair = matches!(slot.op, IoOp::WriteZeroes { unmap: false }) && !zero_range;
-                if mode & libc::FALLOC_FL_PUNCH_HOLE != 0 && !pair {
-                    if let Some(m) = &self.mapping {
-                        // The range becomes a hole, which a read fault would allocate again.
-                        m.retire();
-                    }
-                }
-                slot.pending = ranges.as_slice().len() as u32 * if pair { 2 } else { 1 };
-                for (i, _) in ranges.as_slice().iter().enumerate() {
-                    let ud = ud | (i as u64) << RANGE_SHIFT;
-                    if pair {
-                        self.push_zero_pair(ud, idx, i);
-                    } else {
-                        let e = self.fallocate(idx, i, mode);
-                        self.push(e.user_data(ud));
-                    }
-                }
-            }
-        }
-    }
-
-    fn fallocate(&mut self, idx: usize, range: usize, mode: i32) -> squeue::Entry {
-        let r = self.slots.get_mut(idx).ranges.as_slice()[range];
-        opcode::Fallocate::new(FIXED_IMAGE, u64::from(r.sectors) * 512)
-            .offset(r.sector * 512)
-            .mode(mode)
-            .build()
-    }
-
-    /// Zeroes a range without FALLOC_FL_ZERO_RANGE: punch a hole, then allocate it again.
-    fn push_zero_pair(&mut self, ud: u64, idx: usize, range: usize) {
-        let punch = self
-            .fallocate(
-                idx,
-                range,
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            )
-            .flags(squeue::Flags::IO_LINK)
-            .user_data(ud | ZERO_PAIR);
-        let alloc = self
-            .fallocate(idx, range, libc::FALLOC_FL_KEEP_SIZE)
-            .user_data(ud | ZERO_PAIR);
-        self.push(punch);
-        self.push(alloc);
-    }
-
-    fn push(&mut self, e: squeue::Entry) {
-        loop {
-            // SAFETY: every pointer in the entry (iovecs and the guest buffers they name)
-            // stays valid until its completion is reaped: the slot owns the iovec array and
-            // holds an Arc on the guest memory mapping.
-            if unsafe { self.ring.submission().push(&e) }.is_ok() {
-                self.ring_in_flight += 1;
-                return;
-            }
-            if let Err(err) = self.ring.submit() {
-                error!("queue {}: io_uring submit failed: {err}", self.index);
-                return;
-            }
-        }
-    }
-
-    fn submit(&mut self) {
-        self.seq_reads_queued = 0;
-        self.random_reads_queued = 0;
-        if self.ring.submission().is_empty() {
-            return;
-        }
-        if let Err(e) = self.ring.submit() {
-            error!("queue {}: io_uring submit failed: {e}", self.index);
-        }
-    }
-
-    /// Reaps completions; finished requests go to the used ring.
-    fn reap(&mut self, vring: &Vring) {
-        self.reap_completions(vring);
-        self.commit_parked(vring);
-    }
-
-    fn reap_completions(&mut self, vring: &Vring) {
-        if self.ring.submission().taskrun() {
-            if let Err(e) = self.ring.submit() {
-                error!("queue {}: io_uring enter failed: {e}", self.index);
-            }
-        }
-        if let Some(pool) = &self.pool {
-            pool.take_done(&mut self.pool_done);
-        }
-        {
-            if !self.pool_done.is_empty() {
-                let done = std::mem::take(&mut self.pool_done);
-                let mut state = vring.get_mut();
-                for &(idx, res) in &done {
-                    if idx == COMMIT_TASK {
-                        self.commit_task = false;
-                    } else if let Some((head, used)) = self.on_cqe(idx as u64, res) {
-                        self.add_used(&mut state, head, used);
-                    }
-                }
-                drop(state);
-                self.pool_done = done;
-                self.pool_done.clear();
-            }
-        }
-        let mut batch = [(0u64, 0i32); 64];
-        loop {
-            let mut n = 0;
-            for cqe in self.ring.completion() {
-                batch[n] = (cqe.user_data(), cqe.result());
-                n += 1;
-                if n == batch.len() {
-                    break;
-                }
-            }
-            if n == 0 {
-                return;
-            }
-            self.count_reaped(&batch[..n]);
-            let mut state = vring.get_mut();
-            for &(ud, res) in &batch[..n] {
-                if let Some((head, used)) = self.on_cqe(ud, res) {
-                    self.add_used(&mut state, head, used);
-                }
-            }
-            drop(state);
-            // Short transfers and fallbacks may have queued more work.
-            self.submit();
-        }
-    }
-
-    /// Takes reaped CQEs (user_data, result) off the in-flight counts.
-    fn count_reaped(&mut self, cqes: &[(u64, i32)]) {
-        self.ring_in_flight = self.ring_in_flight.saturating_sub(cqes.len());
-        let device = cqes.iter().filter(|c| c.0 & DEVICE_READ != 0).count();
-        self.device_reads = self.device_reads.saturating_sub(device);
-    }
-
-    /// Accounts one CQE; returns `(head, used_len)` when its request is complete.
-    fn on_cqe(&mut self, ud: u64, res: i32) -> Option<(u16, u32)> {
-        let idx = (ud & 0xffff_ffff) as usize;
-        let range = ((ud & !(ZERO_PAIR | DEVICE_READ)) >> RANGE_SHIFT) as usize;
-        if !self.slots.in_use(idx) {
-            return None; // never complete a request twice
-        }
-        let slot = self.slots.get_mut(idx);
-        slot.pending = slot.pending.saturating_sub(1);
-        if res == -libc::EOPNOTSUPP
-            && ud & ZERO_PAIR == 0
-            && matches!(slot.op, IoOp::WriteZeroes { unmap: false })
-        {
-            // This filesystem has no ZERO_RANGE: punch + allocate from now on.
-            self.disk.zero_range.store(false, Ordering::Relaxed);
-            self.slots.get_mut(idx).pending += 2;
-            self.push_zero_pair(ud | ZERO_PAIR, idx, range);
-            return None;
-        }
-        let slot = self.slots.get_mut(idx);
-        if res < 0 {
-            slot.failed = true;
-            self.stats.errors.fetch_add(1, Ordering::Relaxed);
-            if self.log.allow() {
-                let err = std::io::Error::from_raw_os_error(-res);
-                warn!(
-                    "queue {}: {:?} at byte {} failed: {err}",
-                    self.index, slot.op, slot.offset
-                );
-            }
-        } else if matches!(slot.op, IoOp::Read | IoOp::Write) && !slot.failed {
-            match slot.advance(res as u32) {
-                Progress::Done => {}
-                Progress::More => {
-                    self.queue_sqes(idx);
-                    return None;
-                }
-                Progress::Stuck => slot.failed = true,
-            }
-        }
-        if self.slots.get_mut(idx).pending > 0 {
-            return None;
-        }
-        self.finish(idx)
-    }
-
-    /// Writes the status of a finished request and frees its slot.
-    fn complete(&mut self, idx: usize) -> Option<(u16, u32)> {
-        let slot = self.slots.get_mut(idx);
-        let (status, used) = slot.finish();
-        if status == Status::Ok {
-            let bytes = u64::from(slot.data_len);
-            match slot.op {
-                IoOp::Read => self.stats.read_bytes.fetch_add(bytes, Ordering::Relaxed),
-                IoOp::Write => self.stats.write_bytes.fetch_add(bytes, Ordering::Relaxed),
-                _ => 0,
-            };
-        }
-        let head = slot.head;
-        if let Some(mem) = slot.mem.as_ref() {
-            let _ = mem.write_obj(status as u8, slot.status);
-        }
-        self.slots.free(idx);
-        self.stats
-            .in_flight
-            .store(self.slots.in_flight() as u64, Ordering::Relaxed);
-        Some((head, used))
     }
 }
 

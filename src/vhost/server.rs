@@ -262,6 +262,7 @@ pub fn serve(
         info!("{}: frontend connected", path.display());
         export.connected.store(true, Ordering::Relaxed);
         if let Some(h) = daemon.shutdown_handle() {
+            backend.set_disconnect(h.clone());
             shutdown.register(h, backend.clone());
         }
         match daemon.wait() {

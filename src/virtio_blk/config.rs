@@ -15,6 +15,27 @@ pub const MAX_DISCARD_SECTORS: u32 = (i32::MAX as u32) >> 9;
 /// Most discard / write-zeroes segments in one request.
 pub const MAX_DISCARD_SEG: u32 = 32;
 
+/// The per-request limits the device advertises (`seg_max`, `size_max`) and request parsing
+/// enforces: together they bound the data of one request (`seg_max * size_max` bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLimits {
+    /// Most data segments (descriptors other than the header and the status) in a request.
+    pub seg_max: u32,
+    /// Most bytes in one data segment.
+    pub size_max: u32,
+}
+
+impl RequestLimits {
+    /// The limits of a device whose queues have at most `queue_size` entries: every data
+    /// segment of a request fits in the ring beside its header and status.
+    pub fn for_queue_size(queue_size: u16) -> RequestLimits {
+        RequestLimits {
+            seg_max: u32::from(queue_size).saturating_sub(2).max(1),
+            size_max: SIZE_MAX,
+        }
+    }
+}
+
 /// What the guest is told about a disk, and the limits request parsing enforces.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskGeometry {
@@ -45,9 +66,14 @@ pub struct BlkConfig {
 }
 
 impl BlkConfig {
+    /// The per-request limits advertised in the config space.
+    pub fn limits(&self) -> RequestLimits {
+        RequestLimits::for_queue_size(self.queue_size)
+    }
+
     /// `seg_max`: data descriptors per request (queue size minus header and status).
     pub fn seg_max(&self) -> u32 {
-        u32::from(self.queue_size).saturating_sub(2).max(1)
+        self.limits().seg_max
     }
 
     /// The virtio feature bits this export offers.
@@ -76,7 +102,7 @@ impl BlkConfig {
         let mut b = [0u8; CONFIG_LEN];
         let align = (g.logical_block_size / 512).max(1);
         b[0..8].copy_from_slice(&g.capacity_sectors.to_le_bytes());
-        b[8..12].copy_from_slice(&SIZE_MAX.to_le_bytes());
+        b[8..12].copy_from_slice(&self.limits().size_max.to_le_bytes());
         b[12..16].copy_from_slice(&self.seg_max().to_le_bytes());
         // geometry (16..20) left zero: not offered.
         b[20..24].copy_from_slice(&g.logical_block_size.to_le_bytes());

@@ -9,7 +9,7 @@ use thiserror::Error;
 use virtio_bindings::virtio_blk::*;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
-use super::config::{DiskGeometry, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG};
+use super::config::{DiskGeometry, RequestLimits, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG};
 
 /// Most descriptors one chain may have (the kernel's IOV_MAX).
 pub const MAX_DESCRIPTORS: usize = 1024;
@@ -115,6 +115,10 @@ pub enum RequestError {
     UnsupportedFlags(u32),
     #[error("request type {0} is not supported")]
     UnsupportedType(u32),
+    #[error("request has {count} data segments, more than seg_max {max}")]
+    TooManySegments { count: usize, max: u32 },
+    #[error("data segment of {len} bytes is larger than size_max {max}")]
+    SegmentTooLarge { len: u32, max: u32 },
 }
 
 impl RequestError {
@@ -131,7 +135,9 @@ impl RequestError {
             | RequestError::UnalignedSector(_)
             | RequestError::OutOfRange { .. }
             | RequestError::ReadOnly
-            | RequestError::BadSegmentList(_) => Status::IoErr,
+            | RequestError::BadSegmentList(_)
+            | RequestError::TooManySegments { .. }
+            | RequestError::SegmentTooLarge { .. } => Status::IoErr,
             RequestError::UnsupportedFlags(_) | RequestError::UnsupportedType(_) => Status::Unsupp,
         }
     }
@@ -146,10 +152,12 @@ pub struct Rejected {
 
 /// Parses one descriptor chain. `descs` yields `(addr, len, device_writable)`; `data` is
 /// cleared and filled with the data segments (reused between requests to avoid allocation).
+/// Requests beyond the advertised `limits` are refused.
 pub fn parse<M, I>(
     descs: I,
     mem: &M,
     geo: &DiskGeometry,
+    limits: &RequestLimits,
     data: &mut Vec<Segment>,
 ) -> Result<Request, Rejected>
 where
@@ -202,7 +210,7 @@ where
             len: bad.len,
         }));
     }
-    match parse_body(mem, geo, data) {
+    match parse_body(mem, geo, limits, data) {
         Ok((kind, data_len)) => Ok(Request {
             kind,
             status,
@@ -215,6 +223,7 @@ where
 fn parse_body<M>(
     mem: &M,
     geo: &DiskGeometry,
+    limits: &RequestLimits,
     data: &mut Vec<Segment>,
 ) -> Result<(RequestKind, u32), RequestError>
 where
@@ -241,6 +250,18 @@ where
         hdr[8], hdr[9], hdr[10], hdr[11], hdr[12], hdr[13], hdr[14], hdr[15],
     ]);
     data.retain(|s| s.len > 0);
+    if data.len() > limits.seg_max as usize {
+        return Err(RequestError::TooManySegments {
+            count: data.len(),
+            max: limits.seg_max,
+        });
+    }
+    if let Some(s) = data.iter().find(|s| s.len > limits.size_max) {
+        return Err(RequestError::SegmentTooLarge {
+            len: s.len,
+            max: limits.size_max,
+        });
+    }
     let mut total: u64 = 0;
     for s in data.iter() {
         total += u64::from(s.len);

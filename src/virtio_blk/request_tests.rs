@@ -20,6 +20,12 @@ fn geo() -> DiskGeometry {
     }
 }
 
+/// The limits of a 256-entry queue, as `snapblk serve` advertises them by default.
+const LIMITS: RequestLimits = RequestLimits {
+    seg_max: 254,
+    size_max: crate::virtio_blk::config::SIZE_MAX,
+};
+
 fn header(m: &GuestMemoryMmap<()>, at: u64, rtype: u32, sector: u64) {
     let mut h = [0u8; 16];
     h[0..4].copy_from_slice(&rtype.to_le_bytes());
@@ -37,6 +43,7 @@ fn run(
         descs.iter().map(|&(a, l, w)| (GuestAddress(a), l, w)),
         m,
         g,
+        &LIMITS,
         &mut data,
     )
 }
@@ -62,6 +69,51 @@ fn read_request_parses_sector_and_length() {
 }
 
 #[test]
+fn segments_beyond_seg_max_or_size_max_return_ioerr() {
+    let m = mem();
+    header(&m, 0, VIRTIO_BLK_T_IN, 0);
+    let g = DiskGeometry {
+        capacity_sectors: 1 << 30,
+        ..geo()
+    };
+    let limits = RequestLimits {
+        seg_max: 4,
+        size_max: 4096,
+    };
+    let chain = |n: usize, len: u32| {
+        let mut d = vec![(0u64, 16u32, false)];
+        // Aliased: every data descriptor names the same guest buffer.
+        d.extend(std::iter::repeat_n((0x1000u64, len, true), n));
+        d.push((0x2000, 1, true));
+        d
+    };
+    let parse_with = |descs: &[(u64, u32, bool)]| {
+        let mut data = Vec::new();
+        parse(
+            descs.iter().map(|&(a, l, w)| (GuestAddress(a), l, w)),
+            &m,
+            &g,
+            &limits,
+            &mut data,
+        )
+    };
+    assert!(parse_with(&chain(4, 4096)).is_ok());
+    let e = parse_with(&chain(5, 4096)).unwrap_err();
+    assert_eq!(e.error, RequestError::TooManySegments { count: 5, max: 4 });
+    assert_eq!(e.error.status(), Status::IoErr);
+    assert_eq!(e.status, Some(GuestAddress(0x2000)));
+    let e = parse_with(&chain(1, 8192)).unwrap_err();
+    assert_eq!(
+        e.error,
+        RequestError::SegmentTooLarge {
+            len: 8192,
+            max: 4096
+        }
+    );
+    assert_eq!(e.error.status(), Status::IoErr);
+}
+
+#[test]
 fn status_shared_with_data_uses_last_byte() {
     let m = mem();
     header(&m, 0, VIRTIO_BLK_T_IN, 0);
@@ -73,6 +125,7 @@ fn status_shared_with_data_uses_last_byte() {
         ],
         &m,
         &geo(),
+        &LIMITS,
         &mut data,
     )
     .unwrap();
@@ -333,7 +386,7 @@ proptest! {
         m.write_slice(&seg, GuestAddress(16)).unwrap();
         let g = DiskGeometry { readonly, ..geo() };
         let mut data = Vec::new();
-        let r = parse(descs.iter().map(|&(a, l, w)| (GuestAddress(a), l, w)), &m, &g, &mut data);
+        let r = parse(descs.iter().map(|&(a, l, w)| (GuestAddress(a), l, w)), &m, &g, &LIMITS, &mut data);
         if let Ok(req) = r {
             prop_assert!(m.check_range(req.status, 1));
             let mut total = 0u64;

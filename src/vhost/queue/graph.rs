@@ -105,6 +105,18 @@ impl QueueWorker {
         }
     }
 
+    /// The commit task failed (it panicked): the parked requests fail, their writes not
+    /// committed. Returns them to publish.
+    pub(super) fn fail_committing(&mut self) -> Vec<(u16, u32)> {
+        let mut out = Vec::new();
+        for (idx, _) in std::mem::take(&mut self.committing) {
+            self.slots.get_mut(idx).failed = true;
+            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+            out.extend(self.complete(idx));
+        }
+        out
+    }
+
     /// Completes the parked requests whose exceptions are committed (into `settled`).
     pub(super) fn settle(&mut self) {
         let Some(node) = self.direct.clone() else {

@@ -5,12 +5,12 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use log::{error, info, warn};
+use log::{info, warn};
 use vhost_user_backend::{VringState, VringT};
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddress, GuestMemoryAtomic};
 
-use super::{Mem, QueueWorker, Vring};
+use super::{Mem, QueueWorker, RingFault, Vring};
 use crate::vhost::chain;
 use crate::vhost::tracker::{QueueLog, Region};
 use crate::virtio_blk::request::parse;
@@ -32,6 +32,7 @@ impl QueueWorker {
 
     /// The ring was stopped (and drained): the next start recovers from the region again.
     pub fn stopped(&mut self) {
+        self.broken = None;
         if let Tracking::On(log) = &self.tracking {
             self.tracking = Tracking::Pending(log.region().clone());
         }
@@ -80,9 +81,18 @@ impl QueueWorker {
             );
         }
         for head in rec.resubmit {
-            chain::walk(&**mem, table, size, head, &mut self.chain_buf);
+            if let Err(fault) = chain::walk(&**mem, table, size, head, &mut self.chain_buf) {
+                self.break_ring(fault.into());
+                return;
+            }
             let descs = self.chain_buf.iter().copied();
-            match parse(descs, &**mem, &self.disk.geometry, &mut self.parse_buf) {
+            match parse(
+                descs,
+                &**mem,
+                &self.disk.geometry,
+                &self.limits,
+                &mut self.parse_buf,
+            ) {
                 Ok(req) => self.start(head, req, mem, state),
                 Err(rej) => self.reject(head, rej, mem, state),
             }
@@ -102,9 +112,12 @@ impl QueueWorker {
     ) {
         if let Tracking::On(log) = &self.tracking {
             log.before_publish(head);
-            add_to_ring(self.index, state, head, used);
+            let added = add_to_ring(state, head, used);
             log.after_publish(head, state.get_queue().next_used());
             self.pending_signal = true;
+            if let Err(fault) = added {
+                self.break_ring(fault);
+            }
             return;
         }
         let i = usize::from(head);
@@ -129,7 +142,9 @@ impl QueueWorker {
         head: u16,
         used: u32,
     ) {
-        add_to_ring(self.index, state, head, used);
+        if let Err(fault) = add_to_ring(state, head, used) {
+            self.break_ring(fault);
+        }
         self.pending_signal = true;
     }
 
@@ -147,10 +162,15 @@ impl QueueWorker {
     }
 }
 
-/// Adds `head`'s used entry (and moves the used index); a failure is logged: the entry is lost
-/// either way.
-fn add_to_ring(queue: usize, state: &mut VringState<GuestMemoryAtomic<Mem>>, head: u16, used: u32) {
-    if let Err(e) = state.add_used(head, used) {
-        error!("queue {queue}: cannot add descriptor {head} to the used ring: {e}");
-    }
+/// Adds `head`'s used entry (and moves the used index). Heads are checked against the queue
+/// size when popped, so a failure means the used ring is outside guest memory: the ring is
+/// broken.
+fn add_to_ring(
+    state: &mut VringState<GuestMemoryAtomic<Mem>>,
+    head: u16,
+    used: u32,
+) -> Result<(), RingFault> {
+    state
+        .add_used(head, used)
+        .map_err(|_| RingFault::UsedOutside(state.get_queue().used_ring()))
 }

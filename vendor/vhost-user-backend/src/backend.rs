@@ -107,9 +107,14 @@ pub trait VhostUserBackend: Send + Sync {
         ))
     }
 
-    /// (snapblk patch) GET_INFLIGHT_FD: create the shared region in which the backend tracks
-    /// its in-flight descriptors (VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD) and return its size
-    /// and file. The frontend keeps the file and hands it back with SET_INFLIGHT_FD.
+    /// Create the shared buffer in which the backend tracks its in-flight descriptors
+    /// (`VHOST_USER_GET_INFLIGHT_FD`, with `VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD`), and return
+    /// its size and file. The frontend keeps the file, across backend restarts too, and hands
+    /// it back with `VHOST_USER_SET_INFLIGHT_FD`.
+    ///
+    /// The default implementation reports that the backend does not support inflight tracking:
+    /// a backend that offers `VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD` must implement both this and
+    /// [`VhostUserBackend::set_inflight_fd`].
     fn get_inflight_fd(&self, _inflight: &VhostUserInflight) -> Result<(VhostUserInflight, File)> {
         Err(std::io::Error::new(
             std::io::ErrorKind::Unsupported,
@@ -117,8 +122,11 @@ pub trait VhostUserBackend: Send + Sync {
         ))
     }
 
-    /// (snapblk patch) SET_INFLIGHT_FD: the region to track in-flight descriptors in, possibly
-    /// written by an earlier instance of the backend.
+    /// Use the shared buffer the frontend hands over with `VHOST_USER_SET_INFLIGHT_FD` to track
+    /// in-flight descriptors. It may hold the descriptors an earlier instance of the backend
+    /// left in flight, which the backend should resubmit.
+    ///
+    /// The default implementation reports that the backend does not support inflight tracking.
     fn set_inflight_fd(&self, _inflight: &VhostUserInflight, _file: File) -> Result<()> {
         Err(std::io::Error::new(
             std::io::ErrorKind::Unsupported,
@@ -285,7 +293,9 @@ pub trait VhostUserBackendMut: Send + Sync {
         ))
     }
 
-    /// (snapblk patch) See [`VhostUserBackend::get_inflight_fd`].
+    /// Create the shared buffer to track in-flight descriptors in.
+    ///
+    /// See [`VhostUserBackend::get_inflight_fd`].
     fn get_inflight_fd(
         &mut self,
         _inflight: &VhostUserInflight,
@@ -296,7 +306,9 @@ pub trait VhostUserBackendMut: Send + Sync {
         ))
     }
 
-    /// (snapblk patch) See [`VhostUserBackend::set_inflight_fd`].
+    /// Use the shared buffer the frontend hands over to track in-flight descriptors.
+    ///
+    /// See [`VhostUserBackend::set_inflight_fd`].
     fn set_inflight_fd(&mut self, _inflight: &VhostUserInflight, _file: File) -> Result<()> {
         Err(std::io::Error::new(
             std::io::ErrorKind::Unsupported,

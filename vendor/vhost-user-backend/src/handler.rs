@@ -47,6 +47,28 @@ use super::GM;
 // for internal purposes (nowadays, it supports more than that).
 const MAX_MEM_SLOTS: u64 = 509;
 
+/// Checks that `size` bytes at `offset` lie inside `file`, when it is a regular file (a memfd,
+/// or a file on tmpfs or hugetlbfs). Mapping a region that extends past the end of its file
+/// succeeds, but the first access to that part of the mapping kills the process with SIGBUS.
+fn check_region_in_file(file: &File, offset: u64, size: u64) -> VhostUserResult<()> {
+    let meta = file.metadata().map_err(VhostUserError::ReqHandlerError)?;
+    if !meta.file_type().is_file() {
+        // The size of other kinds of files (devices) is not known here.
+        return Ok(());
+    }
+    let file_size = meta.len();
+    match offset.checked_add(size) {
+        Some(end) if end <= file_size => Ok(()),
+        _ => Err(VhostUserError::ReqHandlerError(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "memory region of {size:#x} bytes at offset {offset:#x} extends past the end \
+                 of its file ({file_size:#x} bytes)"
+            ),
+        ))),
+    }
+}
+
 #[derive(Debug)]
 /// Errors related to vhost-user handler.
 pub enum VhostUserHandlerError {
@@ -251,14 +273,6 @@ where
 
     fn initialize_vring(&self, vring: &T::Vring, index: u8) -> VhostUserResult<()> {
         vring.set_queue_ready(true);
-        // (snapblk patch) One kick when a ring starts, as libvhost-user does: requests already
-        // in it, or left in flight by an earlier instance of the backend (inflight tracking),
-        // are processed without waiting for the guest's next kick.
-        if let Some(kick) = vring.get_ref().get_kick() {
-            let one = 1u64;
-            // SAFETY: writes 8 bytes from a live u64 to the ring's kick eventfd.
-            unsafe { libc::write(kick.as_raw_fd(), (&one as *const u64).cast(), 8) };
-        }
         self.update_vring_registration(vring, index)
     }
 
@@ -396,6 +410,7 @@ where
         let mut mappings: Vec<AddrMapping> = Vec::new();
 
         for (region, file) in ctx.iter().zip(files) {
+            check_region_in_file(&file, region.mmap_offset, region.memory_size)?;
             let guest_region = GuestRegionMmap::new(
                 region.mmap_region(file)?,
                 GuestAddress(region.guest_phys_addr),
@@ -675,7 +690,8 @@ where
         &mut self,
         inflight: &vhost::vhost_user::message::VhostUserInflight,
     ) -> VhostUserResult<(vhost::vhost_user::message::VhostUserInflight, File)> {
-        // (snapblk patch) Forwarded to the backend, which owns the region's layout.
+        // The backend decides the layout of the buffer (the spec's split or packed queue
+        // regions, or its own) and whether it tracks in-flight descriptors at all.
         self.backend
             .get_inflight_fd(inflight)
             .map_err(VhostUserError::ReqHandlerError)
@@ -686,7 +702,6 @@ where
         inflight: &vhost::vhost_user::message::VhostUserInflight,
         file: File,
     ) -> VhostUserResult<()> {
-        // (snapblk patch) Forwarded to the backend.
         self.backend
             .set_inflight_fd(inflight, file)
             .map_err(VhostUserError::ReqHandlerError)
@@ -707,6 +722,7 @@ where
             return Err(VhostUserError::InvalidOperation("postcopy not enabled"));
         }
 
+        check_region_in_file(&file, region.mmap_offset, region.memory_size)?;
         let guest_region = Arc::new(
             GuestRegionMmap::new(
                 region.mmap_region(file)?,
@@ -953,7 +969,7 @@ mod tests {
     use std::sync::Mutex;
     use std::thread;
     use std::time::Duration;
-    use vhost::vhost_user::message::VhostUserVirtioFeatures;
+    use vhost::vhost_user::message::{VhostUserInflight, VhostUserVirtioFeatures};
     use vm_memory::{GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
     use vmm_sys_util::event::{new_event_consumer_and_notifier, EventFlag};
 
@@ -976,6 +992,73 @@ mod tests {
         assert_eq!(index, 0);
         assert_eq!(num, 0);
         assert_eq!(backend.lock().unwrap().stop_calls(), 1);
+    }
+
+    #[test]
+    fn test_inflight_fd_unsupported_by_default() {
+        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::<()>::new());
+        let backend = Arc::new(Mutex::new(MockVhostBackend::new()));
+        let mut handler = VhostUserHandler::new(backend, mem).unwrap();
+        let inflight = VhostUserInflight::new(0, 0, 1, 256);
+
+        let Err(err) = handler.get_inflight_fd(&inflight) else {
+            panic!("GET_INFLIGHT_FD succeeded without backend support");
+        };
+        assert!(
+            matches!(err, VhostUserError::ReqHandlerError(e) if e.kind() == io::ErrorKind::Unsupported)
+        );
+        let file = tempfile::tempfile().unwrap();
+        let err = handler.set_inflight_fd(&inflight, file).unwrap_err();
+        assert!(
+            matches!(err, VhostUserError::ReqHandlerError(e) if e.kind() == io::ErrorKind::Unsupported)
+        );
+    }
+
+    fn file_of(size: u64) -> File {
+        let file = tempfile::tempfile().unwrap();
+        file.set_len(size).unwrap();
+        file
+    }
+
+    #[test]
+    fn test_mem_region_past_end_of_file_refused() {
+        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::<()>::new());
+        let backend = Arc::new(Mutex::new(MockVhostBackend::new()));
+        let mut handler = VhostUserHandler::new(backend, mem.clone()).unwrap();
+
+        // 64 KiB declared, 4 KiB behind it: touching the rest would raise SIGBUS.
+        let table = VhostUserMemoryRegion::new(0x100000, 0x10000, 0x7000_0000, 0);
+        assert!(handler
+            .set_mem_table(&[table], vec![file_of(0x1000)], None)
+            .is_err());
+        // In the file, but starting too far in.
+        let table = VhostUserMemoryRegion::new(0x100000, 0x1000, 0x7000_0000, 0x1000);
+        assert!(handler
+            .set_mem_table(&[table], vec![file_of(0x1000)], None)
+            .is_err());
+        // An offset and size whose sum overflows.
+        let table = VhostUserMemoryRegion::new(0x100000, 0x1000, 0x7000_0000, u64::MAX - 0xfff);
+        assert!(handler
+            .set_mem_table(&[table], vec![file_of(0x1000)], None)
+            .is_err());
+        assert_eq!(mem.memory().num_regions(), 0);
+
+        let added = VhostUserSingleMemoryRegion::new(0x200000, 0x10000, 0x7100_0000, 0);
+        assert!(handler
+            .add_mem_region(&added, file_of(0x8000), None)
+            .is_err());
+        assert_eq!(mem.memory().num_regions(), 0);
+
+        // Regions that fit their files are mapped.
+        let table = VhostUserMemoryRegion::new(0x100000, 0x1000, 0x7000_0000, 0x1000);
+        handler
+            .set_mem_table(&[table], vec![file_of(0x2000)], None)
+            .unwrap();
+        let added = VhostUserSingleMemoryRegion::new(0x200000, 0x10000, 0x7100_0000, 0);
+        handler
+            .add_mem_region(&added, file_of(0x10000), None)
+            .unwrap();
+        assert_eq!(mem.memory().num_regions(), 2);
     }
 
     #[test]
