@@ -128,6 +128,10 @@ pub struct SnapshotSpec {
     /// changed origin chunk.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub resettable: bool,
+    /// A COW file created from `create_size` stays sparse instead of being written full of
+    /// zeroes up front (on tmpfs and ramfs it always stays sparse).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sparse: bool,
 }
 
 impl SnapshotSpec {

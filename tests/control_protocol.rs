@@ -321,6 +321,7 @@ fn one_of_each() -> Vec<Request> {
                     discard_zeroes_cow: false,
                     discard_passdown_origin: false,
                     resettable: true,
+                    sparse: false,
                 },
                 NewSnapshot {
                     origin: "b".into(),
@@ -332,6 +333,7 @@ fn one_of_each() -> Vec<Request> {
                     discard_zeroes_cow: true,
                     discard_passdown_origin: true,
                     resettable: false,
+                    sparse: false,
                 },
             ],
             adopt: false,

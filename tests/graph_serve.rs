@@ -204,6 +204,9 @@ fn slow_write_then_fast_reads(inflight: bool) -> Vec<u16> {
     };
     let mut fe = BlkFrontend::connect(p.join("base.sock"), opts).unwrap();
     assert_eq!(fe.inflight().is_some(), inflight);
+    // Write-through: the write (which copies 256 chunks out first) completes only once it
+    // landed, not when the engine took it.
+    fe.set_writeback(false).unwrap();
     let mut q = fe.blk_queue(0, 16, 1 << 20).unwrap();
     q.write_data(0, &pattern(8, 1 << 20)).unwrap();
     q.submit(

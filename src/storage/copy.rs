@@ -55,6 +55,9 @@ pub(super) enum GateMode {
     Origin,
     /// The merge path: the merging snapshot takes no copies.
     ForMerge,
+    /// The held-write thread landing held write `seq`: it passes a snapshot creation waiting
+    /// for it, and waits only for held writes before it.
+    Held(u64),
 }
 
 /// The plan made under the lock for one gate round.
@@ -157,11 +160,16 @@ impl Origin {
         limit: u64,
         mode: GateMode,
     ) -> Plan {
-        if g.barrier > 0 {
+        let held_before = match mode {
+            GateMode::Held(seq) => seq,
+            _ if g.barrier > 0 => return Plan::Wait,
+            _ => u64::MAX,
+        };
+        if g.held.overlaps(start, limit, held_before) {
             return Plan::Wait;
         }
         let exclude = match (g.merging(), mode) {
-            (Some(_), GateMode::Origin) => return Plan::Merging,
+            (Some(_), GateMode::Origin | GateMode::Held(_)) => return Plan::Merging,
             (m, _) => m,
         };
         // The longest prefix of [start, limit) that is safe in every snapshot: one gate round

@@ -77,8 +77,16 @@ impl Origin {
     /// Reads the origin (during a merge: the merging snapshot's view, which it becomes; a
     /// merge that finishes meanwhile only changes where the rest is read from).
     pub fn read(&self, buf: &mut [u8], offset: u64) -> Result<(), IoError> {
+        let end = offset + buf.len() as u64;
         self.check(offset, buf.len() as u64)?;
-        let merging = self.lock().merging();
+        let merging = {
+            // A held write is the origin's data once landed: wait for it.
+            let mut g = self.lock();
+            while g.held.overlaps(offset, end, u64::MAX) {
+                g = self.wait(g);
+            }
+            g.merging()
+        };
         match merging {
             None => self.dev.read_at(buf, offset).map_err(IoError::Origin),
             Some(id) => self.snapshot_read(id, buf, offset),
@@ -105,6 +113,8 @@ impl Origin {
 
     /// Flushes the origin (and the merging snapshot's COW during a merge).
     pub fn flush(&self) -> Result<(), IoError> {
+        // Writes held before the flush land first (they completed to the guest).
+        self.wait_held();
         self.dev.flush().map_err(IoError::Origin)?;
         let merging = {
             let g = self.lock();
@@ -118,12 +128,22 @@ impl Origin {
     }
 
     fn origin_data(&self, data: Data<'_>, offset: u64) -> Result<(), IoError> {
+        self.origin_data_as(data, offset, GateMode::Origin)
+    }
+
+    /// An origin write through the gate as `mode` asks.
+    pub(super) fn origin_data_as(
+        &self,
+        data: Data<'_>,
+        offset: u64,
+        mode: GateMode,
+    ) -> Result<(), IoError> {
         let len = data.len();
         self.check(offset, len)?;
         let mut done = 0;
         while done < len {
             let pos = offset + done;
-            match self.gate(pos, offset + len, GateMode::Origin) {
+            match self.gate(pos, offset + len, mode) {
                 Gate::Go { token, end } => {
                     let r = data.slice(done, end - pos).apply(&*self.dev, pos);
                     self.release(token);

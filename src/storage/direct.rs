@@ -92,6 +92,10 @@ impl Origin {
             offset,
             ticket,
         };
+        if id.is_none() && g.held.overlaps(offset, offset + len, u64::MAX) {
+            // A held write there lands first: the synchronous path waits for it.
+            return None;
+        }
         match (id, write) {
             (None, false) => Some(plan(DirectTarget::Origin, offset, Ticket::None)),
             (None, true) => {

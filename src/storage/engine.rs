@@ -20,6 +20,7 @@ use log::{error, warn};
 
 use super::device::BlockDevice;
 use super::error::CowError;
+use super::held::{HeldState, Holder};
 use super::persistent::Persistent;
 use super::store::{ExceptionStore, MetaIo, Run, StoreKind, Transient};
 use super::units::{ChunkIndex, ChunkSize, SECTOR_BYTES};
@@ -166,6 +167,8 @@ pub(super) struct Inner {
     pub merged: Vec<SnapshotId>,
     /// Invalidation header writes planned by the gate, run by `finish_copies`.
     pub deferred: Vec<(Arc<dyn BlockDevice>, MetaIo, String)>,
+    /// Origin writes held until their copy-outs are committed (held.rs).
+    pub held: HeldState,
 }
 
 impl Inner {
@@ -249,6 +252,7 @@ pub struct Origin {
     /// Threads in `cv.wait` (counted under the lock): `notify` skips the futex syscall, which
     /// std's condvar makes on every notify, when nobody waits (the direct path's common case).
     waiters: AtomicUsize,
+    pub(super) holder: Holder,
 }
 
 impl Origin {
@@ -260,6 +264,7 @@ impl Origin {
             inner: Mutex::new(Inner::default()),
             cv: Condvar::new(),
             waiters: AtomicUsize::new(0),
+            holder: Holder::new(),
         }
     }
 
@@ -377,7 +382,7 @@ impl Origin {
             return Err(CowError::Merging);
         }
         g.barrier += 1;
-        while !g.origin_writes.is_empty() {
+        while !g.origin_writes.is_empty() || !g.held.is_empty() {
             g = self.wait(g);
         }
         // No origin write is in flight and none can start: make the view durable (outside the

@@ -166,6 +166,22 @@ impl FaultyDevice {
         FaultyDevice::from_bytes(image)
     }
 
+    /// The device as it is after the process was killed at the crash instant (the machine
+    /// stayed up): every write made before it, flushed or not.
+    pub fn killed(&self) -> FaultyDevice {
+        let s = self.lock();
+        let (durable, unflushed) = match &s.frozen {
+            Some((d, u)) => (d, u),
+            None => (&s.durable, &s.unflushed),
+        };
+        let mut image = durable.clone();
+        for (offset, data) in unflushed {
+            let o = *offset as usize;
+            image[o..o + data.len()].copy_from_slice(data);
+        }
+        FaultyDevice::from_bytes(image)
+    }
+
     fn before_write(&self, offset: u64, len: u64) -> io::Result<MutexGuard<'_, State>> {
         let mut s = self.lock();
         check_range(s.durable.len() as u64, offset, len)?;

@@ -78,6 +78,7 @@ impl Origin {
         loop {
             let busy = g.snap(id).map(|s| {
                 !g.origin_writes.is_empty()
+                    || !g.held.is_empty()
                     || !s.pending.is_empty()
                     || s.commit.committing
                     || !s.commit.queue.is_empty()

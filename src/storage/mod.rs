@@ -11,6 +11,7 @@ pub mod error;
 pub mod exmap;
 pub mod faulty;
 mod filedev;
+mod held;
 pub mod identity;
 pub mod image;
 pub mod inspect;
@@ -30,6 +31,7 @@ pub use engine::{
     Frozen, Origin, OriginConfig, PreparedSnapshot, SnapshotConfig, SnapshotId, DEFAULT_COPY_CAP,
 };
 pub use error::{CowError, IoError};
+pub use held::{HeldDone, MAX_HELD_WRITE};
 pub use faulty::{FaultPlan, FaultyDevice};
 pub use identity::FileId;
 pub use image::{derive_serial, memory_backed, open_noatime, Image, ImageError, OpenOptions};

@@ -95,6 +95,8 @@ pub struct Slot {
     /// A helper thread has (or will run) this request.
     pub helper: bool,
     pub failed: bool,
+    /// A write-through discard or write-zeroes has had its `fdatasync` queued.
+    pub synced: bool,
     pub mem: Option<Arc<Mem>>,
     pub ranges: Ranges,
     iov: Vec<IoVec>,
@@ -120,6 +122,7 @@ impl Slot {
             pending: 0,
             helper: false,
             failed: false,
+            synced: false,
             mem: None,
             ranges: Ranges::default(),
             iov: Vec::new(),
@@ -139,6 +142,7 @@ impl Slot {
         self.pending = 0;
         self.helper = false;
         self.failed = false;
+        self.synced = false;
         self.mem = Some(mem);
         self.iov.clear();
         self.iov_pos = 0;
@@ -326,7 +330,13 @@ impl Slot {
 
 /// Copies between `buf` and the bytes of `segs` (taken as one run) from `start` on: into the
 /// guest (`to_guest`) or out of it. False: a segment is outside guest memory.
-fn copy_guest(segs: &[Segment], mem: &Mem, start: u32, buf: &mut [u8], to_guest: bool) -> bool {
+pub fn copy_guest(
+    segs: &[Segment],
+    mem: &Mem,
+    start: u32,
+    buf: &mut [u8],
+    to_guest: bool,
+) -> bool {
     let (mut skip, mut off) = (start as usize, 0usize);
     for seg in segs {
         let len = seg.len as usize;

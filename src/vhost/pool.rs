@@ -46,6 +46,8 @@ pub struct Job {
     pub segs: Vec<Segment>,
     pub ranges: Ranges,
     pub mem: Arc<Mem>,
+    /// Write-through: a write, discard or write-zeroes is made durable before it completes.
+    pub durable: bool,
 }
 
 /// Work for a pool thread: a request, or a task that only reports it ran (under `slot`).
@@ -222,6 +224,14 @@ fn worker(dev: &dyn BlockDevice, sh: &Shared) {
 }
 
 fn run(dev: &dyn BlockDevice, job: &Job, buffers: &Buffers) -> std::io::Result<()> {
+    run_op(dev, job, buffers)?;
+    if job.durable && !matches!(job.op, JobOp::Read | JobOp::Flush) {
+        dev.flush()?;
+    }
+    Ok(())
+}
+
+fn run_op(dev: &dyn BlockDevice, job: &Job, buffers: &Buffers) -> std::io::Result<()> {
     match job.op {
         JobOp::Read | JobOp::Write => {
             let mut buf = buffers.take(CHUNK.min(job.len as usize));
@@ -321,6 +331,7 @@ mod tests {
     struct Hostile {
         inner: MemDevice,
         largest: AtomicUsize,
+        flushes: AtomicUsize,
     }
 
     impl BlockDevice for Hostile {
@@ -337,6 +348,7 @@ mod tests {
             self.inner.write_at(buf, offset)
         }
         fn flush(&self) -> std::io::Result<()> {
+            self.flushes.fetch_add(1, Ordering::Relaxed);
             Ok(())
         }
         fn discard(&self, offset: u64, len: u64) -> std::io::Result<()> {
@@ -351,6 +363,7 @@ mod tests {
         let dev = Arc::new(Hostile {
             inner: MemDevice::new(16 << 20),
             largest: AtomicUsize::new(0),
+            flushes: AtomicUsize::new(0),
         });
         let event = EventFd::new(0).unwrap();
         let pool = Pool::new(dev.clone(), 1, &event, "test").unwrap();
@@ -367,6 +380,7 @@ mod tests {
             segs,
             ranges: Ranges::default(),
             mem: mem.clone(),
+            durable: false,
         }
     }
 
@@ -381,6 +395,28 @@ mod tests {
             }
             event.read().unwrap();
         }
+    }
+
+    #[test]
+    fn write_through_jobs_are_flushed_before_they_complete() {
+        let (dev, pool, event, mem) = setup();
+        let seg = Segment {
+            addr: GuestAddress(0x1000),
+            len: 4096,
+            writable: false,
+        };
+        let flushes = || dev.flushes.load(Ordering::Relaxed);
+        pool.submit(job(1, JobOp::Write, 4096, vec![seg], &mem))
+            .unwrap();
+        assert_eq!(next(&pool, &event), (1, 4096));
+        assert_eq!(flushes(), 0, "write-back: no flush");
+        for (slot, op) in [(2, JobOp::Write), (3, JobOp::WriteZeroes), (4, JobOp::Read)] {
+            let mut j = job(slot, op, 4096, vec![seg], &mem);
+            j.durable = true;
+            pool.submit(j).unwrap();
+            assert_eq!(next(&pool, &event).0, slot);
+        }
+        assert_eq!(flushes(), 2, "write-through: the write and write-zeroes, not the read");
     }
 
     #[test]

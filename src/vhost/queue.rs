@@ -80,6 +80,8 @@ pub struct QueueWorker {
     pool: Option<Pool>,
     /// Completions not from the io_uring: pool threads' and inline transfers'.
     pool_done: Vec<(usize, i32)>,
+    /// Wakes the queue when a held write-through origin write landed (graph origins).
+    held_notify: Option<Arc<EventFd>>,
     stopping: Arc<AtomicBool>,
     /// Per registered file: set when memory-backed, reads and writes then run inline (see
     /// `queue_sqes`).
@@ -143,7 +145,7 @@ pub use ring::RingFault;
 /// The pool completion slot of the commit task.
 const COMMIT_TASK: usize = usize::MAX;
 
-const FIXED_IMAGE: types::Fixed = types::Fixed(0);
+pub(super) const FIXED_IMAGE: types::Fixed = types::Fixed(0);
 /// Reads are handed to the kernel at most this many at a time. Random reads: a disk serves
 /// reads that reach it as they come much sooner than the same reads in bursts (on this
 /// project's test VM, cold 4 KiB random reads at QD32 took the device 0.22-0.29 ms each when
@@ -191,6 +193,7 @@ impl QueueWorker {
             .or_else(|_| IoUring::builder().build(entries))?;
         let event = EventFd::new(EFD_NONBLOCK)?;
         ring.submitter().register_eventfd(event.as_raw_fd())?;
+        let held_notify = Some(Arc::new(event.try_clone()?));
         let mut inline_fd = [None; 2];
         let mut mapping = None;
         let mut random_file = None;
@@ -257,6 +260,7 @@ impl QueueWorker {
             pending_signal: false,
             pool,
             pool_done: Vec::with_capacity(queue_size as usize),
+            held_notify,
             stopping,
             inline_fd,
             mapping,
@@ -516,6 +520,7 @@ impl QueueWorker {
                 segs: self.parse_buf.clone(),
                 ranges: slot.ranges,
                 mem: mem.clone(),
+                durable: !self.disk.writeback.load(Ordering::Relaxed),
             };
             if pool.submit(job).is_err() {
                 let slot = self.slots.get_mut(idx);

@@ -8,7 +8,7 @@ use vhost_user_backend::VringT;
 
 use super::{Mem, QueueWorker, Vring, COMMIT_TASK};
 use crate::storage::{DirectTarget, NewExceptions};
-use crate::vhost::inflight::{IoOp, PrepareError};
+use crate::vhost::inflight::{copy_guest, IoOp, PrepareError};
 
 impl QueueWorker {
     /// Runs a graph node's read or write on the io_uring when the engine places the whole
@@ -33,6 +33,9 @@ impl QueueWorker {
         }
         let Some(plan) = node.plan(write, slot.offset, u64::from(slot.data_len)) else {
             slot.reset_buffers();
+            if write && node.snapshot.is_none() && self.hold_origin_write(idx, mem) {
+                return Some(Ok(()));
+            }
             return None;
         };
         slot.file = if plan.target == DirectTarget::Origin {
@@ -44,6 +47,56 @@ impl QueueWorker {
         slot.ticket = Some(plan.ticket);
         self.queue_sqes(idx);
         Some(Ok(()))
+    }
+
+    /// Hands an origin write that needs copy-outs to the engine's held writes: it completes
+    /// now in write-back mode (the engine lands it before any later read, write or flush of
+    /// it), when it landed and is durable in write-through mode. False: not taken.
+    fn hold_origin_write(&mut self, idx: usize, mem: &Arc<Mem>) -> bool {
+        let (Some(node), Some(pool), Some(notify)) = (&self.direct, &self.pool, &self.held_notify)
+        else {
+            return false;
+        };
+        let slot = self.slots.get_mut(idx);
+        let len = u64::from(slot.data_len);
+        if len == 0 || len > crate::storage::MAX_HELD_WRITE {
+            return false;
+        }
+        let mut data = vec![0u8; len as usize];
+        if !copy_guest(&self.parse_buf, mem, 0, &mut data, false) {
+            return false;
+        }
+        let writeback = self.disk.writeback.load(Ordering::Relaxed);
+        let done: crate::storage::HeldDone = if writeback {
+            Box::new(|_| {})
+        } else {
+            let (done, notify) = (pool.done.clone(), notify.clone());
+            let n = i32::try_from(len).unwrap_or(i32::MAX);
+            Box::new(move |r: std::io::Result<()>| {
+                let res = match r {
+                    Ok(()) => n,
+                    Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
+                };
+                done.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((idx, res));
+                let _ = notify.write(1);
+            })
+        };
+        if !node
+            .origin
+            .hold_write(slot.offset, data, !writeback, done)
+        {
+            return false;
+        }
+        slot.pending = 1;
+        if writeback {
+            self.pool_done.push((idx, i32::try_from(len).unwrap_or(i32::MAX)));
+        } else {
+            slot.helper = true;
+            self.pool_jobs += 1;
+        }
+        true
     }
 
     pub(super) fn finish(&mut self, idx: usize) -> Option<(u16, u32)> {

@@ -10,12 +10,12 @@ use std::os::unix::io::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use io_uring::{squeue, types};
+use io_uring::{opcode, squeue, types};
 use log::{error, warn};
 use vhost_user_backend::VringT;
 use vm_memory::Bytes;
 
-use super::{QueueWorker, Vring, COMMIT_TASK, DEVICE_READ, RANGE_SHIFT, ZERO_PAIR};
+use super::{QueueWorker, Vring, COMMIT_TASK, DEVICE_READ, FIXED_IMAGE, RANGE_SHIFT, ZERO_PAIR};
 use crate::vhost::inflight::{IoOp, Progress};
 use crate::virtio_blk::request::Status;
 
@@ -345,6 +345,24 @@ impl QueueWorker {
             }
         }
         if self.slots.get_mut(idx).pending > 0 {
+            return None;
+        }
+        let writeback = self.disk.writeback.load(Ordering::Relaxed);
+        let slot = self.slots.get_mut(idx);
+        if !writeback
+            && self.pool.is_none()
+            && matches!(slot.op, IoOp::Discard | IoOp::WriteZeroes { .. })
+            && !slot.failed
+            && !slot.synced
+        {
+            // Write-through: the new extents are durable before the request completes (a
+            // plain image's writes carry RWF_DSYNC; fallocate has no such flag).
+            slot.synced = true;
+            slot.pending = 1;
+            let e = opcode::Fsync::new(FIXED_IMAGE)
+                .flags(types::FsyncFlags::DATASYNC)
+                .build();
+            self.push(e.user_data(idx as u64));
             return None;
         }
         self.finish(idx)
