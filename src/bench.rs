@@ -78,7 +78,8 @@ pub struct BenchArgs {
     /// Cap on the addressed region (default: the whole disk).
     #[arg(long, value_parser = parse_size)]
     pub size: Option<u64>,
-    /// Sequential read/write: stop after one pass over the region (--seconds stays a limit).
+    /// Stop after one pass over the region (--seconds stays a limit): sequential read/write in
+    /// order, randwrite every block once in a scrambled order.
     #[arg(long)]
     pub once: bool,
     /// Print the report as JSON.

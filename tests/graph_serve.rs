@@ -266,10 +266,20 @@ fn with_inflight_tracking_fast_reads_complete_before_a_slow_write() {
 }
 
 #[test]
-fn snapshot_cow_breaks_in_flight_together_are_committed_and_survive_kill_9() {
-    // 32 writes into a fresh snapshot at once, whole 4 KiB chunks (the queue writes them into
-    // new COW chunks and completes them once their exceptions are committed), two-chunk
-    // writes, and partial-chunk writes (which copy the old chunk in first).
+fn snapshot_cow_breaks_flushed_in_write_back_mode_survive_kill_9() {
+    cow_breaks_survive_kill_9(true);
+}
+
+#[test]
+fn snapshot_cow_breaks_completed_in_write_through_mode_survive_kill_9() {
+    cow_breaks_survive_kill_9(false);
+}
+
+/// 32 writes into a fresh snapshot at once, whole 4 KiB chunks (the queue writes them into new
+/// COW chunks; write-back: they complete at once and a FLUSH commits them; write-through: they
+/// complete once their exceptions are committed), two-chunk writes, and partial-chunk writes
+/// (which copy the old chunk in first); then `kill -9`.
+fn cow_breaks_survive_kill_9(writeback: bool) {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
     let orig = pattern(5, 4 * MIB as usize);
@@ -277,6 +287,7 @@ fn snapshot_cow_breaks_in_flight_together_are_committed_and_survive_kill_9() {
     std::fs::write(p.join("graph.toml"), config(p, "P")).unwrap();
     let mut d = start(p);
     let mut fe = connect(&p.join("s1.sock"));
+    fe.set_writeback(writeback).unwrap();
     let mut q = fe.blk_queue(0, 32, 8192).unwrap();
     let mut expect = orig.clone();
     for round in 0..4u64 {
@@ -308,13 +319,16 @@ fn snapshot_cow_breaks_in_flight_together_are_committed_and_survive_kill_9() {
             }
         }
     }
+    if writeback {
+        assert_eq!(q.flush().unwrap().status, BlkStatus::Ok);
+    }
     drop(q);
     drop(fe);
     assert!(!d.signal_and_wait(libc::SIGKILL).success());
 
     let d = start(p);
     let snap = read(&p.join("s1.sock"), 0, 4 * MIB as u32);
-    assert!(snap == expect, "the snapshot has every acknowledged write");
+    assert!(snap == expect, "the snapshot has every write completed (before the flush)");
     assert!(
         read(&p.join("base.sock"), 0, 4 * MIB as u32) == orig,
         "the origin has none"

@@ -422,7 +422,9 @@ fn merges_killed_at_random_points_under_guest_writes_end_with_the_merged_origin(
     let file = std::fs::read(set.dir.join("base.img")).unwrap();
     origin.check(&file, "the origin image after the last merge");
     eprintln!("{kills} kills during {rounds} merges");
-    assert!(kills >= rounds * 2, "only {kills} kills");
+    // One kill a round lands right after `merge start`; the others need the merge to still
+    // run when their point comes (how many do depends on the disk's speed).
+    assert!(kills >= rounds + 2, "only {kills} kills");
 }
 
 #[test]

@@ -203,6 +203,16 @@ impl Worker {
                         self.seq_next = (b + 1) % n;
                         b
                     }
+                    // One pass in a scrambled order: every block once (a first write to each
+                    // chunk of a fresh snapshot, in random order).
+                    Rw::Randwrite if self.plan.once => {
+                        if self.seq_issued >= n {
+                            return None;
+                        }
+                        let k = self.seq_issued;
+                        self.seq_issued += 1;
+                        ((u128::from(k) * u128::from(coprime_stride(n))) % u128::from(n)) as u64
+                    }
                     Rw::Randread | Rw::Randwrite | Rw::Mixed => self.rng.below(n),
                 };
                 (write, block)
@@ -298,4 +308,21 @@ impl Worker {
         }
         Ok(())
     }
+}
+
+/// A stride near 0.618 n with no factor in common with `n`: `k * stride mod n` visits every
+/// block once for k in 0..n, in a scattered order.
+fn coprime_stride(n: u64) -> u64 {
+    fn gcd(a: u64, b: u64) -> u64 {
+        if b == 0 {
+            a
+        } else {
+            gcd(b, a % b)
+        }
+    }
+    let mut s = (n as f64 * 0.618_034) as u64 | 1;
+    while gcd(s, n) != 1 {
+        s += 2;
+    }
+    s
 }

@@ -330,7 +330,7 @@ impl Origin {
                 }),
             )
         });
-        self.hand_to_commit(g, written);
+        self.hand_to_commit(g, written, true);
         targets
             .iter()
             .zip(&results)
@@ -345,13 +345,19 @@ impl Origin {
         &self,
         mut g: MutexGuard<'_, Inner>,
         written: impl Iterator<Item = (SnapshotId, ChunkIndex, ChunkIndex, Result<(), String>)>,
+        sync: bool,
     ) {
         let mut invalidations = Vec::new();
         for (id, old, new, r) in written {
             let Some(s) = g.snap_mut(id) else { continue };
             s.commit.outstanding = s.commit.outstanding.saturating_sub(1);
             match r {
-                Ok(()) => s.commit.queue.push((old, new)),
+                Ok(()) => {
+                    s.commit.queue.push((old, new));
+                    if sync {
+                        s.commit.sync.insert(old.0);
+                    }
+                }
                 Err(what) => {
                     error!("{}: {what}", s.cfg.name);
                     s.pending.remove(&old.0);
@@ -368,7 +374,7 @@ impl Origin {
     /// Waits until the exception `old → new` of snapshot `id` is committed, committing a batch
     /// itself when it is its turn. False when the commit failed or the snapshot went away.
     pub(super) fn wait_commit(&self, id: SnapshotId, old: ChunkIndex, new: ChunkIndex) -> bool {
-        self.commit_until(id, CommitMode::Batched, |s| {
+        self.commit_until(id, CommitMode::Batched, false, |s| {
             (!s.pending.contains_key(&old.0))
                 .then(|| s.health != Health::Invalid && s.store.lookup(old) == Some(new))
         })
@@ -381,6 +387,7 @@ impl Origin {
         &self,
         id: SnapshotId,
         mode: CommitMode,
+        light: bool,
         settled: impl Fn(&super::engine::Snap) -> Option<T>,
     ) -> T {
         let mut g = self.lock();
@@ -424,11 +431,18 @@ impl Origin {
             if s.health == Health::Invalid {
                 for (o, _) in &batch {
                     s.pending.remove(&o.0);
+                    s.commit.sync.remove(&o.0);
                 }
                 self.notify();
                 continue;
             }
-            let io = s.store.plan_commit(&batch);
+            let mut io = s.store.plan_commit(&batch);
+            // Light (write-back, no copy-out in the batch): the data is durable before the
+            // metadata write (the commit's first flush), so the entries may reach the disk in
+            // any order; the next flush makes them durable. A `kill -9` keeps them either way.
+            if light && !batch.iter().any(|(o, _)| s.commit.sync.contains(&o.0)) {
+                io.flush_after = false;
+            }
             s.commit.committing = true;
             s.commit.commits += 1;
             let cow = s.cow.clone();
@@ -453,6 +467,7 @@ impl Origin {
                 }
                 for (o, _) in &batch {
                     s.pending.remove(&o.0);
+                    s.commit.sync.remove(&o.0);
                 }
             }
             self.notify();

@@ -115,14 +115,14 @@ impl Origin {
                 let cs = s.cs();
                 let first = cs.chunk_of(offset).0;
                 let last = cs.chunk_of(offset + len - 1).0;
-                let mapped = s.store.lookup(ChunkIndex(first));
+                let look = |s: &super::engine::Snap, c: u64| s.store.lookup(ChunkIndex(c));
+                let mapped = look(s, first);
                 let within = offset - cs.start(ChunkIndex(first));
                 match mapped {
                     // Every chunk in the COW, consecutively.
                     Some(new)
-                        if (first..=last).all(|c| {
-                            s.store.lookup(ChunkIndex(c)) == Some(ChunkIndex(new.0 + c - first))
-                        }) =>
+                        if (first..=last)
+                            .all(|c| look(s, c) == Some(ChunkIndex(new.0 + c - first))) =>
                     {
                         let at = cs.start(new) + within;
                         let ticket = if write {
@@ -136,8 +136,7 @@ impl Origin {
                         Some(plan(DirectTarget::Cow, at, ticket))
                     }
                     // Every chunk unchanged: a read of the origin, tracked.
-                    None if !write
-                        && (first..=last).all(|c| s.store.lookup(ChunkIndex(c)).is_none()) =>
+                    None if !write && (first..=last).all(|c| look(s, c).is_none()) =>
                     {
                         for c in first..=last {
                             *s.reads.entry(c).or_default() += 1;
@@ -176,7 +175,7 @@ impl Origin {
                     };
                     (t.id, old, new, r)
                 });
-                self.hand_to_commit(g, written);
+                self.hand_to_commit(g, written, false);
                 return ok.then_some(t);
             }
             Ticket::OriginWrite(token) => {
@@ -203,8 +202,8 @@ impl Origin {
 
     /// Commits (or waits for the commits of) the exceptions of `waits`, all of one snapshot:
     /// blocks, so a helper thread calls it.
-    pub fn commit_direct(&self, id: SnapshotId, waits: &[NewExceptions]) {
-        self.commit_until(id, CommitMode::Eager, |s| {
+    pub fn commit_direct(&self, id: SnapshotId, waits: &[NewExceptions], light: bool) {
+        self.commit_until(id, CommitMode::Eager, light, |s| {
             let pending = waits
                 .iter()
                 .any(|t| (t.old..t.old + t.count).any(|c| s.pending.contains_key(&c)));
@@ -215,7 +214,7 @@ impl Origin {
     /// Commits what is ready of snapshot `id`'s new exceptions, unless another thread is
     /// committing: never waits for other threads (the commit's own I/O aside).
     pub fn try_commit(&self, id: SnapshotId) {
-        self.commit_until(id, CommitMode::Try, |_| None::<()>)
+        self.commit_until(id, CommitMode::Try, false, |_| None::<()>)
     }
 
     /// Whether the exceptions of `t` are committed: `None` while still pending, then true
@@ -338,10 +337,10 @@ impl DirectNode {
     }
 
     /// See [`Origin::commit_direct`] (blocks).
-    pub fn commit(&self, waits: &[NewExceptions]) {
+    pub fn commit(&self, waits: &[NewExceptions], light: bool) {
         if let (Some(id), Some(first)) = (self.snapshot, waits.first()) {
             debug_assert_eq!(id, first.id);
-            self.origin.commit_direct(id, waits);
+            self.origin.commit_direct(id, waits, light);
         }
     }
 

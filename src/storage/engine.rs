@@ -92,6 +92,10 @@ pub(super) struct CommitState {
     pub order: std::collections::VecDeque<u64>,
     /// A thread is writing a commit now.
     pub committing: bool,
+    /// Old chunks in `queue` copied out for an origin write: their commit is always durable
+    /// (the origin's new data follows it). The others (a snapshot's own first writes) may be
+    /// committed light in write-back mode, the metadata left for the next flush's sync.
+    pub sync: std::collections::HashSet<u64>,
     /// Counters for `stats`: origin chunks copied in, requests parked on the copy cap,
     /// metadata commits written.
     pub copies: u64,

@@ -327,6 +327,68 @@ impl BlockDevice for FileDevice {
         self.pwrite(buf, offset)
     }
 
+    fn write_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
+        let len: u64 = bufs.iter().map(|b| b.len() as u64).sum();
+        check_range(self.size, offset, len)?;
+        if self.dio.is_some() {
+            let mut at = offset;
+            for b in bufs {
+                self.pwrite(b, at)?;
+                at += b.len() as u64;
+            }
+            return Ok(());
+        }
+        let mut iov: Vec<libc::iovec> = bufs
+            .iter()
+            .map(|b| libc::iovec {
+                iov_base: b.as_ptr() as *mut libc::c_void,
+                iov_len: b.len(),
+            })
+            .collect();
+        let (mut first, mut at) = (0, offset);
+        while first < iov.len() {
+            let n = (iov.len() - first).min(1024);
+            // SAFETY: the iovecs name the caller's live buffers, read only by pwritev.
+            let done = unsafe {
+                libc::pwritev(
+                    self.file.as_raw_fd(),
+                    iov[first..].as_ptr(),
+                    n as libc::c_int,
+                    at as libc::off_t,
+                )
+            };
+            if done < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if done == 0 {
+                return Err(io::Error::from(io::ErrorKind::WriteZero));
+            }
+            // Skip what was written (a short write resumes inside an iovec).
+            let mut left = done as usize;
+            at += left as u64;
+            while left > 0 {
+                let v = &mut iov[first];
+                if left >= v.iov_len {
+                    left -= v.iov_len;
+                    first += 1;
+                } else {
+                    // SAFETY: advancing inside the same buffer.
+                    v.iov_base = unsafe { v.iov_base.cast::<u8>().add(left) }.cast();
+                    v.iov_len -= left;
+                    left = 0;
+                }
+            }
+            while first < iov.len() && iov[first].iov_len == 0 {
+                first += 1;
+            }
+        }
+        Ok(())
+    }
+
     fn flush(&self) -> io::Result<()> {
         self.file.sync_data()
     }

@@ -21,14 +21,20 @@ use log::error;
 use super::copy::{check_chunk, Check, CommitMode, GateMode, Target};
 use super::datapath::Data;
 use super::engine::{Health, Inner, Origin, SnapshotId};
+use super::units::ChunkIndex;
 
 /// The longest write that may be held (longer ones take the synchronous path).
 pub const MAX_HELD_WRITE: u64 = 1 << 20;
 /// Most bytes held at once per origin: past it, writes take the synchronous path (whose gate
 /// waits for copy slots), so a guest that writes faster than the copies go is held back.
-const MAX_HELD_BYTES: u64 = 64 << 20;
+const MAX_HELD_BYTES: u64 = 32 << 20;
 /// Most held writes one batch takes on.
 const MAX_BATCH: usize = 4096;
+/// Chunk bytes one copy group reads into memory at once.
+const COPY_GROUP_BYTES: u64 = 16 << 20;
+
+/// A copied exception and how its copy went: (snapshot, old, new, outcome).
+type Written = (SnapshotId, ChunkIndex, ChunkIndex, Result<(), String>);
 
 /// Called once a held write landed (or failed).
 pub type HeldDone = Box<dyn FnOnce(io::Result<()>) + Send>;
@@ -50,6 +56,8 @@ pub(super) struct HeldState {
     /// (start byte, seq) → end byte of every held write not landed yet.
     ranges: BTreeMap<(u64, u64), u64>,
     bytes: u64,
+    /// The longest held write since the set was last empty (bounds the overlap search).
+    max_len: u64,
     next_seq: u64,
     /// Every held write with a lower seq has landed.
     landed: u64,
@@ -65,7 +73,7 @@ impl HeldState {
         if self.ranges.is_empty() {
             return false;
         }
-        let from = (start.saturating_sub(MAX_HELD_WRITE), 0);
+        let from = (start.saturating_sub(self.max_len), 0);
         self.ranges
             .range(from..(end, 0))
             .any(|(&(s, seq), &e)| seq < before && s < end && start < e)
@@ -149,6 +157,7 @@ impl Origin {
             g.held.next_seq += 1;
             g.held.ranges.insert((offset, seq), offset + len);
             g.held.bytes += len;
+            g.held.max_len = g.held.max_len.max(len);
             true
         } else {
             *tx = None;
@@ -257,48 +266,41 @@ impl Origin {
             }
             let n = planned.len();
             self.copy_and_commit(planned);
-            // Every chunk is safe now (the gate still waits for snapshot reads of the origin
-            // that were in flight when the exceptions were made). A snapshot whose copy failed
-            // went invalid; the write goes on for the others.
-            let outcomes = batch[i..i + n]
-                .iter()
-                .map(|h| {
-                    self.origin_data_as(Data::Bytes(&h.data), h.offset, GateMode::Held(h.seq))
-                        .map_err(io::Error::from)
-                })
-                .collect();
+            let outcomes = self.write_origin(&batch[i..i + n]);
             self.land(&mut batch[i..i + n], outcomes);
             i += n;
         }
     }
 
-    /// Copies out every planned write's chunks, hands them to their commit queues and commits
-    /// every snapshot that got any, in parallel (a failed copy invalidates its snapshot).
+    /// Copies out every planned write's chunks (each origin span read once, each snapshot's new
+    /// chunks written in runs, one vectored write per run), hands them to their commit queues
+    /// and commits every snapshot that got any, in parallel (a failed copy invalidates its
+    /// snapshot).
     fn copy_and_commit(&self, planned: Vec<(Vec<Target>, usize)>) {
-        let mut slots = 0;
-        let mut written = Vec::new();
-        let mut olds: BTreeMap<SnapshotId, Vec<u64>> = BTreeMap::new();
-        for (targets, n) in &planned {
-            slots += n;
-            let results = self.copy_chunks(targets);
-            for (t, r) in targets.iter().zip(results) {
-                let r = r.map_err(|e| {
-                    format!(
-                        "copying origin chunk {} (byte {}) to COW chunk {}: {e}",
-                        t.old,
-                        t.cs.start(t.old),
-                        t.new
-                    )
-                });
-                olds.entry(t.id).or_default().push(t.old.0);
-                written.push((t.id, t.old, t.new, r));
+        let slots: usize = planned.iter().map(|p| p.1).sum();
+        let targets: Vec<Target> = planned.into_iter().flat_map(|p| p.0).collect();
+        let mut written = Vec::with_capacity(targets.len());
+        let mut group = Vec::new();
+        let mut bytes = 0;
+        for t in targets {
+            bytes += t.cs.bytes();
+            group.push(t);
+            if bytes >= COPY_GROUP_BYTES {
+                self.copy_group(&group, &mut written);
+                group.clear();
+                bytes = 0;
             }
+        }
+        self.copy_group(&group, &mut written);
+        let mut olds: BTreeMap<SnapshotId, Vec<u64>> = BTreeMap::new();
+        for w in &written {
+            olds.entry(w.0).or_default().push(w.1 .0);
         }
         let mut g = self.lock();
         g.copies -= slots;
-        self.hand_to_commit(g, written.into_iter());
+        self.hand_to_commit(g, written.into_iter(), true);
         let commit = |(id, olds): (&SnapshotId, &Vec<u64>)| {
-            self.commit_until(*id, CommitMode::Eager, |s| {
+            self.commit_until(*id, CommitMode::Eager, false, |s| {
                 olds.iter()
                     .all(|o| !s.pending.contains_key(o))
                     .then_some(())
@@ -312,6 +314,126 @@ impl Origin {
             }
             commit(first);
         });
+    }
+
+    /// Copies one group of targets: reads the origin spans they cover (adjacent chunks in one
+    /// read), then writes each snapshot's runs of consecutive new chunks.
+    fn copy_group(&self, targets: &[Target], out: &mut Vec<Written>) {
+        if targets.is_empty() {
+            return;
+        }
+        let size = self.dev.size();
+        let range = |t: &Target| {
+            let a = t.cs.start(t.old);
+            (a, (a + t.cs.bytes()).min(size))
+        };
+        // Origin spans: the distinct chunk ranges, adjacent ones merged.
+        let mut ranges: Vec<(u64, u64)> = targets.iter().map(range).collect();
+        ranges.sort_unstable();
+        ranges.dedup();
+        let mut spans: Vec<(u64, u64, Vec<u8>)> = Vec::new();
+        for (a, b) in ranges {
+            match spans.last_mut() {
+                Some(s) if s.1 == a && b - s.0 <= MAX_HELD_WRITE => s.1 = b,
+                Some(s) if a < s.1 => s.1 = s.1.max(b),
+                _ => spans.push((a, b, Vec::new())),
+            }
+        }
+        let mut failed: Option<String> = None;
+        for s in spans.iter_mut() {
+            s.2 = vec![0u8; (s.1 - s.0) as usize];
+            if let Err(e) = self.dev.read_at(&mut s.2, s.0) {
+                error!("{}: reading origin for a copy: {e}", self.name);
+                failed = Some(format!("reading the origin at byte {}: {e}", s.0));
+                break;
+            }
+        }
+        let data = |t: &Target| -> &[u8] {
+            let (a, b) = range(t);
+            let i = spans.partition_point(|s| s.1 <= a);
+            let s = &spans[i];
+            &s.2[(a - s.0) as usize..(b - s.0) as usize]
+        };
+        let mut order: Vec<&Target> = targets.iter().collect();
+        order.sort_unstable_by_key(|t| (t.id, t.new.0));
+        let mut i = 0;
+        while i < order.len() {
+            let first = order[i];
+            let mut j = i + 1;
+            while j < order.len()
+                && order[j].id == first.id
+                && order[j].new.0 == order[j - 1].new.0 + 1
+                && j - i < 1024
+            {
+                j += 1;
+            }
+            let run = &order[i..j];
+            let r = match &failed {
+                Some(why) => Err(why.clone()),
+                None => {
+                    let bufs: Vec<&[u8]> = run.iter().map(|t| data(t)).collect();
+                    first
+                        .cow
+                        .write_vectored_at(&bufs, first.cs.start(first.new))
+                        .map_err(|e| {
+                            format!(
+                                "copying origin chunks to COW chunks {}..={}: {e}",
+                                first.new,
+                                run[run.len() - 1].new
+                            )
+                        })
+                }
+            };
+            out.extend(run.iter().map(|t| (t.id, t.old, t.new, r.clone())));
+            i = j;
+        }
+    }
+
+    /// Writes planned held writes (which overlap no earlier one) into the origin once their
+    /// copies are committed: under one lock, each whose chunks are all safe gets a gate token;
+    /// the others (a snapshot read of the origin still in flight there, a merge) go through
+    /// the gate, which waits. A snapshot whose copy failed went invalid; the write goes on.
+    fn write_origin(&self, hs: &[Held]) -> Vec<io::Result<()>> {
+        let tokens: Vec<Option<u64>> = {
+            let mut g = self.lock();
+            let merging = g.merge.is_some();
+            hs.iter()
+                .map(|h| {
+                    let end = h.offset + h.data.len() as u64;
+                    let mut pos = h.offset;
+                    while pos < end && !merging {
+                        let (e, check) = check_chunk(&g, pos, end, None);
+                        if check != Check::Safe {
+                            return None;
+                        }
+                        pos = e;
+                    }
+                    if merging {
+                        return None;
+                    }
+                    let token = g.next_token;
+                    g.next_token += 1;
+                    g.origin_writes.insert(token, (h.offset, end));
+                    Some(token)
+                })
+                .collect()
+        };
+        let outcomes = hs
+            .iter()
+            .zip(&tokens)
+            .map(|(h, t)| match t {
+                Some(_) => self.dev.write_at(&h.data, h.offset),
+                None => self
+                    .origin_data_as(Data::Bytes(&h.data), h.offset, GateMode::Held(h.seq))
+                    .map_err(io::Error::from),
+            })
+            .collect();
+        let mut g = self.lock();
+        for t in tokens.into_iter().flatten() {
+            g.origin_writes.remove(&t);
+        }
+        self.notify();
+        outcomes
     }
 
     /// Ends held writes with their outcomes: makes the durable ones durable, drops them from
@@ -334,6 +456,9 @@ impl Origin {
                 g.held.ranges.remove(&(h.offset, h.seq));
                 g.held.bytes -= len;
                 g.held.landed = g.held.landed.max(h.seq + 1);
+            }
+            if g.held.ranges.is_empty() {
+                g.held.max_len = 0;
             }
             self.notify();
         }

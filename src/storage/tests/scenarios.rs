@@ -494,7 +494,7 @@ fn direct_whole_chunk_snapshot_writes_make_exceptions_committed_before_they_comp
     cow.write_at(&[9; 8192], w.offset).unwrap();
     let parked = o.finish_direct(Ticket::NewExceptions(t), true).unwrap();
     assert_eq!(o.settled(&parked), None, "written but not committed yet");
-    o.commit_direct(s, &[parked]);
+    o.commit_direct(s, &[parked], false);
     assert_eq!(o.settled(&parked), Some(true));
     assert_eq!(read_snap(&o, s, 16 * 4096, 8192), vec![9; 8192]);
     assert_eq!(read_origin(&o, 16 * 4096, 8192), vec![1; 8192]);
@@ -553,7 +553,7 @@ fn direct_runs_never_cross_a_metadata_area() {
         made.push((t.new, t.count));
         cow.write_at(&vec![3; 48 * 4096], w.offset).unwrap();
         let p = o.finish_direct(w.ticket, true).unwrap();
-        o.commit_direct(s, &[p]);
+        o.commit_direct(s, &[p], false);
         old += 48;
     }
     // Chunk 0 is the header, 1 the first area, 2..=257 its data, 258 the next area.

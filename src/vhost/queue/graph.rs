@@ -49,9 +49,10 @@ impl QueueWorker {
         Some(Ok(()))
     }
 
-    /// Hands an origin write that needs copy-outs to the engine's held writes: it completes
-    /// now in write-back mode (the engine lands it before any later read, write or flush of
-    /// it), when it landed and is durable in write-through mode. False: not taken.
+    /// Hands an origin write that needs copy-outs to the engine's held writes, which batch the
+    /// copy-outs and commits of many writes: it completes once it landed in the origin (in
+    /// the kernel's page cache: a `kill -9` keeps it), durable too in write-through mode.
+    /// False: not taken.
     fn hold_origin_write(&mut self, idx: usize, mem: &Arc<Mem>) -> bool {
         let (Some(node), Some(pool), Some(notify)) = (&self.direct, &self.pool, &self.held_notify)
         else {
@@ -67,22 +68,18 @@ impl QueueWorker {
             return false;
         }
         let writeback = self.disk.writeback.load(Ordering::Relaxed);
-        let done: crate::storage::HeldDone = if writeback {
-            Box::new(|_| {})
-        } else {
-            let (done, notify) = (pool.done.clone(), notify.clone());
-            let n = i32::try_from(len).unwrap_or(i32::MAX);
-            Box::new(move |r: std::io::Result<()>| {
-                let res = match r {
-                    Ok(()) => n,
-                    Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
-                };
-                done.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push((idx, res));
-                let _ = notify.write(1);
-            })
-        };
+        let (done, notify) = (pool.done.clone(), notify.clone());
+        let n = i32::try_from(len).unwrap_or(i32::MAX);
+        let done: crate::storage::HeldDone = Box::new(move |r: std::io::Result<()>| {
+            let res = match r {
+                Ok(()) => n,
+                Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
+            };
+            done.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((idx, res));
+            let _ = notify.write(1);
+        });
         if !node
             .origin
             .hold_write(slot.offset, data, !writeback, done)
@@ -90,12 +87,8 @@ impl QueueWorker {
             return false;
         }
         slot.pending = 1;
-        if writeback {
-            self.pool_done.push((idx, i32::try_from(len).unwrap_or(i32::MAX)));
-        } else {
-            slot.helper = true;
-            self.pool_jobs += 1;
-        }
+        slot.helper = true;
+        self.pool_jobs += 1;
         true
     }
 
@@ -122,7 +115,9 @@ impl QueueWorker {
         };
         let node = node.clone();
         let waits: Vec<NewExceptions> = self.committing.iter().map(|&(_, t)| t).collect();
-        let task = Box::new(move || node.commit(&waits));
+        // Write-back: the commit leaves its metadata write to the next FLUSH's sync.
+        let light = self.disk.writeback.load(Ordering::Relaxed);
+        let task = Box::new(move || node.commit(&waits, light));
         if pool.submit_task(COMMIT_TASK, task).is_ok() {
             self.commit_task = true;
             return;
