@@ -321,7 +321,7 @@ fn one_of_each() -> Vec<Request> {
                     discard_zeroes_cow: false,
                     discard_passdown_origin: false,
                     resettable: true,
-                    sparse: false,
+                    preallocate: false,
                 },
                 NewSnapshot {
                     origin: "b".into(),
@@ -333,7 +333,7 @@ fn one_of_each() -> Vec<Request> {
                     discard_zeroes_cow: true,
                     discard_passdown_origin: true,
                     resettable: false,
-                    sparse: false,
+                    preallocate: false,
                 },
             ],
             adopt: false,

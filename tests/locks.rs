@@ -193,7 +193,7 @@ fn a_files_lock_goes_with_its_node_so_it_can_be_added_again_at_once() {
         discard_zeroes_cow: false,
         discard_passdown_origin: false,
         resettable: true,
-        sparse: false,
+        preallocate: false,
     };
     let export = |node: &str| ExportSpec {
         node: node.into(),

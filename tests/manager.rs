@@ -32,7 +32,7 @@ fn snap(p: &Path, origin: &str, name: &str) -> SnapshotSpec {
         discard_zeroes_cow: false,
         discard_passdown_origin: false,
         resettable: false,
-        sparse: false,
+        preallocate: false,
     }
 }
 

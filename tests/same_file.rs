@@ -51,7 +51,7 @@ fn snap(name: &str, origin: &str, cow: PathBuf) -> SnapshotSpec {
         discard_zeroes_cow: false,
         discard_passdown_origin: false,
         resettable: false,
-        sparse: false,
+        preallocate: false,
     }
 }
 

@@ -178,10 +178,10 @@ pub struct CreateArgs {
     /// creation state even after the origin was written; costs a second copy-out per chunk.
     #[arg(long)]
     pub resettable: bool,
-    /// Leave a COW file created from --size sparse instead of writing it full of zeroes first
-    /// (faster to create; on ext4 and XFS each commit then also commits block allocations).
+    /// Write a COW file created from --size full of zeroes first instead of leaving it sparse
+    /// (slower to create; see the README's durability section for when it pays).
     #[arg(long)]
-    pub sparse: bool,
+    pub preallocate: bool,
     /// Load a COW file that already holds a snapshot store (its exceptions apply to the origin
     /// as it is now: right only for a store taken of this origin unchanged since); without
     /// this, such a COW file is refused.
@@ -419,7 +419,7 @@ fn create(a: CreateArgs) -> Result<(Conn, Action), String> {
             discard_zeroes_cow: a.discard_zeroes_cow,
             discard_passdown_origin: a.discard_passdown_origin,
             resettable: a.resettable,
-            sparse: a.sparse,
+            preallocate: a.preallocate,
         })
     };
     let mut snapshots = vec![one(a.origin.clone(), a.name.clone(), &a.cow)?];

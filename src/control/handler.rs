@@ -205,7 +205,7 @@ impl ControlHandler for ManagerControl {
                         discard_zeroes_cow: n.discard_zeroes_cow,
                         discard_passdown_origin: n.discard_passdown_origin,
                         resettable: n.resettable,
-                        sparse: n.sparse,
+                        preallocate: n.preallocate,
                     })
                     .collect();
                 let pauses = m.snapshot_create(specs, c.adopt).map_err(err)?;

@@ -178,9 +178,9 @@ pub struct NewSnapshot {
     /// Keep a hidden anchor so `clone_reset` works after the origin was written.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub resettable: bool,
-    /// A COW file created from `size` stays sparse (default: written full of zeroes).
+    /// Write a COW file created from `size` full of zeroes first (default: sparse).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub sparse: bool,
+    pub preallocate: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -30,7 +30,7 @@ fn one_of_each() -> Vec<Request> {
                 discard_zeroes_cow: true,
                 discard_passdown_origin: false,
                 resettable: true,
-                sparse: true,
+                preallocate: true,
             }],
             adopt: true,
         }),
