@@ -21,6 +21,7 @@ use log::error;
 use super::copy::{check_chunk, Check, CommitMode, GateMode, Target};
 use super::datapath::Data;
 use super::engine::{Health, Inner, Origin, SnapshotId};
+use super::image::memory_backed;
 use super::units::ChunkIndex;
 
 /// The longest write that may be held (longer ones take the synchronous path).
@@ -306,6 +307,18 @@ impl Origin {
                     .then_some(())
             })
         };
+        // In parallel where a commit waits for a device; on tmpfs and ramfs a commit is a few
+        // copies, which a thread per snapshot would only slow down.
+        let slow = |id: &SnapshotId| {
+            let g = self.lock();
+            g.snap(*id)
+                .and_then(|s| s.cow.raw_fd())
+                .is_some_and(|fd| !memory_backed(fd))
+        };
+        if olds.len() < 2 || !olds.keys().any(slow) {
+            olds.iter().for_each(commit);
+            return;
+        }
         let mut each = olds.iter();
         let Some(first) = each.next() else { return };
         std::thread::scope(|sc| {
@@ -400,15 +413,17 @@ impl Origin {
             hs.iter()
                 .map(|h| {
                     let end = h.offset + h.data.len() as u64;
-                    let mut pos = h.offset;
-                    while pos < end && !merging {
-                        let (e, check) = check_chunk(&g, pos, end, None);
-                        if check != Check::Safe {
-                            return None;
-                        }
-                        pos = e;
-                    }
-                    if merging {
+                    // Every valid snapshot holds every chunk now (no snapshot can be added while
+                    // a write is held): only a snapshot read of the origin still in flight there
+                    // makes the write wait.
+                    let reading = g.snaps.iter().any(|s| {
+                        let cs = s.cs();
+                        s.health != Health::Invalid
+                            && !s.reads.is_empty()
+                            && (cs.chunk_of(h.offset).0..=cs.chunk_of(end - 1).0)
+                                .any(|c| s.reads.contains_key(&c))
+                    });
+                    if merging || reading {
                         return None;
                     }
                     let token = g.next_token;
