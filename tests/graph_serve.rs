@@ -328,7 +328,10 @@ fn cow_breaks_survive_kill_9(writeback: bool) {
 
     let d = start(p);
     let snap = read(&p.join("s1.sock"), 0, 4 * MIB as u32);
-    assert!(snap == expect, "the snapshot has every write completed (before the flush)");
+    assert!(
+        snap == expect,
+        "the snapshot has every write completed (before the flush)"
+    );
     assert!(
         read(&p.join("base.sock"), 0, 4 * MIB as u32) == orig,
         "the origin has none"

@@ -126,6 +126,48 @@ pub(super) fn check_chunk(
     (end, check)
 }
 
+/// Allocates, in every valid snapshot (but `exclude`) lacking one, the exception that the
+/// origin chunk position at byte `pos` needs copied out; a full COW invalidates its snapshot
+/// (the header write to run outside the lock goes to `invalidations`).
+pub(super) fn take_copies(
+    g: &mut Inner,
+    pos: u64,
+    exclude: Option<SnapshotId>,
+    targets: &mut Vec<Target>,
+    invalidations: &mut Vec<Option<super::engine::Invalidation>>,
+) {
+    for s in g.snaps.iter_mut() {
+        if Some(s.id) == exclude || s.health == Health::Invalid {
+            continue;
+        }
+        let old = s.cs().chunk_of(pos);
+        if s.store.lookup(old).is_some() || s.pending.contains_key(&old.0) {
+            continue;
+        }
+        match s.store.prepare() {
+            Some(new) => {
+                s.pending.insert(old.0, new.0);
+                s.commit.order.push_back(new.0);
+                s.commit.outstanding += 1;
+                s.commit.copies += 1;
+                targets.push(Target {
+                    id: s.id,
+                    cow: s.cow.clone(),
+                    cs: s.cs(),
+                    old,
+                    new,
+                });
+            }
+            None => {
+                debug!("{}: COW full on the origin path", s.cfg.name);
+                invalidations.push(s.invalidate(format!(
+                    "COW full: no room to copy out origin chunk {old} (origin write at byte {pos})"
+                )));
+            }
+        }
+    }
+}
+
 impl Origin {
     /// Makes `[start, ...)` safe to overwrite in the origin: copies the old chunk to every valid
     /// snapshot lacking an exception, waits for those commits and for tracked reads to drain.
@@ -217,36 +259,7 @@ impl Origin {
             let (step_end, check) = check_chunk(g, pos, limit, exclude);
             if check == Check::Copy {
                 slots += 1;
-                for s in g.snaps.iter_mut() {
-                    if Some(s.id) == exclude || s.health == Health::Invalid {
-                        continue;
-                    }
-                    let old = s.cs().chunk_of(pos);
-                    if s.store.lookup(old).is_some() || s.pending.contains_key(&old.0) {
-                        continue;
-                    }
-                    match s.store.prepare() {
-                        Some(new) => {
-                            s.pending.insert(old.0, new.0);
-                            s.commit.order.push_back(new.0);
-                            s.commit.outstanding += 1;
-                            s.commit.copies += 1;
-                            targets.push(Target {
-                                id: s.id,
-                                cow: s.cow.clone(),
-                                cs: s.cs(),
-                                old,
-                                new,
-                            });
-                        }
-                        None => {
-                            debug!("{}: COW full on the origin path", s.cfg.name);
-                            invalidations.push(s.invalidate(format!(
-                                "COW full: no room to copy out origin chunk {old} (origin write at byte {pos})"
-                            )));
-                        }
-                    }
-                }
+                take_copies(g, pos, exclude, &mut targets, &mut invalidations);
             }
             pos = step_end;
         }

@@ -136,8 +136,7 @@ impl Origin {
                         Some(plan(DirectTarget::Cow, at, ticket))
                     }
                     // Every chunk unchanged: a read of the origin, tracked.
-                    None if !write && (first..=last).all(|c| look(s, c).is_none()) =>
-                    {
+                    None if !write && (first..=last).all(|c| look(s, c).is_none()) => {
                         for c in first..=last {
                             *s.reads.entry(c).or_default() += 1;
                         }

@@ -139,6 +139,9 @@ impl Snap {
     }
 }
 
+/// An invalidation header write to run outside the lock: the COW, the write, its name.
+pub(super) type Invalidation = (Arc<dyn BlockDevice>, MetaIo, String);
+
 /// Runs an invalidation header write planned by `Snap::invalidate`.
 pub(super) fn run_invalidation(plan: Option<(Arc<dyn BlockDevice>, MetaIo, String)>) {
     if let Some((cow, io, name)) = plan {

@@ -58,6 +58,17 @@ struct State {
     flushes: u64,
 }
 
+impl State {
+    /// The durable image and the unflushed writes at the crash instant (now, if it has not
+    /// come).
+    fn at_crash(&self) -> (&Vec<u8>, &Vec<(u64, Vec<u8>)>) {
+        match &self.frozen {
+            Some((d, u)) => (d, u),
+            None => (&self.durable, &self.unflushed),
+        }
+    }
+}
+
 /// A fault-injecting device over a `MemDevice`.
 #[derive(Debug)]
 pub struct FaultyDevice {
@@ -143,10 +154,7 @@ impl FaultyDevice {
     pub fn crash(&self, seed: u64) -> FaultyDevice {
         let s = self.lock();
         let mut rng = SplitMix(seed);
-        let (durable, unflushed) = match &s.frozen {
-            Some((d, u)) => (d, u),
-            None => (&s.durable, &s.unflushed),
-        };
+        let (durable, unflushed) = s.at_crash();
         let mut image = durable.clone();
         for (offset, data) in unflushed {
             let o = *offset as usize;
@@ -170,10 +178,7 @@ impl FaultyDevice {
     /// stayed up): every write made before it, flushed or not.
     pub fn killed(&self) -> FaultyDevice {
         let s = self.lock();
-        let (durable, unflushed) = match &s.frozen {
-            Some((d, u)) => (d, u),
-            None => (&s.durable, &s.unflushed),
-        };
+        let (durable, unflushed) = s.at_crash();
         let mut image = durable.clone();
         for (offset, data) in unflushed {
             let o = *offset as usize;

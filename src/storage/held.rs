@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use log::error;
 
-use super::copy::{check_chunk, Check, CommitMode, GateMode, Target};
+use super::copy::{check_chunk, take_copies, Check, CommitMode, GateMode, Target};
 use super::datapath::Data;
 use super::engine::{Health, Inner, Origin, SnapshotId};
 use super::image::memory_backed;
@@ -202,41 +202,11 @@ impl Origin {
             return HeldPlan::Stuck;
         }
         let mut targets = Vec::new();
+        let mut invalidations = Vec::new();
         for &pos in &copies {
-            for s in g.snaps.iter_mut() {
-                if s.health == Health::Invalid {
-                    continue;
-                }
-                let old = s.cs().chunk_of(pos);
-                if s.store.lookup(old).is_some() || s.pending.contains_key(&old.0) {
-                    continue;
-                }
-                match s.store.prepare() {
-                    Some(new) => {
-                        s.pending.insert(old.0, new.0);
-                        s.commit.order.push_back(new.0);
-                        s.commit.outstanding += 1;
-                        s.commit.copies += 1;
-                        targets.push(Target {
-                            id: s.id,
-                            cow: s.cow.clone(),
-                            cs: s.cs(),
-                            old,
-                            new,
-                        });
-                    }
-                    None => {
-                        let why = format!(
-                            "COW full: no room to copy out origin chunk {old} (origin write at \
-                             byte {pos})"
-                        );
-                        if let Some(io) = s.invalidate(why) {
-                            g.deferred.push(io);
-                        }
-                    }
-                }
-            }
+            take_copies(g, pos, None, &mut targets, &mut invalidations);
         }
+        g.deferred.extend(invalidations.into_iter().flatten());
         g.copies += copies.len();
         g.peak_copies = g.peak_copies.max(g.copies);
         HeldPlan::Ready(targets, copies.len())

@@ -31,8 +31,8 @@ pub use engine::{
     Frozen, Origin, OriginConfig, PreparedSnapshot, SnapshotConfig, SnapshotId, DEFAULT_COPY_CAP,
 };
 pub use error::{CowError, IoError};
-pub use held::{HeldDone, MAX_HELD_WRITE};
 pub use faulty::{FaultPlan, FaultyDevice};
+pub use held::{HeldDone, MAX_HELD_WRITE};
 pub use identity::FileId;
 pub use image::{derive_serial, memory_backed, open_noatime, Image, ImageError, OpenOptions};
 pub use inspect::{inspect, CowReport};

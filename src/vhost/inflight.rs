@@ -330,13 +330,7 @@ impl Slot {
 
 /// Copies between `buf` and the bytes of `segs` (taken as one run) from `start` on: into the
 /// guest (`to_guest`) or out of it. False: a segment is outside guest memory.
-pub fn copy_guest(
-    segs: &[Segment],
-    mem: &Mem,
-    start: u32,
-    buf: &mut [u8],
-    to_guest: bool,
-) -> bool {
+pub fn copy_guest(segs: &[Segment], mem: &Mem, start: u32, buf: &mut [u8], to_guest: bool) -> bool {
     let (mut skip, mut off) = (start as usize, 0usize);
     for seg in segs {
         let len = seg.len as usize;

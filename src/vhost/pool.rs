@@ -416,7 +416,11 @@ mod tests {
             pool.submit(j).unwrap();
             assert_eq!(next(&pool, &event).0, slot);
         }
-        assert_eq!(flushes(), 2, "write-through: the write and write-zeroes, not the read");
+        assert_eq!(
+            flushes(),
+            2,
+            "write-through: the write and write-zeroes, not the read"
+        );
     }
 
     #[test]

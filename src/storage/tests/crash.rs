@@ -185,5 +185,8 @@ fn acknowledged_and_flushed_data_survives_random_power_loss_and_kill_9() {
          writes, {direct} direct snapshot writes"
     );
     assert!(held > CRASH_POINTS as usize, "the held path ran: {held}");
-    assert!(direct > CRASH_POINTS as usize, "the direct path ran: {direct}");
+    assert!(
+        direct > CRASH_POINTS as usize,
+        "the direct path ran: {direct}"
+    );
 }

@@ -80,10 +80,7 @@ impl QueueWorker {
                 .push((idx, res));
             let _ = notify.write(1);
         });
-        if !node
-            .origin
-            .hold_write(slot.offset, data, !writeback, done)
-        {
+        if !node.origin.hold_write(slot.offset, data, !writeback, done) {
             return false;
         }
         slot.pending = 1;
