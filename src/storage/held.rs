@@ -60,6 +60,8 @@ pub(super) struct HeldState {
     /// The longest held write since the set was last empty (bounds the overlap search).
     max_len: u64,
     next_seq: u64,
+    /// Every held write with a lower seq has landed.
+    landed: u64,
 }
 
 impl HeldState {
@@ -92,20 +94,11 @@ impl Holder {
     }
 }
 
-/// One held-write thread: takes every held write waiting as a batch and lands it. Several
-/// threads share the channel: while one waits for its commit's `fdatasync`, the next takes
-/// the writes that arrived meanwhile (a later batch never waits for an earlier one's lock, only
-/// for the held writes before it that overlap its own, which the earlier one lands).
-fn held_thread(rx: Arc<Mutex<Receiver<Held>>>) {
-    loop {
-        let batch = {
-            let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
-            let Ok(first) = rx.recv() else { return };
-            let mut batch = vec![first];
-            batch.extend(rx.try_iter().take(MAX_BATCH - 1));
-            batch
-        };
-        let origin = batch[0].origin.clone();
+fn held_thread(rx: Receiver<Held>) {
+    while let Ok(first) = rx.recv() {
+        let origin = first.origin.clone();
+        let mut batch = vec![first];
+        batch.extend(rx.try_iter().take(MAX_BATCH - 1));
         origin.write_held(batch);
     }
 }
@@ -140,20 +133,14 @@ impl Origin {
         let mut tx = self.holder.tx.lock().unwrap_or_else(|p| p.into_inner());
         if tx.is_none() {
             let (t, rx) = channel();
-            let rx = Arc::new(Mutex::new(rx));
             let name = format!("held-{}", self.name);
             let name: String = name.chars().take(15).collect();
-            // Two threads where a commit waits for a device, so one batch's copies run during
-            // the other's `fdatasync`; one on tmpfs and ramfs, where a batch is all copying.
-            let memory = self.dev.raw_fd().is_some_and(memory_backed);
-            for _ in 0..if memory { 1 } else { 2 } {
-                let rx = rx.clone();
-                let spawned = std::thread::Builder::new()
-                    .name(name.clone())
-                    .spawn(move || held_thread(rx));
-                if spawned.is_err() {
-                    return false;
-                }
+            if std::thread::Builder::new()
+                .name(name)
+                .spawn(move || held_thread(rx))
+                .is_err()
+            {
+                return false;
             }
             *tx = Some(t);
         }
@@ -183,7 +170,7 @@ impl Origin {
     pub(super) fn wait_held(&self) {
         let mut g = self.lock();
         let target = g.held.next_seq;
-        while g.held.ranges.keys().any(|&(_, seq)| seq < target) {
+        while g.held.landed < target {
             g = self.wait(g);
         }
     }
@@ -453,6 +440,7 @@ impl Origin {
                 let len = h.data.len() as u64;
                 g.held.ranges.remove(&(h.offset, h.seq));
                 g.held.bytes -= len;
+                g.held.landed = g.held.landed.max(h.seq + 1);
             }
             if g.held.ranges.is_empty() {
                 g.held.max_len = 0;
