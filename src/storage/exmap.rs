@@ -1,6 +1,6 @@
-//! Compact exception tables. Linux stores exceptions consecutive in both old and new chunk as one
+//! Compact exception maps. Linux stores exceptions consecutive in both old and new chunk as one
 //! hash entry (dm-exception-store's `DM_CHUNK_CONSECUTIVE_BITS`, at most 256 chunks); these
-//! types do the same without that cap, and also keep exceptions whose new chunks are only nearly
+//! this type does the same without that cap, and also keep exceptions whose new chunks are only nearly
 //! in order compactly: concurrent writers reach the allocator in a slightly shuffled order, so a
 //! sequential origin rewrite at queue depth 32 maps old chunk c to about c ± 30.
 //!
@@ -10,8 +10,6 @@
 //!   for shuffled allocation). An insert joins the neighbouring segments when the values fit, a
 //!   remove splits its segment. A key that joins nothing costs one 16-byte tree slot (about 27
 //!   bytes with the tree's fill), no more than a `HashMap<u64, u64>` entry.
-//! - [`ExLog`]: `(old, new)` pairs in the order they were added (a persistent store's table
-//!   order): two `ExMap`s keyed by position.
 //!
 //! Keys and values must be below [`CHUNK_LIMIT`] (2^56, the persistent format's own limit; an
 //! origin chunk index is below 2^55): the byte above a value carries the segment's length or kind.
@@ -410,58 +408,6 @@ impl ExMap {
     }
 }
 
-/// `(old, new)` pairs in the order they were added: two [`ExMap`]s keyed by position, so pairs
-/// consecutive (or nearly) in position and value cost a few bytes.
-#[derive(Debug, Default, Clone)]
-pub struct ExLog {
-    old: ExMap,
-    new: ExMap,
-}
-
-impl ExLog {
-    pub fn new() -> ExLog {
-        ExLog::default()
-    }
-
-    /// The number of pairs.
-    pub fn len(&self) -> u64 {
-        self.old.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.old.is_empty()
-    }
-
-    /// Appends a pair.
-    ///
-    /// # Panics
-    /// If either number is not below [`CHUNK_LIMIT`].
-    pub fn push(&mut self, old: u64, new: u64) {
-        let at = self.len();
-        self.old.insert(at, old);
-        self.new.insert(at, new);
-    }
-
-    /// Removes and returns the last pair.
-    pub fn pop(&mut self) -> Option<(u64, u64)> {
-        let at = self.len().checked_sub(1)?;
-        self.old.remove(at).zip(self.new.remove(at))
-    }
-
-    /// The pair at position `i`.
-    pub fn get(&self, i: u64) -> Option<(u64, u64)> {
-        self.old.get(i).zip(self.new.get(i))
-    }
-
-    /// Every pair, first added first.
-    pub fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.old
-            .iter()
-            .zip(self.new.iter())
-            .map(|((_, o), (_, n))| (o, n))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -573,20 +519,6 @@ mod tests {
         m.check();
     }
 
-    #[test]
-    fn log_keeps_order() {
-        let mut l = ExLog::new();
-        for (o, n) in [(10, 2), (11, 3), (0, 4), (1, 5), (2, 6)] {
-            l.push(o, n);
-        }
-        assert_eq!(l.get(2), Some((0, 4)));
-        assert_eq!(l.pop(), Some((2, 6)));
-        assert_eq!(
-            l.iter().collect::<Vec<_>>(),
-            [(10, 2), (11, 3), (0, 4), (1, 5)]
-        );
-    }
-
     #[derive(Debug, Clone)]
     enum Op {
         Insert(u64, u64),
@@ -649,45 +581,6 @@ mod tests {
             let mut want: Vec<_> = model.into_iter().collect();
             want.sort_unstable();
             prop_assert_eq!(m.iter().collect::<Vec<_>>(), want);
-        }
-
-        #[test]
-        fn exlog_behaves_like_a_vec(
-            ops in proptest::collection::vec(
-                prop_oneof![
-                    3 => (0..8u64, 0..8u64, 1..300u64).prop_map(|(o, n, l)| Some((o, n, l))),
-                    1 => Just(None),
-                ],
-                1..40,
-            )
-        ) {
-            let mut l = ExLog::new();
-            let mut model: Vec<(u64, u64)> = Vec::new();
-            for op in ops {
-                match op {
-                    // Pushes continue from the model's last pair often, so runs form.
-                    Some((o, n, len)) => {
-                        let (o0, n0) = model
-                            .last()
-                            .map_or((o, n), |&(a, b)| (a + 1 - o % 2, b + 1 - n % 2));
-                        for k in 0..len {
-                            l.push(o0 + k, n0 + k);
-                            model.push((o0 + k, n0 + k));
-                        }
-                    }
-                    None => {
-                        for _ in 0..100 {
-                            prop_assert_eq!(l.pop(), model.pop());
-                        }
-                    }
-                }
-                prop_assert_eq!(l.len(), model.len() as u64);
-            }
-            for (i, &p) in model.iter().enumerate() {
-                prop_assert_eq!(l.get(i as u64), Some(p));
-            }
-            prop_assert_eq!(l.get(model.len() as u64), None);
-            prop_assert_eq!(l.iter().collect::<Vec<_>>(), model);
         }
     }
 }

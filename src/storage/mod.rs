@@ -8,6 +8,7 @@ pub mod dio;
 pub mod direct;
 pub mod engine;
 pub mod error;
+pub mod exlog;
 pub mod exmap;
 pub mod faulty;
 mod filedev;

@@ -20,7 +20,8 @@ use log::warn;
 
 use super::device::BlockDevice;
 use super::error::CowError;
-use super::exmap::{ExLog, ExMap};
+use super::exlog::ExLog;
+use super::exmap::ExMap;
 use super::store::{ExceptionStore, MetaIo, Run, StoreKind, Usage};
 use super::units::{ChunkIndex, ChunkSize, DEFAULT_CHUNK_SECTORS, SECTOR_BYTES};
 
