@@ -1,9 +1,10 @@
 //! Held origin writes: a guest write to origin chunks that still need copy-outs hands its data
-//! here and completes at once (write-back) or when the data landed (write-through). One thread
-//! per origin takes the held writes in arrival order, in batches: it copies out every chunk the
-//! batch needs, commits each snapshot's new exceptions in one group (snapshots in parallel),
-//! then writes the held data into the origin. So a first write costs its queue one memcpy, and
-//! hundreds of first writes share one commit.
+//! here and completes once the data landed in the origin (durable too in write-through mode),
+//! never while it is only in the daemon's memory, so a `kill -9` keeps every completed write.
+//! One thread per origin takes the held writes in arrival order, in batches: it copies out every
+//! chunk the batch needs, commits each snapshot's new exceptions in one group (snapshots in
+//! parallel where the COW is on a device), then writes the held data into the origin. So a
+//! first write costs its queue one memcpy, and a batch of first writes shares one commit.
 //!
 //! Durability: the origin's new data is written only after the exceptions preserving the old
 //! data are committed (durable), so no crash at any point can leave a snapshot reading new
