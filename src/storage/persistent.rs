@@ -31,6 +31,9 @@ const ENTRY_BYTES: u64 = 16;
 const CHUNK_NUMBER_LIMIT: u64 = 1 << 56;
 /// Areas are read in pieces of this many bytes, whatever the chunk size.
 const READ_PIECE: u64 = 64 * 1024;
+/// The most entries one commit carries (64 KiB of table, across as many areas as they fill):
+/// more than the default copy cap, so one commit takes every copy ready at that moment.
+const COMMIT_ENTRIES: usize = 4096;
 
 /// The on-disk header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -447,34 +450,40 @@ impl ExceptionStore for Persistent {
     }
 
     fn commit_room(&self) -> usize {
-        let (_, used) = self.current_area();
-        usize::try_from(self.geo.epa() - used).unwrap_or(usize::MAX)
+        COMMIT_ENTRIES
     }
 
     fn plan_commit(&self, batch: &[(ChunkIndex, ChunkIndex)]) -> MetaIo {
-        let (area, pos) = self.current_area();
-        let n = batch.len() as u64;
-        let base = area * self.geo.epa();
-        let (offset, bytes) = self.area_sectors(area, pos, pos + n, |j| {
-            if j < pos {
-                self.entry(base + j)
-            } else {
-                batch.get((j - pos) as usize).map(|(o, n)| (o.0, n.0))
-            }
-        });
-        let zero = (pos + n == self.geo.epa()).then(|| {
-            let next = self.geo.area_chunk(area + 1);
-            (
-                next.saturating_mul(self.geo.cs.bytes()),
-                self.geo.cs.bytes(),
-            )
-        });
-        MetaIo {
+        let epa = self.geo.epa();
+        let (mut area, mut pos) = self.current_area();
+        let mut io = MetaIo {
             flush_first: true,
-            zero,
-            write: Some((offset, bytes)),
             flush_after: true,
+            ..MetaIo::default()
+        };
+        let mut rest = batch;
+        while !rest.is_empty() {
+            let (here, later) = rest.split_at(rest.len().min((epa - pos) as usize));
+            let base = area * epa;
+            io.write.push(self.area_sectors(area, pos, pos + here.len() as u64, |j| {
+                if j < pos {
+                    self.entry(base + j)
+                } else {
+                    here.get((j - pos) as usize).map(|(o, n)| (o.0, n.0))
+                }
+            }));
+            if pos + here.len() as u64 == epa {
+                // Filling an area: the next one is zeroed (and flushed) before this entry can
+                // make the table run into it.
+                let next = self.geo.area_chunk(area + 1);
+                io.zero
+                    .push((next.saturating_mul(self.geo.cs.bytes()), self.geo.cs.bytes()));
+            }
+            area += 1;
+            pos = 0;
+            rest = later;
         }
+        io
     }
 
     fn complete_commit(&mut self, batch: &[(ChunkIndex, ChunkIndex)]) {
@@ -493,7 +502,7 @@ impl ExceptionStore for Persistent {
             chunk_size: self.geo.cs.sectors() as u32,
         };
         MetaIo {
-            write: Some((0, header.to_sector())),
+            write: vec![(0, header.to_sector())],
             flush_after: true,
             ..MetaIo::default()
         }
@@ -548,10 +557,9 @@ impl ExceptionStore for Persistent {
             }
         });
         MetaIo {
-            flush_first: false,
-            zero: None,
-            write: Some((offset, bytes)),
+            write: vec![(offset, bytes)],
             flush_after: true,
+            ..MetaIo::default()
         }
     }
 

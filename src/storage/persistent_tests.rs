@@ -243,3 +243,31 @@ fn a_table_out_of_allocation_order_loads_and_merges_entry_by_entry() {
     let e = Persistent::open(&dev, "cow", StoreKind::Persistent, 8, 512, true).unwrap_err();
     assert!(matches!(e, CowError::DuplicateTarget { new: 4, .. }), "{e}");
 }
+
+#[test]
+fn one_commit_spanning_three_areas_zeroes_each_next_area_first_and_reloads_whole() {
+    // cs 1: 32 entries an area. 70 exceptions, from slot 5 of area 0: the rest of area 0, all of
+    // area 1 and 11 slots of area 2, in one commit.
+    let (dev, mut store) = fresh(256, 1);
+    for old in 0..5 {
+        commit(&mut store, &dev, old).unwrap();
+    }
+    // Old bytes where areas 1, 2 and 3 will be: the commit must zero them, not trust the file.
+    for area in 1..4 {
+        let at = store.geometry().area_chunk(area) * 512;
+        dev.write_at(&[0xee; 512], at).unwrap();
+    }
+    let batch: Vec<_> = (100..170)
+        .map(|old| (ChunkIndex(old), store.prepare().unwrap()))
+        .collect();
+    let io = store.plan_commit(&batch);
+    assert_eq!(io.write.len(), 3, "a write per area touched");
+    assert_eq!(io.zero.len(), 2, "areas 1 and 2, each before the entry filling the one before");
+    assert!(io.flush_first && io.flush_after);
+    io.run(&dev).unwrap();
+    store.complete_commit(&batch);
+    let again = Persistent::open(&dev, "cow", StoreKind::Persistent, 1, 512, true).unwrap();
+    assert_eq!(again.store.entries(), store.entries());
+    assert_eq!(again.store.exception_count(), 75);
+    assert_eq!(again.store.current_area(), (2, 11));
+}

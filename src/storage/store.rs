@@ -54,31 +54,31 @@ impl fmt::Display for StoreKind {
 /// Metadata I/O planned under the lock, run outside it: zero, flush, write, flush.
 #[derive(Debug, Default)]
 pub struct MetaIo {
-    /// Zero this byte range (offset, len): the next exception area.
-    pub zero: Option<(u64, u64)>,
-    /// Flush before the write, so the copied data and the zeroed area are durable first.
+    /// Zero these byte ranges (offset, len): exception areas the table is about to run into.
+    pub zero: Vec<(u64, u64)>,
+    /// Flush before the writes, so the copied data and the zeroed areas are durable first.
     pub flush_first: bool,
-    /// Write these bytes at this offset: part of an exception area or the header.
-    pub write: Option<(u64, Vec<u8>)>,
+    /// Write these bytes at these offsets: parts of exception areas, or the header.
+    pub write: Vec<(u64, Vec<u8>)>,
     /// Flush the COW after, making the metadata durable.
     pub flush_after: bool,
 }
 
 impl MetaIo {
     pub fn is_empty(&self) -> bool {
-        !self.flush_first && self.zero.is_none() && self.write.is_none() && !self.flush_after
+        !self.flush_first && self.zero.is_empty() && self.write.is_empty() && !self.flush_after
     }
 
     pub fn run(&self, dev: &dyn BlockDevice) -> io::Result<()> {
-        // The next area is zeroed before the flush, so it is durable before the entry that
-        // makes the table run into it.
-        if let Some((offset, len)) = self.zero {
+        // Areas are zeroed before the flush, so they are durable before any entry that makes
+        // the table run into them: a torn commit ends the table at a zero, never in old bytes.
+        for &(offset, len) in &self.zero {
             dev.write_zeroes(offset, len)?;
         }
         if self.flush_first {
             dev.flush()?;
         }
-        if let Some((offset, bytes)) = &self.write {
+        for (offset, bytes) in &self.write {
             dev.write_at(bytes, *offset)?;
         }
         if self.flush_after {
@@ -135,9 +135,10 @@ pub trait ExceptionStore: Send {
             None
         }
     }
-    /// How many more entries one commit may carry (the room left in the current area).
+    /// How many entries one commit may carry.
     fn commit_room(&self) -> usize;
-    /// Plans the metadata write committing `batch` (at most `commit_room()` entries).
+    /// Plans the metadata writes committing `batch` (at most `commit_room()` entries, in as
+    /// many exception areas as they fill).
     fn plan_commit(&self, batch: &[(ChunkIndex, ChunkIndex)]) -> MetaIo;
     /// Records a batch whose `plan_commit` I/O succeeded.
     fn complete_commit(&mut self, batch: &[(ChunkIndex, ChunkIndex)]);
