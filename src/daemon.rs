@@ -128,7 +128,7 @@ pub fn run(opts: ServeOptions) -> Result<(), DaemonError> {
         opts.num_queues,
         if opts.readonly { ", read-only" } else { "" },
         if image.mapping().is_some() {
-            crate::storage::mapped::LOG_NOTE
+            crate::storage::block::mapped::LOG_NOTE
         } else {
             ""
         },

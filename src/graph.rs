@@ -160,7 +160,7 @@ impl Graph {
             spec.image.display(),
             origin.size(),
             if mapped {
-                crate::storage::mapped::LOG_NOTE
+                crate::storage::block::mapped::LOG_NOTE
             } else {
                 ""
             }

@@ -8,7 +8,7 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use snapblk::storage::exmap::ExMap;
+use snapblk::storage::snap::exmap::ExMap;
 use snapblk::storage::{MemDevice, Origin, OriginConfig, SnapshotConfig, StoreKind};
 
 struct Counting;

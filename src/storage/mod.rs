@@ -1,47 +1,33 @@
-//! Storage: the images and block devices behind exports, and the dm-snapshot compatible
-//! copy-on-write engine. Knows nothing of virtio or vhost.
+//! Storage: the images and block devices behind exports (block/), and the dm-snapshot
+//! compatible copy-on-write engine that runs on them (snap/). Knows nothing of virtio or vhost.
+//!
+//! A plain export serves an `Image` directly; a graph node is an `Origin` or a
+//! `SnapshotDevice`, whose requests the engine turns into I/O on `BlockDevice`s (the origin
+//! image and the COW files). units.rs holds the engine's unit types, error.rs its errors.
 
-mod copy;
-pub mod datapath;
-pub mod device;
-pub mod dio;
-pub mod direct;
-pub mod engine;
+pub mod block;
 pub mod error;
-pub mod exlog;
-pub mod exmap;
-pub mod faulty;
-mod filedev;
-mod held;
-pub mod identity;
-pub mod image;
-pub mod inspect;
-pub mod lock;
-pub mod mapped;
-pub mod merge;
-pub mod persistent;
-pub mod probe;
-mod reset;
-pub mod store;
+pub mod snap;
 pub mod units;
 
-pub use datapath::SnapshotDevice;
-pub use device::{BlockDevice, DeviceError, DeviceOptions, FileDevice, MemDevice};
-pub use direct::{DirectNode, DirectPlan, DirectTarget, NewExceptions, Ticket};
-pub use engine::{
+pub use block::device::{BlockDevice, DeviceError, DeviceOptions, FileDevice, MemDevice};
+pub use block::identity::FileId;
+pub use block::image::{
+    derive_serial, memory_backed, open_noatime, Image, ImageError, OpenOptions,
+};
+pub use block::lock::{FileLock, LockError, LockMode};
+pub use block::mapped::Mapping;
+pub use error::{CowError, IoError};
+pub use snap::datapath::SnapshotDevice;
+pub use snap::direct::{DirectNode, DirectPlan, DirectTarget, NewExceptions, Ticket};
+pub use snap::engine::{
     Frozen, Origin, OriginConfig, PreparedSnapshot, SnapshotConfig, SnapshotId, DEFAULT_COPY_CAP,
 };
-pub use error::{CowError, IoError};
-pub use faulty::{FaultPlan, FaultyDevice};
-pub use held::{HeldDone, MAX_HELD_WRITE};
-pub use identity::FileId;
-pub use image::{derive_serial, memory_backed, open_noatime, Image, ImageError, OpenOptions};
-pub use inspect::{inspect, CowReport};
-pub use lock::{FileLock, LockError, LockMode};
-pub use mapped::Mapping;
-pub use merge::MergeProgress;
-pub use persistent::Persistent;
-pub use store::{ExceptionStore, StoreKind, Transient, Usage};
+pub use snap::held::{HeldDone, MAX_HELD_WRITE};
+pub use snap::inspect::{inspect, CowReport};
+pub use snap::merge::MergeProgress;
+pub use snap::persistent::Persistent;
+pub use snap::store::{ExceptionStore, StoreKind, Transient, Usage};
 pub use units::{ChunkIndex, ChunkSize, Sector};
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! patch 0002), but a file that is not sealed against shrinking (`F_SEAL_SHRINK`: QEMU seals
 //! its memfd backends, not `memory-backend-file`) can be truncated afterwards, and the next
 //! access to the lost part would kill the daemon with SIGBUS. Each such region is registered
-//! with the SIGBUS handler of `storage::mapped` ([`ForeignGuard`]): a fault maps a zero page
+//! with the SIGBUS handler of `storage::block::mapped` ([`ForeignGuard`]): a fault maps a zero page
 //! over the faulting page instead, and the connection is then treated as broken. Its queues
 //! stop, requests completing from then on fail with IOERR (a write in flight at the fault may
 //! have read zeroes from that page: it fails, and its sectors are undefined, as for any failed
@@ -23,7 +23,7 @@ use log::warn;
 use vhost_user_backend::ShutdownHandle;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
-use crate::storage::mapped::{foreign_faults, ForeignGuard};
+use crate::storage::block::mapped::{foreign_faults, ForeignGuard};
 
 /// Most regions one connection has guarded (memory hotplug adds regions over time).
 const MAX_REGIONS: usize = 512;

@@ -18,6 +18,8 @@
 //! a debugger (`gdb -p PID`, the pid is printed).
 
 mod case;
+#[path = "../support/splitmix.rs"]
+mod splitmix;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -26,7 +28,7 @@ use std::time::{Duration, Instant};
 use case::{Action, Run};
 use serde_json::Value;
 use snapblk::frontend::{BlkFrontend, BlkStatus, FrontendOptions};
-use snapblk::storage::faulty::SplitMix;
+use splitmix::SplitMix;
 
 /// Log bytes one case may add (a flood shows up as megabytes).
 const LOG_PER_CASE: u64 = 64 << 10;

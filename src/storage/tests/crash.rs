@@ -10,10 +10,10 @@
 
 use std::sync::Arc;
 
-use crate::storage::faulty::{CrashClock, SplitMix};
+use super::faulty::{CrashClock, FaultyDevice};
+use super::splitmix::SplitMix;
 use crate::storage::{
-    BlockDevice, DirectTarget, FaultyDevice, Origin, OriginConfig, SnapshotConfig, SnapshotId,
-    StoreKind,
+    BlockDevice, DirectTarget, Origin, OriginConfig, SnapshotConfig, SnapshotId, StoreKind,
 };
 
 const SECTORS: usize = 128;

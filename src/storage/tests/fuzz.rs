@@ -6,7 +6,7 @@ use std::sync::Arc;
 use proptest::prelude::*;
 
 use super::*;
-use crate::storage::persistent::SNAP_MAGIC;
+use crate::storage::snap::persistent::SNAP_MAGIC;
 use crate::storage::{inspect, BlockDevice};
 
 const COW: usize = 64 * 1024;

@@ -1,9 +1,12 @@
 //! Engine test suites: scenarios, model-based properties, crashes, throttling, corrupt COWs.
 
 mod crash;
+pub(crate) mod faulty;
 mod fuzz;
 mod model;
 mod scenarios;
+#[path = "../../../tests/support/splitmix.rs"]
+pub(crate) mod splitmix;
 mod throttle;
 
 use std::sync::Arc;

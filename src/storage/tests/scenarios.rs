@@ -2,10 +2,9 @@
 
 use std::sync::Arc;
 
+use super::faulty::{FaultPlan, FaultyDevice};
 use super::*;
-use crate::storage::{
-    inspect, BlockDevice, CowError, FaultPlan, FaultyDevice, IoError, MergeProgress,
-};
+use crate::storage::{inspect, BlockDevice, CowError, IoError, MergeProgress};
 
 #[test]
 fn snapshot_keeps_the_origin_view_at_creation() {

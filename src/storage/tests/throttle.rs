@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
+use super::splitmix::SplitMix;
 use super::*;
-use crate::storage::faulty::SplitMix;
 
 const SIZE: usize = 256 * 1024;
 

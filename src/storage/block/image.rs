@@ -13,7 +13,7 @@ use thiserror::Error;
 
 use super::lock::{FileLock, LockError, LockMode};
 use super::probe::{FileInfo, ProbeError};
-use super::Mapping;
+use crate::storage::Mapping;
 
 /// Errors opening or using an image.
 #[derive(Debug, Error)]

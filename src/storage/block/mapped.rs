@@ -24,7 +24,7 @@ use std::sync::{Arc, OnceLock};
 
 use log::warn;
 
-use super::memory_backed;
+use crate::storage::memory_backed;
 
 /// Mappings the SIGBUS handler recognises (the daemon maps one per served memory-backed image).
 const REGIONS: usize = 256;

@@ -18,12 +18,12 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use log::{error, warn};
 
-use super::device::BlockDevice;
-use super::error::CowError;
 use super::held::{HeldState, Holder};
 use super::persistent::Persistent;
 use super::store::{ExceptionStore, MetaIo, Run, StoreKind, Transient};
-use super::units::{ChunkIndex, ChunkSize, SECTOR_BYTES};
+use crate::storage::block::device::BlockDevice;
+use crate::storage::error::CowError;
+use crate::storage::units::{ChunkIndex, ChunkSize, SECTOR_BYTES};
 
 /// Default cap on in-flight copies (Linux `snapshot_cow_threshold`).
 pub const DEFAULT_COPY_CAP: usize = 2048;

@@ -4,8 +4,8 @@
 use std::ops::Range;
 
 use super::engine::{CommitState, Health, Origin, SnapshotId};
-use super::error::{CowError, IoError};
-use super::units::ChunkIndex;
+use crate::storage::error::{CowError, IoError};
+use crate::storage::units::ChunkIndex;
 
 /// Largest copy of one restore step.
 const RESTORE_STEP_BYTES: u64 = 1 << 20;

@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io;
 use std::sync::{Arc, Mutex};
 
-use super::Mapping;
+use crate::storage::Mapping;
 
 pub use super::filedev::{DeviceError, DeviceOptions, FileDevice};
 

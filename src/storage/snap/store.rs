@@ -6,9 +6,9 @@ use std::fmt;
 use std::io;
 use std::ops::Range;
 
-use super::device::BlockDevice;
 use super::exmap::ExMap;
-use super::units::{ChunkIndex, ChunkSize};
+use crate::storage::block::device::BlockDevice;
+use crate::storage::units::{ChunkIndex, ChunkSize};
 
 /// The store type letters of a snapshot table line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,12 +18,12 @@
 
 use log::warn;
 
-use super::device::BlockDevice;
-use super::error::CowError;
 use super::exlog::ExLog;
 use super::exmap::ExMap;
 use super::store::{ExceptionStore, MetaIo, Run, StoreKind, Usage};
-use super::units::{ChunkIndex, ChunkSize, DEFAULT_CHUNK_SECTORS, SECTOR_BYTES};
+use crate::storage::block::device::BlockDevice;
+use crate::storage::error::CowError;
+use crate::storage::units::{ChunkIndex, ChunkSize, DEFAULT_CHUNK_SECTORS, SECTOR_BYTES};
 
 pub const SNAP_MAGIC: u32 = 0x7041_6e53;
 pub const DISK_VERSION: u32 = 1;
@@ -465,19 +465,22 @@ impl ExceptionStore for Persistent {
         while !rest.is_empty() {
             let (here, later) = rest.split_at(rest.len().min((epa - pos) as usize));
             let base = area * epa;
-            io.write.push(self.area_sectors(area, pos, pos + here.len() as u64, |j| {
-                if j < pos {
-                    self.entry(base + j)
-                } else {
-                    here.get((j - pos) as usize).map(|(o, n)| (o.0, n.0))
-                }
-            }));
+            io.write
+                .push(self.area_sectors(area, pos, pos + here.len() as u64, |j| {
+                    if j < pos {
+                        self.entry(base + j)
+                    } else {
+                        here.get((j - pos) as usize).map(|(o, n)| (o.0, n.0))
+                    }
+                }));
             if pos + here.len() as u64 == epa {
                 // Filling an area: the next one is zeroed (and flushed) before this entry can
                 // make the table run into it.
                 let next = self.geo.area_chunk(area + 1);
-                io.zero
-                    .push((next.saturating_mul(self.geo.cs.bytes()), self.geo.cs.bytes()));
+                io.zero.push((
+                    next.saturating_mul(self.geo.cs.bytes()),
+                    self.geo.cs.bytes(),
+                ));
             }
             area += 1;
             pos = 0;

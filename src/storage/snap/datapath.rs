@@ -6,10 +6,10 @@ use std::io;
 use std::sync::Arc;
 
 use super::copy::{Gate, GateMode, Target};
-use super::device::{check_range, BlockDevice};
 use super::engine::{run_invalidation, Health, Origin, SnapshotId};
-use super::error::IoError;
 use super::store::StoreKind;
+use crate::storage::block::device::{check_range, BlockDevice};
+use crate::storage::error::IoError;
 
 /// The payload of a write-like request.
 #[derive(Clone, Copy)]

@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::copy::{Gate, GateMode, COPY_PIECE};
 use super::engine::{Health, MergeState, Origin, SnapshotId};
-use super::error::CowError;
 use super::store::{Run, StoreKind};
+use crate::storage::error::CowError;
 
 /// Most bytes one merge step copies, so progress is recorded (and a stop honoured) often.
 pub const MERGE_RUN_BYTES: u64 = 16 << 20;
@@ -265,8 +265,8 @@ fn capped(run: Run, chunk_bytes: u64) -> Run {
     }
     let skip = run.len - most;
     Run {
-        old: super::units::ChunkIndex(run.old.0 + skip),
-        new: super::units::ChunkIndex(run.new.0 + skip),
+        old: crate::storage::units::ChunkIndex(run.old.0 + skip),
+        new: crate::storage::units::ChunkIndex(run.new.0 + skip),
         len: most,
     }
 }

@@ -3,10 +3,10 @@
 
 use std::fmt;
 
-use super::device::BlockDevice;
-use super::error::CowError;
 use super::persistent::{Header, Persistent};
 use super::store::{ExceptionStore, StoreKind};
+use crate::storage::block::device::BlockDevice;
+use crate::storage::error::CowError;
 
 /// What `inspect` found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,7 +77,7 @@ impl fmt::Display for CowReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::device::MemDevice;
+    use crate::storage::block::device::MemDevice;
     use crate::storage::units::ChunkIndex;
 
     #[test]

@@ -8,7 +8,7 @@ use std::os::unix::io::RawFd;
 
 use super::copy::{check_chunk, Check, CommitMode};
 use super::engine::{Health, Inner, Origin, SnapshotId};
-use super::units::ChunkIndex;
+use crate::storage::units::ChunkIndex;
 
 /// The device a planned request runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -22,8 +22,8 @@ use log::error;
 use super::copy::{check_chunk, take_copies, Check, CommitMode, GateMode, Target};
 use super::datapath::Data;
 use super::engine::{Health, Inner, Origin, SnapshotId};
-use super::image::memory_backed;
-use super::units::ChunkIndex;
+use crate::storage::block::image::memory_backed;
+use crate::storage::units::ChunkIndex;
 
 /// The longest write that may be held (longer ones take the synchronous path).
 pub const MAX_HELD_WRITE: u64 = 1 << 20;

@@ -1,7 +1,7 @@
 //! Format tests for the persistent store: hand-built bytes, area math, status strings, loading.
 
 use super::*;
-use crate::storage::device::MemDevice;
+use crate::storage::block::device::MemDevice;
 
 const KIB4: usize = 4096;
 
@@ -262,7 +262,11 @@ fn one_commit_spanning_three_areas_zeroes_each_next_area_first_and_reloads_whole
         .collect();
     let io = store.plan_commit(&batch);
     assert_eq!(io.write.len(), 3, "a write per area touched");
-    assert_eq!(io.zero.len(), 2, "areas 1 and 2, each before the entry filling the one before");
+    assert_eq!(
+        io.zero.len(),
+        2,
+        "areas 1 and 2, each before the entry filling the one before"
+    );
     assert!(io.flush_first && io.flush_after);
     io.run(&dev).unwrap();
     store.complete_commit(&batch);

@@ -25,7 +25,7 @@ use super::dio::{AlignedBuf, Dio};
 use super::identity::FileId;
 use super::lock::{FileLock, LockError, LockMode};
 use super::probe::{FileInfo, ProbeError};
-use super::Mapping;
+use crate::storage::Mapping;
 
 const BLKZEROOUT: libc::c_ulong = 0x127f;
 /// Zeroes are written in pieces of at most this many bytes.
@@ -89,7 +89,7 @@ impl FileDevice {
         let mut oo = FsOpenOptions::new();
         oo.read(true).write(options.write);
         let flags = if options.direct { libc::O_DIRECT } else { 0 };
-        let file = super::open_noatime(&mut oo, path, flags).map_err(|e| {
+        let file = crate::storage::open_noatime(&mut oo, path, flags).map_err(|e| {
             if options.direct && e.raw_os_error() == Some(libc::EINVAL) {
                 DeviceError::NoDirect(e)
             } else {
@@ -136,7 +136,7 @@ impl FileDevice {
     /// [`BlockDevice::random_file`]), unless it lives in memory, where readahead costs nothing,
     /// or is `O_DIRECT`, which has none.
     pub fn random_reads(mut self, readonly: bool) -> FileDevice {
-        if self.dio.is_none() && !super::memory_backed(self.file.as_raw_fd()) {
+        if self.dio.is_none() && !crate::storage::memory_backed(self.file.as_raw_fd()) {
             self.random = super::image::open_random(&self.file, readonly);
         }
         self
@@ -419,7 +419,7 @@ impl BlockDevice for FileDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::device::tests::conformance;
+    use crate::storage::block::device::tests::conformance;
 
     #[test]
     fn a_file_on_disk_gets_a_second_descriptor_for_random_reads_a_tmpfs_file_does_not() {

@@ -10,10 +10,10 @@ use std::sync::{Arc, MutexGuard};
 
 use log::{debug, error};
 
-use super::device::BlockDevice;
 use super::engine::{run_invalidation, Health, Inner, Origin, SnapshotId};
 use super::store::StoreKind;
-use super::units::{ChunkIndex, ChunkSize};
+use crate::storage::block::device::BlockDevice;
+use crate::storage::units::{ChunkIndex, ChunkSize};
 
 /// Copies move through a buffer of at most this many bytes, whatever the chunk size.
 pub(super) const COPY_PIECE: u64 = 256 * 1024;

@@ -7,7 +7,8 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::device::{check_range, BlockDevice, MemDevice};
+use super::splitmix::SplitMix;
+use crate::storage::block::device::{check_range, BlockDevice, MemDevice};
 
 /// Which operations fail. Counts are 1-based and count from when the plan was set.
 #[derive(Debug, Clone, Default)]
@@ -76,20 +77,6 @@ pub struct FaultyDevice {
     state: Mutex<State>,
 }
 
-/// A small deterministic generator (splitmix64), so crash images follow from a seed.
-#[derive(Debug, Clone)]
-pub struct SplitMix(pub u64);
-
-impl SplitMix {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-}
-
 fn injected(what: &str) -> io::Error {
     io::Error::other(format!("injected {what} error"))
 }
@@ -137,16 +124,6 @@ impl FaultyDevice {
         s.reads = 0;
         s.writes = 0;
         s.flushes = 0;
-    }
-
-    /// The current (not necessarily durable) contents.
-    pub fn contents(&self) -> Vec<u8> {
-        self.mem.contents()
-    }
-
-    /// Number of writes not yet made durable.
-    pub fn unflushed_writes(&self) -> usize {
-        self.lock().unflushed.len()
     }
 
     /// The device as it could be after a power loss now: the durable image plus, in order, each

@@ -1,0 +1,24 @@
+//! The dm-snapshot engine: an origin, the snapshots taken of it and their exception stores.
+//!
+//! State lives in engine.rs (`Origin`: one mutex over the snapshot list and every store's
+//! bookkeeping). A request enters through datapath.rs (the blocking path: plan under the lock,
+//! I/O after it), direct.rs (plans for callers that run the I/O on their own io_uring) or
+//! held.rs (origin writes that wait for copy-outs, batched on the origin's held thread). Origin
+//! writes first copy the old chunk into every snapshot that lacks it and commit the exceptions in
+//! groups (copy.rs); only then does the new data reach the origin. Stores keep the table:
+//! store.rs (the trait, transient `N`), persistent.rs (`P`/`PO`, Linux's on-disk format), with
+//! exmap.rs and exlog.rs as their compact in-memory maps. merge.rs merges a snapshot back into its
+//! origin, reset.rs empties a clone back to its creation state, inspect.rs reads a COW offline.
+
+mod copy;
+pub mod datapath;
+pub mod direct;
+pub mod engine;
+pub mod exlog;
+pub mod exmap;
+pub(crate) mod held;
+pub mod inspect;
+pub mod merge;
+pub mod persistent;
+mod reset;
+pub mod store;
