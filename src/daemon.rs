@@ -8,11 +8,12 @@ use std::sync::Arc;
 use log::{error, info, warn};
 use thiserror::Error;
 
-use crate::config::{ConfigError, GraphConfig};
+use crate::config::ConfigError;
 use crate::control::server::ControlServerError;
 use crate::control::{bind_control, serve_control, ControlStop, ManagerControl};
 use crate::graph::GraphError;
 use crate::manager::{Manager, ManagerError, StartOptions};
+use crate::model::GraphConfig;
 use crate::notify;
 use crate::storage::{Image, ImageError, OpenOptions};
 use crate::vhost::{bind_socket, serve, Backing, Export, ServeError, Shutdown};

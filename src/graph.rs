@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use log::info;
 use thiserror::Error;
 
-use crate::config::{GraphConfig, OriginSpec, SnapshotSpec, StoreType};
+use crate::model::{GraphConfig, OriginSpec, SnapshotSpec, StoreType};
 use crate::storage::{
     BlockDevice, CowError, DirectNode, FileId, Origin, OriginConfig, PreparedSnapshot,
     SnapshotConfig, SnapshotDevice, SnapshotId, StoreKind, DEFAULT_COPY_CAP,

@@ -9,6 +9,7 @@ pub mod frontend;
 pub mod graph;
 pub mod logging;
 pub mod manager;
+pub mod model;
 pub mod notify;
 pub mod output;
 pub mod storage;

@@ -15,9 +15,9 @@ use std::path::Path;
 
 use common::{connect, pattern, read, write, Daemon, MIB};
 use loopdev::{loop_devices_available, require, LoopDev};
-use snapblk::config::GraphConfig;
 use snapblk::frontend::BlkStatus;
 use snapblk::graph::Graph;
+use snapblk::model::GraphConfig;
 use snapblk::storage::{BlockDevice, DeviceOptions, FileDevice};
 
 fn graph_toml(p: &Path, origin: &str, cow: &str, block: u32) -> String {
@@ -199,14 +199,14 @@ fn a_4096_byte_sector_loop_device_reports_4096_byte_blocks() {
 
     // In a graph: a chunk smaller than a block is refused, and so is an export of 512-byte
     // blocks.
-    let mut cfg: GraphConfig = toml::from_str(&graph_toml(p, o.as_str(), c.as_str(), 512)).unwrap();
-    cfg.snapshots[0].chunk_size = snapblk::config::ByteSize(512);
+    let mut cfg = GraphConfig::from_toml(&graph_toml(p, o.as_str(), c.as_str(), 512)).unwrap();
+    cfg.snapshots[0].chunk_size = snapblk::model::ByteSize(512);
     let e = Graph::build(&cfg)
         .err()
         .expect("a 512-byte chunk on 4096-byte blocks");
     let chain = format!("{e}: {}", std::error::Error::source(&e).unwrap());
     assert!(chain.contains("4096"), "{chain}");
-    cfg.snapshots[0].chunk_size = snapblk::config::ByteSize(4096);
+    cfg.snapshots[0].chunk_size = snapblk::model::ByteSize(4096);
     let g = Graph::build(&cfg).unwrap();
     for node in ["base", "s1"] {
         let h = g.node(node).unwrap();

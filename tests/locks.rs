@@ -172,8 +172,8 @@ fn cow_inspect_of_a_served_cow_reads_a_live_view_and_says_who_holds_it() {
 
 #[test]
 fn a_files_lock_goes_with_its_node_so_it_can_be_added_again_at_once() {
-    use snapblk::config::{ByteSize, ExportSpec, GraphConfig, OriginSpec, SnapshotSpec, StoreType};
     use snapblk::manager::Manager;
+    use snapblk::model::{ByteSize, ExportSpec, GraphConfig, OriginSpec, SnapshotSpec, StoreType};
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
     std::fs::write(p.join("base.img"), pattern(7, 2 * MIB as usize)).unwrap();

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{connect, pattern, read, write, MIB};
-use snapblk::config::{ByteSize, ExportSpec, GraphConfig, OriginSpec, SnapshotSpec, StoreType};
 use snapblk::frontend::BlkStatus;
 use snapblk::manager::Manager;
+use snapblk::model::{ByteSize, ExportSpec, GraphConfig, OriginSpec, SnapshotSpec, StoreType};
 
 fn origin(p: &Path, name: &str) -> OriginSpec {
     OriginSpec {

@@ -14,9 +14,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{have, make_image, pattern, read, write, MIB};
-use snapblk::config::GraphConfig;
 use snapblk::control::protocol::{Request, Response, StatusArgs};
 use snapblk::control::Client;
+use snapblk::model::GraphConfig;
 
 const README: &str = include_str!("../README.md");
 const UNIT: &str = include_str!("../packaging/systemd/snapblk@.service");
@@ -241,8 +241,8 @@ impl Drop for Instance {
 }
 
 /// The export of the packaged example the VMM examples attach to.
-fn example_export() -> snapblk::config::ExportSpec {
-    let cfg: GraphConfig = toml::from_str(EXAMPLE).unwrap();
+fn example_export() -> snapblk::model::ExportSpec {
+    let cfg = GraphConfig::from_toml(EXAMPLE).unwrap();
     cfg.exports.into_iter().next().unwrap()
 }
 

@@ -11,9 +11,9 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
 use common::{pattern, MIB};
-use snapblk::config::{ByteSize, GraphConfig, OriginSpec, SnapshotSpec, StoreType};
 use snapblk::graph::Graph;
 use snapblk::manager::Manager;
+use snapblk::model::{ByteSize, GraphConfig, OriginSpec, SnapshotSpec, StoreType};
 
 /// Runs `snapblk serve --config CFG`, which must fail; returns its stderr.
 fn serve_must_fail(cfg: &Path) -> String {
@@ -56,7 +56,7 @@ fn snap(name: &str, origin: &str, cow: PathBuf) -> SnapshotSpec {
 }
 
 fn toml(cfg: &GraphConfig) -> String {
-    toml::to_string(cfg).unwrap()
+    cfg.to_toml()
 }
 
 #[test]

@@ -19,7 +19,7 @@ use super::protocol::{
     DEFAULT_CONTROL_PATH,
 };
 use super::render::{progress_line, render};
-use crate::config::ByteSize;
+use crate::model::ByteSize;
 
 /// Environment variable naming the control socket (below `--control`, above the default).
 pub const CONTROL_ENV: &str = "SNAPBLK_CONTROL";

@@ -10,8 +10,8 @@ use super::response::{
     OriginInfo, SnapshotInfo, SnapshotList, SnapshotStats, StatsReport, StatusReport,
 };
 use super::ControlHandler;
-use crate::config::{ByteSize, ExportSpec, OriginSpec, SnapshotSpec};
 use crate::manager::{Manager, ManagerError, MergeStatus};
+use crate::model::{ByteSize, ExportSpec, OriginSpec, SnapshotSpec};
 
 /// Serves control requests from a running daemon's manager.
 pub struct ManagerControl(pub Arc<Manager>);

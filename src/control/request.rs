@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::protocol::ControlError;
-use crate::config::StoreType;
+use crate::model::StoreType;
 
 /// Every command of protocol version 1, as written in `cmd`.
 pub const COMMANDS: &[&str] = &[

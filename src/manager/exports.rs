@@ -9,8 +9,8 @@ use std::thread::JoinHandle;
 use log::{error, info, warn};
 
 use super::{Manager, ManagerError};
-use crate::config::ExportSpec;
 use crate::graph::Graph;
+use crate::model::ExportSpec;
 use crate::storage::derive_serial;
 use crate::vhost::stats::{QueueStats, StatsSnapshot};
 use crate::vhost::{bind_socket, serve, Backing, DiskContext, Export, Shutdown};

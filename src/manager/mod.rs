@@ -14,6 +14,7 @@ mod events;
 mod exports;
 mod merge;
 mod nodes;
+mod saved;
 pub mod state;
 
 use std::collections::BTreeMap;
@@ -23,8 +24,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use log::{error, info, warn};
 use thiserror::Error;
 
-use crate::config::GraphConfig;
 use crate::graph::{Graph, GraphError};
+use crate::model::GraphConfig;
 use crate::vhost::ServeError;
 
 pub use events::Event;
@@ -183,7 +184,7 @@ impl Manager {
             // Transient snapshots do not survive a restart of the daemon.
             for s in &state.graph.snapshots {
                 let used = std::fs::metadata(&s.cow).is_ok_and(|m| m.len() > 0);
-                if s.store == crate::config::StoreType::N && used {
+                if s.store == crate::model::StoreType::N && used {
                     dropped.push(s.name.clone());
                 }
             }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::events::push_event;
 use super::{Manager, ManagerError};
-use crate::config::{OriginSpec, SnapshotSpec, StoreType};
+use crate::model::{OriginSpec, SnapshotSpec, StoreType};
 use crate::vhost::{DiskContext, Shutdown};
 
 impl Manager {

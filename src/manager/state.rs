@@ -3,15 +3,15 @@
 //! and compared with the config file so that edits to the file are reported, not silently lost.
 //!
 //! Compatibility: files of release 0.1.0 (no `version`) load unchanged; this release writes
-//! `version` 2 and only adds fields that 0.1.0 ignores.
+//! `version` 2. The JSON schema is manager/saved.rs, apart from the in-memory [`State`].
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::config::{ExportSpec, GraphConfig, OriginSpec, SnapshotSpec, StoreType};
+use super::saved::SavedState;
+use crate::model::{ExportSpec, GraphConfig, OriginSpec, SnapshotSpec, StoreType};
 
 /// The file in the state directory.
 pub const STATE_FILE: &str = "graph.json";
@@ -48,32 +48,49 @@ pub enum StateError {
 }
 
 /// What survives a restart.
-#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct State {
-    /// Absent (1) in 0.1.0's files.
-    #[serde(default = "version_one")]
+    /// The state version of the file it came from (1: release 0.1.0).
     pub version: u32,
     pub graph: GraphConfig,
     /// The snapshot being merged into its origin: saved before the merge's first run and kept
     /// until the merge is done (or failed: then retried), so that a restart resumes the merge
     /// before any export starts.
-    #[serde(default)]
     pub merging: Option<String>,
     /// Why the merge in `merging` last failed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub merge_failed: Option<String>,
     /// Snapshots whose origin was written since they were created (copy-outs happened): they
     /// can no longer be reset to their creation state.
-    #[serde(default)]
     pub origin_written: BTreeSet<String>,
     /// The config file's graph as it was last applied, which tells edits made to the file from
     /// nodes created or removed over the control socket.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_config: Option<GraphConfig>,
 }
 
-fn version_one() -> u32 {
-    1
+impl From<SavedState> for State {
+    fn from(s: SavedState) -> State {
+        State {
+            version: s.version,
+            graph: s.graph.into(),
+            merging: s.merging,
+            merge_failed: s.merge_failed,
+            origin_written: s.origin_written,
+            applied_config: s.applied_config.map(GraphConfig::from),
+        }
+    }
+}
+
+impl From<&State> for SavedState {
+    fn from(s: &State) -> SavedState {
+        SavedState {
+            version: STATE_VERSION,
+            graph: (&s.graph).into(),
+            merging: s.merging.clone(),
+            merge_failed: s.merge_failed.clone(),
+            origin_written: s.origin_written.clone(),
+            applied_config: s.applied_config.as_ref().map(Into::into),
+        }
+    }
 }
 
 impl State {
@@ -95,11 +112,12 @@ impl State {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(StateError::Read { path, source }),
         };
-        let mut state: State =
-            serde_json::from_slice(&bytes).map_err(|source| StateError::Parse {
+        let mut state: State = serde_json::from_slice::<SavedState>(&bytes)
+            .map_err(|source| StateError::Parse {
                 path: path.clone(),
                 source,
-            })?;
+            })?
+            .into();
         if state.version > STATE_VERSION {
             return Err(StateError::TooNew {
                 path,
@@ -147,9 +165,8 @@ impl State {
             path: dir.to_owned(),
             source,
         };
-        let mut state = self.clone();
-        state.version = STATE_VERSION;
-        let bytes = serde_json::to_vec_pretty(&state).map_err(|e| err(std::io::Error::other(e)))?;
+        let bytes = serde_json::to_vec_pretty(&SavedState::from(self))
+            .map_err(|e| err(std::io::Error::other(e)))?;
         std::fs::create_dir_all(dir).map_err(err)?;
         let tmp = dir.join(format!("{STATE_FILE}.tmp"));
         let f = std::fs::File::create(&tmp).map_err(err)?;
@@ -248,10 +265,10 @@ pub fn changes(base: &GraphConfig, file: &GraphConfig, saved: &GraphConfig) -> V
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ByteSize;
+    use crate::model::ByteSize;
 
     fn graph() -> GraphConfig {
-        toml::from_str(
+        GraphConfig::from_toml(
             r#"
 [[origin]]
 name = "base"
@@ -389,5 +406,29 @@ socket = "/run/ci-1.sock"
             assert_eq!(s.applied_config, None);
             assert_eq!(s.origin_written.len(), usize::from(merging.is_some()));
         }
+    }
+    #[test]
+    fn a_file_round_trips_and_fields_a_newer_release_adds_are_ignored() {
+        let d = tempfile::tempdir().unwrap();
+        let mut state = State::from_config(graph(), true);
+        state.merging = Some("ci-1".into());
+        state.origin_written.insert("ci-1".into());
+        state.save(d.path()).unwrap();
+        assert_eq!(State::load(d.path()).unwrap(), Some(state.clone()));
+        // The same version with a field at every level this release does not know.
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(d.path().join(STATE_FILE)).unwrap()).unwrap();
+        json["future"] = 1.into();
+        json["graph"]["future"] = 1.into();
+        for table in ["origin", "snapshot", "export"] {
+            json["graph"][table][0]["future"] = 1.into();
+        }
+        write(d.path(), &json.to_string());
+        assert_eq!(State::load(d.path()).unwrap(), Some(state));
+        // A config file stays strict: an unknown key there is a typo.
+        let toml = graph()
+            .to_toml()
+            .replace("[[origin]]", "[[origin]]\nfuture = 1");
+        assert!(GraphConfig::from_toml(&toml).is_err());
     }
 }
