@@ -3,6 +3,8 @@
 //! with other queues except the image handle and relaxed atomics.
 //!
 //! Parts: `ring.rs` reads the available ring (checked: a broken ring stops the queue),
+//! `uring.rs` is the queue's one io_uring (and what an SQE's user_data says), `files.rs` the
+//! files it reaches and how (inline copies for tmpfs, random reads without readahead),
 //! `sqe.rs` builds the SQEs, `reap.rs` reaps completions and drains, `publish.rs` fills the used
 //! ring (and recovers from an inflight region), `graph.rs` runs graph-node requests.
 
@@ -11,7 +13,7 @@ use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use io_uring::{types, IoUring};
+use io_uring::types;
 use log::warn;
 use vhost_user_backend::{VringRwLock, VringState, VringT};
 use virtio_queue::QueueT;
@@ -23,7 +25,7 @@ use super::memguard::MemoryGuard;
 use super::pool::{Job, JobOp, Pool};
 use super::stats::QueueStats;
 use crate::logging::RateLimiter;
-use crate::storage::{memory_backed, BlockDevice, DirectNode, Image, Mapping, NewExceptions};
+use crate::storage::{BlockDevice, DirectNode, Image, NewExceptions};
 use crate::virtio_blk::config::RequestLimits;
 use crate::virtio_blk::request::{
     parse, Rejected, Request, RequestKind, Segment, Status, ID_BYTES,
@@ -66,7 +68,7 @@ pub struct QueueWorker {
     index: usize,
     disk: Arc<DiskContext>,
     mem: GuestMemoryAtomic<Mem>,
-    ring: IoUring,
+    uring: Uring,
     event: EventFd,
     slots: Slots,
     parse_buf: Vec<Segment>,
@@ -83,16 +85,8 @@ pub struct QueueWorker {
     /// Wakes the queue when a held write-through origin write landed (graph origins).
     held_notify: Option<Arc<EventFd>>,
     stopping: Arc<AtomicBool>,
-    /// Per registered file: set when memory-backed, reads and writes then run inline (see
-    /// `queue_sqes`).
-    inline_fd: [Option<i32>; 2],
-    /// The shared mapping of file 0 (the image or the origin) reads copy from, if any.
-    mapping: Option<Arc<Mapping>>,
-    /// The registered index of the image opened with readahead off (see `Image::random_file`):
-    /// reads of file 0 that do not start where the previous one ended go there.
-    random_file: Option<u32>,
-    /// Where the last read of file 0 ended.
-    next_read: u64,
+    /// The files requests reach, and how (see files.rs).
+    files: Files,
     /// A graph node whose reads and writes may run on the io_uring.
     direct: Option<DirectNode>,
     /// Inflight tracking, when the frontend gave a region: completions are then published as
@@ -110,14 +104,6 @@ pub struct QueueWorker {
     committing: Vec<(usize, NewExceptions)>,
     commit_task: bool,
     settled: Vec<(u16, u32)>,
-    /// SQEs submitted to the io_uring whose CQE is not reaped yet.
-    ring_in_flight: usize,
-    /// Of those, random reads (`DEVICE_READ`).
-    device_reads: usize,
-    /// Sequential and random reads queued in the submission ring since the last submit (see
-    /// `READ_BATCH`).
-    seq_reads_queued: usize,
-    random_reads_queued: usize,
     /// Set when the frontend's ring is found broken (see `ring.rs`): nothing more is popped.
     broken: Option<RingFault>,
     /// The connection's guest memory guard (see `memguard.rs`).
@@ -126,11 +112,9 @@ pub struct QueueWorker {
     pool_jobs: usize,
     /// When a drain that has not finished first logs what it waits for.
     drain_report_after: std::time::Duration,
-    /// Unit tests: this many io_uring submits fail with EAGAIN.
-    #[cfg(test)]
-    inject_submit_errors: u32,
 }
 
+mod files;
 mod graph;
 mod publish;
 mod reap;
@@ -138,9 +122,12 @@ mod ring;
 mod sqe;
 #[cfg(test)]
 mod tests;
+mod uring;
 
+use files::Files;
 use publish::Tracking;
 pub use ring::RingFault;
+use uring::{Tag, Uring};
 
 /// The pool completion slot of the commit task.
 const COMMIT_TASK: usize = usize::MAX;
@@ -163,12 +150,6 @@ const READ_BATCH: usize = 2;
 /// them adds a wakeup to their latency.
 const POLL_TIME: std::time::Duration = std::time::Duration::from_micros(50);
 const POLL_IN_FLIGHT: std::time::Duration = std::time::Duration::from_micros(300);
-/// user_data = slot index | range index << 32 | DEVICE_READ | ZERO_PAIR (for punch + allocate
-/// pairs).
-const RANGE_SHIFT: u32 = 32;
-const ZERO_PAIR: u64 = 1 << 63;
-/// A random read: unless the page cache holds it, it waits for the disk (see `QueueWorker::poll`).
-const DEVICE_READ: u64 = 1 << 62;
 /// How long a drain runs before it logs what it waits for.
 const DRAIN_REPORT_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -182,74 +163,25 @@ impl QueueWorker {
         guard: Arc<MemoryGuard>,
     ) -> std::io::Result<QueueWorker> {
         let entries = (u32::from(queue_size) * 2).next_power_of_two();
-        // Completions that need this thread (copying a buffered read, finishing a write an
-        // io_uring worker did) wait for its next system call instead of interrupting it with
-        // an inter-processor interrupt, which costs a VM exit; `reap_completions` enters the
-        // kernel when the ring flags some waiting. Kernels before 5.19 get a plain ring.
-        let ring = IoUring::builder()
-            .setup_coop_taskrun()
-            .setup_taskrun_flag()
-            .build(entries)
-            .or_else(|_| IoUring::builder().build(entries))?;
         let event = EventFd::new(EFD_NONBLOCK)?;
-        ring.submitter().register_eventfd(event.as_raw_fd())?;
+        let uring = Uring::new(entries, event.as_raw_fd())?;
         let held_notify = Some(Arc::new(event.try_clone()?));
-        let mut inline_fd = [None; 2];
-        let mut mapping = None;
-        let mut random_file = None;
-        let mut direct = None;
+        let (files, direct) = Files::register(&disk.backing, &uring)?;
         let pool = match &disk.backing {
-            Backing::Image(image) => {
-                let mut fds = vec![image.file().as_raw_fd()];
-                if let Some(f) = image.random_file() {
-                    fds.push(f.as_raw_fd());
-                    random_file = Some(1);
-                }
-                ring.submitter().register_files(&fds)?;
-                if image.memory_backed() && !image.direct() {
-                    inline_fd[0] = Some(image.file().as_raw_fd());
-                    mapping = image.mapping().cloned();
-                }
-                None
-            }
-            Backing::Device {
-                dev,
-                threads,
-                direct: node,
-            } => {
-                if let Some((node, (origin, cow))) =
-                    node.as_ref().and_then(|n| n.fds().map(|f| (n, f)))
-                {
-                    let mut fds = vec![origin, cow.unwrap_or(origin)];
-                    if let (Some(r), false) = (node.origin_random_fd(), memory_backed(origin)) {
-                        fds.push(r);
-                        random_file = Some(2);
-                    }
-                    ring.submitter().register_files(&fds)?;
-                    for (i, fd) in fds.into_iter().take(2).enumerate() {
-                        if memory_backed(fd) && !(i == 0 && node.o_direct) {
-                            inline_fd[i] = Some(fd);
-                        }
-                    }
-                    if inline_fd[0].is_some() {
-                        mapping = node.origin_mapping();
-                    }
-                    direct = Some(node.clone());
-                }
-                Some(Pool::new(
-                    dev.clone(),
-                    *threads,
-                    &event,
-                    &format!("q{index}"),
-                )?)
-            }
+            Backing::Image(_) => None,
+            Backing::Device { dev, threads, .. } => Some(Pool::new(
+                dev.clone(),
+                *threads,
+                &event,
+                &format!("q{index}"),
+            )?),
         };
         let stats = disk.stats[index].clone();
         Ok(QueueWorker {
             index,
             disk,
             mem,
-            ring,
+            uring,
             event,
             slots: Slots::new(queue_size as usize),
             parse_buf: Vec::with_capacity(queue_size as usize),
@@ -262,10 +194,7 @@ impl QueueWorker {
             pool_done: Vec::with_capacity(queue_size as usize),
             held_notify,
             stopping,
-            inline_fd,
-            mapping,
-            random_file,
-            next_read: 0,
+            files,
             direct,
             tracking: Tracking::Off,
             chain_buf: Vec::with_capacity(queue_size as usize),
@@ -275,16 +204,10 @@ impl QueueWorker {
             committing: Vec::with_capacity(queue_size as usize),
             commit_task: false,
             settled: Vec::with_capacity(queue_size as usize),
-            ring_in_flight: 0,
-            device_reads: 0,
-            seq_reads_queued: 0,
-            random_reads_queued: 0,
             broken: None,
             guard,
             pool_jobs: 0,
             drain_report_after: DRAIN_REPORT_AFTER,
-            #[cfg(test)]
-            inject_submit_errors: 0,
         })
     }
 
@@ -356,7 +279,7 @@ impl QueueWorker {
                     Ok(req) => self.start(head, req, &mem, &mut state),
                     Err(rej) => self.reject(head, rej, &mem, &mut state),
                 }
-                if self.seq_reads_queued >= READ_BATCH {
+                if self.uring.seq_reads_queued >= READ_BATCH {
                     drop(state);
                     self.submit();
                     self.reap(vring);
@@ -408,10 +331,10 @@ impl QueueWorker {
             // it made the read slower on the test VM (cold 4 KiB reads at QD1, p50 93-122 us
             // polling, 79-87 us sleeping), while with more in flight the next completion is
             // near and polling for it pays (QD32: 84-98k IOPS polling, 69-80k sleeping).
-            let lone_disk_read = self.ring_in_flight == 1 && self.device_reads == 1;
+            let lone_disk_read = self.uring.in_flight == 1 && self.uring.device_reads == 1;
             let limit = if lone_disk_read {
                 std::time::Duration::ZERO
-            } else if self.ring_in_flight > 0 {
+            } else if self.uring.in_flight > 0 {
                 POLL_IN_FLIGHT
             } else {
                 POLL_TIME

@@ -135,7 +135,7 @@ impl QueueWorker {
         if self.committing.is_empty() {
             return;
         }
-        if let (Some(node), Some(_)) = (&self.direct, self.inline_fd[1]) {
+        if let (Some(node), true) = (&self.direct, self.files.is_inline(1)) {
             node.try_commit();
         }
         self.settle();

@@ -15,7 +15,7 @@ use log::{error, warn};
 use vhost_user_backend::VringT;
 use vm_memory::Bytes;
 
-use super::{QueueWorker, Vring, COMMIT_TASK, DEVICE_READ, FIXED_IMAGE, RANGE_SHIFT, ZERO_PAIR};
+use super::{QueueWorker, Tag, Vring, COMMIT_TASK, FIXED_IMAGE};
 use crate::vhost::inflight::{IoOp, Progress};
 use crate::virtio_blk::request::Status;
 
@@ -80,12 +80,15 @@ impl QueueWorker {
     /// Reaps without a ring to publish to (the backend is going away): requests complete
     /// (their status bytes are written) but no used entry is added.
     fn reap_unpublished(&mut self) {
-        let mut cqes: Vec<(u64, i32)> = self
-            .ring
-            .completion()
-            .map(|c| (c.user_data(), c.result()))
-            .collect();
-        self.count_reaped(&cqes);
+        let mut cqes = Vec::new();
+        let mut batch = [(0u64, 0i32); 64];
+        loop {
+            let n = self.uring.reap(&mut batch);
+            if n == 0 {
+                break;
+            }
+            cqes.extend_from_slice(&batch[..n]);
+        }
         if let Some(pool) = &self.pool {
             pool.take_done(&mut self.pool_done);
         }
@@ -109,16 +112,9 @@ impl QueueWorker {
 
     /// Blocks for at most `DRAIN_STEP` until something completes.
     fn wait_for_completion(&mut self) {
-        if self.pool.is_none() && self.ring_in_flight > 0 {
-            // io_uring_enter with a timeout (Linux 5.11) also runs the task work that
-            // cooperative rings leave for this thread.
-            let ts = types::Timespec::from(DRAIN_STEP);
-            let args = types::SubmitArgs::new().timespec(&ts);
-            match self.ring.submitter().submit_with_args(1, &args) {
-                Ok(_) => return,
-                Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR)) => return,
-                Err(_) => {} // an older kernel: poll the eventfd instead
-            }
+        // Without a wait on the ring (an older kernel), the eventfd is polled instead.
+        if self.pool.is_none() && self.uring.in_flight > 0 && self.uring.wait(DRAIN_STEP) {
+            return;
         }
         let mut fds = [libc::pollfd {
             fd: self.event.as_raw_fd(),
@@ -133,13 +129,13 @@ impl QueueWorker {
 
     /// What the requests in flight wait for, for the log.
     pub(super) fn in_flight_report(&mut self) -> String {
-        let unsubmitted = self.ring.submission().len();
+        let unsubmitted = self.uring.unsubmitted();
         let parked = self.committing.len();
         let mut out = format!(
             "{} requests ({} io_uring operations in flight, {} not yet submitted, {} helper-thread \
              jobs, {} writes waiting for their exceptions' commit{})",
             self.slots.in_flight(),
-            self.ring_in_flight,
+            self.uring.in_flight,
             unsubmitted,
             self.pool_jobs,
             parked,
@@ -168,43 +164,27 @@ impl QueueWorker {
     /// request fails (a completion with the error is queued for the next reap) rather than
     /// waiting for a completion that would never come.
     pub(super) fn push(&mut self, e: squeue::Entry) {
-        loop {
-            // SAFETY: every pointer in the entry (iovecs and the guest buffers they name)
-            // stays valid until its completion is reaped: the slot owns the iovec array and
-            // holds an Arc on the guest memory mapping.
-            if unsafe { self.ring.submission().push(&e) }.is_ok() {
-                self.ring_in_flight += 1;
-                return;
+        // SAFETY: every pointer in the entry (iovecs and the guest buffers they name) stays
+        // valid until its completion is reaped: the slot owns the iovec array and holds an Arc
+        // on the guest memory mapping.
+        if let Err(err) = unsafe { self.uring.push(&e) } {
+            if self.log.allow() {
+                error!(
+                    "queue {}: io_uring submit failed, failing the operation: {err}",
+                    self.index
+                );
             }
-            if let Err(err) = self.ring_submit() {
-                if self.log.allow() {
-                    error!(
-                        "queue {}: io_uring submit failed, failing the operation: {err}",
-                        self.index
-                    );
-                }
-                let ud = e.get_user_data();
-                if ud & DEVICE_READ != 0 {
-                    self.device_reads = self.device_reads.saturating_sub(1);
-                }
-                let res = -err.raw_os_error().unwrap_or(libc::EIO);
-                self.pool_done.push((ud as usize, res));
-                // Make sure a reap runs soon, whatever the caller does next.
-                let _ = self.event.write(1);
-                return;
-            }
+            let res = -err.raw_os_error().unwrap_or(libc::EIO);
+            self.pool_done.push((e.get_user_data() as usize, res));
+            // Make sure a reap runs soon, whatever the caller does next.
+            let _ = self.event.write(1);
         }
     }
 
     /// Submits the queued SQEs. On failure they stay queued and go with the next submit
     /// (the next event, or the next drain step).
     pub(super) fn submit(&mut self) {
-        self.seq_reads_queued = 0;
-        self.random_reads_queued = 0;
-        if self.ring.submission().is_empty() {
-            return;
-        }
-        if let Err(e) = self.ring_submit() {
+        if let Err(e) = self.uring.submit() {
             if self.log.allow() {
                 error!(
                     "queue {}: io_uring submit failed, retrying at the next event: {e}",
@@ -214,16 +194,6 @@ impl QueueWorker {
         }
     }
 
-    /// io_uring_enter, with faults injected by unit tests.
-    fn ring_submit(&mut self) -> std::io::Result<usize> {
-        #[cfg(test)]
-        if self.inject_submit_errors > 0 {
-            self.inject_submit_errors -= 1;
-            return Err(std::io::Error::from_raw_os_error(libc::EAGAIN));
-        }
-        self.ring.submit()
-    }
-
     /// Reaps completions; finished requests go to the used ring.
     pub(super) fn reap(&mut self, vring: &Vring) {
         self.reap_completions(vring);
@@ -231,11 +201,9 @@ impl QueueWorker {
     }
 
     fn reap_completions(&mut self, vring: &Vring) {
-        if self.ring.submission().taskrun() {
-            if let Err(e) = self.ring.submit() {
-                if self.log.allow() {
-                    error!("queue {}: io_uring enter failed: {e}", self.index);
-                }
+        if let Err(e) = self.uring.enter_for_task_work() {
+            if self.log.allow() {
+                error!("queue {}: io_uring enter failed: {e}", self.index);
             }
         }
         if let Some(pool) = &self.pool {
@@ -268,18 +236,10 @@ impl QueueWorker {
         }
         let mut batch = [(0u64, 0i32); 64];
         loop {
-            let mut n = 0;
-            for cqe in self.ring.completion() {
-                batch[n] = (cqe.user_data(), cqe.result());
-                n += 1;
-                if n == batch.len() {
-                    break;
-                }
-            }
+            let n = self.uring.reap(&mut batch);
             if n == 0 {
                 return;
             }
-            self.count_reaped(&batch[..n]);
             let mut state = vring.get_mut();
             for &(ud, res) in &batch[..n] {
                 if let Some((head, used)) = self.on_cqe(ud, res) {
@@ -292,18 +252,11 @@ impl QueueWorker {
         }
     }
 
-    /// Takes reaped CQEs (user_data, result) off the in-flight counts.
-    pub(super) fn count_reaped(&mut self, cqes: &[(u64, i32)]) {
-        self.ring_in_flight = self.ring_in_flight.saturating_sub(cqes.len());
-        let device = cqes.iter().filter(|c| c.0 & DEVICE_READ != 0).count();
-        self.device_reads = self.device_reads.saturating_sub(device);
-    }
-
     /// Accounts one completion (a CQE, a helper thread's result, or a failed push); returns
     /// `(head, used_len)` when its request is complete.
     pub(super) fn on_cqe(&mut self, ud: u64, res: i32) -> Option<(u16, u32)> {
-        let idx = (ud & 0xffff_ffff) as usize;
-        let range = ((ud & !(ZERO_PAIR | DEVICE_READ)) >> RANGE_SHIFT) as usize;
+        let tag = Tag(ud);
+        let (idx, range) = (tag.slot_index(), tag.range_index());
         if !self.slots.in_use(idx) {
             return None; // never complete a request twice
         }
@@ -314,13 +267,13 @@ impl QueueWorker {
         let slot = self.slots.get_mut(idx);
         slot.pending = slot.pending.saturating_sub(1);
         if res == -libc::EOPNOTSUPP
-            && ud & ZERO_PAIR == 0
+            && !tag.is_zero_pair()
             && matches!(slot.op, IoOp::WriteZeroes { unmap: false })
         {
             // This filesystem has no ZERO_RANGE: punch + allocate from now on.
             self.disk.zero_range.store(false, Ordering::Relaxed);
             self.slots.get_mut(idx).pending += 2;
-            self.push_zero_pair(ud | ZERO_PAIR, idx, range);
+            self.push_zero_pair(tag.zero_pair(), idx, range);
             return None;
         }
         let slot = self.slots.get_mut(idx);

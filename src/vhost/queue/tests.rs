@@ -383,11 +383,11 @@ fn an_sqe_that_cannot_be_queued_fails_its_request_instead_of_stranding_it() {
     h.mem().write_slice(&ranges, GuestAddress(0x20000)).unwrap();
     h.request(VIRTIO_BLK_T_DISCARD, 0, 0x10000, &[(0x20000, 512)]);
     h.request(VIRTIO_BLK_T_DISCARD, 0, 0x11000, &[(0x20000, 512)]);
-    h.worker.inject_submit_errors = 1;
+    h.worker.uring.inject_submit_errors = 1;
     h.kick();
     h.run_until_used(2);
     assert_eq!(
-        h.worker.inject_submit_errors, 0,
+        h.worker.uring.inject_submit_errors, 0,
         "the injected failure was hit"
     );
     assert_eq!((h.status(0x10000), h.status(0x11000)), (OK, IOERR));
