@@ -66,6 +66,7 @@ kill_backend sb
 kill -KILL "${VMT_GN_PID[load]}" 2>/dev/null || true
 wait "${VMT_GN_PID[load]}" 2>/dev/null || true
 VMT_GN_PID[load]=
+VMT_GUEST_PID=
 for k in "${kibs[@]}"; do
     vmt_log "${k}K chunks at the kill: $(dms_inspect "$VMT_TMP/s$k.cow" exceptions) exceptions, status $(dms_inspect "$VMT_TMP/s$k.cow" status)"
     [ "$(dms_inspect "$VMT_TMP/s$k.cow" exceptions)" -gt 0 ] || vmt_fail "${k}K chunks: no exception committed before the kill"
