@@ -2,8 +2,9 @@
 //! snapshots taken of live origins (one consistent point across several), merges in the
 //! background, events, and the state directory that brings all of it back after a restart.
 //!
-//! Parts: state.rs (the saved state and config-file edits), nodes.rs (origins, snapshots,
-//! resets), exports.rs, merge.rs (crash-safe background merges), events.rs.
+//! Parts: state.rs (the saved state and config-file edits; saved.rs is its JSON form),
+//! nodes.rs (origins, snapshots, resets), exports.rs, merge.rs (crash-safe background merges),
+//! events.rs (the event log and health polling).
 //!
 //! Locks: `inner` (state, running exports, merge job) is taken first and held only for
 //! bookkeeping; the graph's own lock and the engine's origin locks are taken under it, never the

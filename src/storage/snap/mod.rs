@@ -1,8 +1,8 @@
 //! The dm-snapshot engine: an origin, the snapshots taken of it and their exception stores.
 //!
 //! State lives in engine.rs (`Origin`: one mutex over the snapshot list and every store's
-//! bookkeeping). A request enters through datapath.rs (the blocking path: plan under the lock,
-//! I/O after it), direct.rs (plans for callers that run the I/O on their own io_uring) or
+//! bookkeeping). A request enters through datapath.rs and snapshot_io.rs (the blocking path: plan
+//! under the lock, I/O after it), direct.rs (plans for callers that run the I/O on their own io_uring) or
 //! held.rs (origin writes that wait for copy-outs, batched on the origin's held thread). Origin
 //! writes first copy the old chunk into every snapshot that lacks it and commit the exceptions in
 //! groups (copy.rs); only then does the new data reach the origin. Stores keep the table:
@@ -21,4 +21,5 @@ pub mod inspect;
 pub mod merge;
 pub mod persistent;
 mod reset;
+mod snapshot_io;
 pub mod store;
