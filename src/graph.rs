@@ -4,7 +4,7 @@
 //! Files are known by identity ([`FileId`]: device and inode, or a block device's number), not
 //! by path: an origin image or COW file that is already in the graph under another name (a
 //! symbolic or hard link, another device node) is refused before anything is written, and
-//! every file is locked exclusively while in the graph (see [`crate::storage::lock`]). A
+//! every file is locked exclusively while in the graph (see [`crate::storage::block::lock`]). A
 //! direct (`O_DIRECT`) origin's COW files are opened `O_DIRECT` too.
 
 use std::collections::BTreeMap;
