@@ -8,10 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::model::{
-    ByteSize, ExportSpec, GraphConfig, OriginSpec, SnapshotSpec, StoreType,
-    DEFAULT_LOGICAL_BLOCK_SIZE, DEFAULT_NUM_QUEUES, DEFAULT_QUEUE_SIZE,
-};
+use crate::model::{ByteSize, ExportSpec, GraphConfig, OriginSpec, SnapshotSpec, StoreType};
 
 /// Errors reading or validating a config file. Each names the file and the offending entry.
 #[derive(Debug, Error)]
@@ -86,13 +83,13 @@ struct Export {
     socket: PathBuf,
     #[serde(default, skip_serializing_if = "is_false")]
     readonly: bool,
-    #[serde(default = "default_queues")]
+    #[serde(default = "crate::model::default_num_queues")]
     num_queues: u16,
-    #[serde(default = "default_queue_size")]
+    #[serde(default = "crate::model::default_queue_size")]
     queue_size: u16,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     serial: Option<String>,
-    #[serde(default = "default_lbs")]
+    #[serde(default = "crate::model::default_logical_block_size")]
     logical_block_size: u32,
     #[serde(default, skip_serializing_if = "is_false")]
     writethrough: bool,
@@ -103,15 +100,6 @@ fn is_false(b: &bool) -> bool {
 }
 fn default_store() -> StoreType {
     StoreType::P
-}
-fn default_queues() -> u16 {
-    DEFAULT_NUM_QUEUES
-}
-fn default_queue_size() -> u16 {
-    DEFAULT_QUEUE_SIZE
-}
-fn default_lbs() -> u32 {
-    DEFAULT_LOGICAL_BLOCK_SIZE
 }
 
 impl From<File> for GraphConfig {

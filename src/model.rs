@@ -16,6 +16,17 @@ pub const DEFAULT_QUEUE_SIZE: u16 = 256;
 /// Exports' logical block size when not given.
 pub const DEFAULT_LOGICAL_BLOCK_SIZE: u32 = 512;
 
+/// The defaults above as functions, for the serialized forms' `#[serde(default = ...)]`.
+pub fn default_num_queues() -> u16 {
+    DEFAULT_NUM_QUEUES
+}
+pub fn default_queue_size() -> u16 {
+    DEFAULT_QUEUE_SIZE
+}
+pub fn default_logical_block_size() -> u32 {
+    DEFAULT_LOGICAL_BLOCK_SIZE
+}
+
 /// Store type of a snapshot, as in the dm-snapshot table line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 pub enum StoreType {

@@ -9,10 +9,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{
-    ByteSize, ExportSpec, GraphConfig, OriginSpec, SnapshotSpec, StoreType,
-    DEFAULT_LOGICAL_BLOCK_SIZE, DEFAULT_NUM_QUEUES, DEFAULT_QUEUE_SIZE,
-};
+use crate::model::{ByteSize, ExportSpec, GraphConfig, OriginSpec, SnapshotSpec, StoreType};
 
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) struct SavedState {
@@ -80,26 +77,16 @@ struct SavedExport {
     socket: PathBuf,
     #[serde(default)]
     readonly: bool,
-    #[serde(default = "default_queues")]
+    #[serde(default = "crate::model::default_num_queues")]
     num_queues: u16,
-    #[serde(default = "default_queue_size")]
+    #[serde(default = "crate::model::default_queue_size")]
     queue_size: u16,
     #[serde(default)]
     serial: Option<String>,
-    #[serde(default = "default_lbs")]
+    #[serde(default = "crate::model::default_logical_block_size")]
     logical_block_size: u32,
     #[serde(default)]
     writethrough: bool,
-}
-
-fn default_queues() -> u16 {
-    DEFAULT_NUM_QUEUES
-}
-fn default_queue_size() -> u16 {
-    DEFAULT_QUEUE_SIZE
-}
-fn default_lbs() -> u32 {
-    DEFAULT_LOGICAL_BLOCK_SIZE
 }
 
 impl From<SavedGraph> for GraphConfig {

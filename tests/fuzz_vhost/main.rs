@@ -18,8 +18,6 @@
 //! a debugger (`gdb -p PID`, the pid is printed).
 
 mod case;
-#[path = "../support/splitmix.rs"]
-mod splitmix;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -27,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use case::{Action, Run};
 use serde_json::Value;
+use snapblk::bench::Rng;
 use snapblk::frontend::{BlkFrontend, BlkStatus, FrontendOptions};
-use splitmix::SplitMix;
 
 /// Log bytes one case may add (a flood shows up as megabytes).
 const LOG_PER_CASE: u64 = 64 << 10;
@@ -282,8 +280,8 @@ fn with_array(v: &mut Value, k: usize, f: &mut dyn FnMut(&mut Vec<Value>)) -> us
     }
 }
 
-fn mutate(case: &mut Value, corpus: &[Value], rng: &mut SplitMix) {
-    let pick = |rng: &mut SplitMix, n: usize| (rng.next_u64() % n.max(1) as u64) as usize;
+fn mutate(case: &mut Value, corpus: &[Value], rng: &mut Rng) {
+    let pick = |rng: &mut Rng, n: usize| (rng.next_u64() % n.max(1) as u64) as usize;
     match rng.next_u64() % 6 {
         0 | 1 => {
             let mut nums = Vec::new();
@@ -388,7 +386,7 @@ fn fuzz_vhost_messages_and_rings() {
     let dir = tempfile::tempdir().unwrap();
     let mut targets = targets(dir.path());
     let replay = std::env::var_os("SNAPBLK_FUZZ_REPLAY").map(PathBuf::from);
-    let mut rng = SplitMix(seed);
+    let mut rng = Rng::new(seed);
     let deadline = Instant::now() + Duration::from_secs(secs);
     let (mut n, mut invalid) = (0u64, 0u64);
     let started = Instant::now();

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use super::faulty::{CrashClock, FaultyDevice};
-use super::splitmix::SplitMix;
+use crate::bench::Rng;
 use crate::storage::{
     BlockDevice, DirectTarget, Origin, OriginConfig, SnapshotConfig, SnapshotId, StoreKind,
 };
@@ -55,7 +55,7 @@ fn sectors_of(dev: &dyn BlockDevice, read: impl Fn(&mut [u8])) -> Vec<u8> {
 
 /// One run: returns how many origin writes were held and snapshot writes ran direct.
 fn run(seed: u64) -> (usize, usize) {
-    let mut rng = SplitMix(seed);
+    let mut rng = Rng::new(seed);
     let clock = CrashClock::new(1 + rng.next_u64() % 300);
     let odev = Arc::new(FaultyDevice::from_bytes(vec![0xee; SIZE]).with_clock(clock.clone()));
     let o = Arc::new(Origin::new(odev.clone(), "origin", OriginConfig::default()));

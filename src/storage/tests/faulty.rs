@@ -7,7 +7,7 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::splitmix::SplitMix;
+use crate::bench::Rng;
 use crate::storage::block::device::{check_range, BlockDevice, MemDevice};
 
 /// Which operations fail. Counts are 1-based and count from when the plan was set.
@@ -130,7 +130,7 @@ impl FaultyDevice {
     /// unflushed write kept whole, dropped, or torn (a random subset of its sectors kept).
     pub fn crash(&self, seed: u64) -> FaultyDevice {
         let s = self.lock();
-        let mut rng = SplitMix(seed);
+        let mut rng = Rng::new(seed);
         let (durable, unflushed) = s.at_crash();
         let mut image = durable.clone();
         for (offset, data) in unflushed {

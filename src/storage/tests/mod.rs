@@ -5,8 +5,6 @@ pub(crate) mod faulty;
 mod fuzz;
 mod model;
 mod scenarios;
-#[path = "../../../tests/support/splitmix.rs"]
-pub(crate) mod splitmix;
 mod throttle;
 
 use std::sync::Arc;

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use super::splitmix::SplitMix;
 use super::*;
+use crate::bench::Rng;
 
 const SIZE: usize = 256 * 1024;
 
@@ -36,7 +36,7 @@ fn storm(cap: usize, snapshots: usize, writers: usize) -> (usize, usize) {
     for t in 0..writers {
         let (o, ids, done) = (o.clone(), ids.clone(), done.clone());
         handles.push(thread::spawn(move || {
-            let mut rng = SplitMix(t as u64);
+            let mut rng = Rng::new(t as u64);
             let mut i = 0;
             while i < 150 || done.load(Ordering::Relaxed) < 3 {
                 i += 1;
