@@ -2,6 +2,8 @@
 # demo.sh: the main job, end to end: builds snapblk, builds a small Linux guest, serves a fresh
 # 1 GiB disk image over vhost-user-blk and boots the guest on it under QEMU. The guest formats
 # the disk, writes and reads files, and its console is shown. Run as root on Debian 12.
+# DEMO_IMAGE=PATH serves that raw image or block device instead (created, sparse 1 GiB, if it
+# does not exist; the guest formats it).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -35,6 +37,8 @@ umount /mnt
 e2fsck -fn /dev/vda
 GUEST
 run_guest "$sock" "$VMT_TMP/demo-guest.sh"
-tr -d '\r' <"$VMT_GUEST_DIR/console.log" | grep -av '^VMT-' | sed 's/^/guest| /'
+# The console as plain text: the firmware's screen resets and colour codes would garble the
+# terminal, and a log of it.
+console_text "$VMT_GUEST_DIR/console.log" | grep -av '^VMT-' | sed 's/^/guest| /'
 stop_backend snapblk
 echo "demo: the guest used the snapblk disk; snapblk stopped cleanly (SIGTERM, exit 0)."

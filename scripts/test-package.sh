@@ -4,7 +4,8 @@
 # user and directories exist, every man page renders without warnings, the units pass
 # `systemd-analyze verify` (offline: no running systemd needed), the bash completion loads;
 # then purges it and checks nothing of it is left. Run as root, on a machine without snapblk
-# installed (CI); prints the package size, its contents and the verification output.
+# installed (CI); prints a summary of the package (name, version, size, file count, the key
+# paths checked in it) and the verification output.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,10 +23,23 @@ start=$SECONDS
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 
+# What a user needs from the package: each must be in it, and gone after the purge.
+key_paths=(/usr/bin/snapblk /lib/systemd/system/snapblk@.service
+    /lib/systemd/system/snapblk-metrics@.service /lib/systemd/system/snapblk-metrics@.timer
+    /etc/snapblk/example.toml /usr/share/man/man1/snapblk.1.gz
+    /usr/share/bash-completion/completions/snapblk /usr/share/doc/snapblk/README.md
+    /usr/share/doc/snapblk/control-protocol.md)
+
 deb=$(bash packaging/build-deb.sh --output "$out" | tail -n 1)
 [ -f "$deb" ] || fail "build-deb.sh made no package ($deb)"
-step "built $(basename "$deb"): $(stat -c %s "$deb") bytes"
-dpkg-deb -c "$deb" | awk '{print "  " $1, $3, $6}'
+dpkg-deb -c "$deb" | awk '$1 !~ /^d/ {sub(/^\./, "", $6); print $6}' >"$out/files"
+for p in "${key_paths[@]}"; do
+    grep -qxF "$p" "$out/files" || fail "the package lacks $p"
+done
+step "built $(dpkg-deb -f "$deb" Package) $(dpkg-deb -f "$deb" Version) ($(basename "$deb")):" \
+    "$(stat -c %s "$deb") bytes, $(dpkg-deb -f "$deb" Installed-Size) KiB installed," \
+    "$(wc -l <"$out/files") files"
+step "key paths in it: ${key_paths[*]}"
 
 # Minimal images exclude man pages and docs from installs (dpkg.cfg.d path-exclude); a later
 # path-include wins, so the pages under test are installed either way.
@@ -88,8 +102,7 @@ dpkg --purge snapblk >"$out/dpkg.log" 2>&1 || { cat "$out/dpkg.log"; fail "dpkg 
 if dpkg-query -W -f='${Status}' snapblk 2>/dev/null | grep -q 'installed'; then
     fail "dpkg still lists snapblk after the purge"
 fi
-for f in /usr/bin/snapblk /lib/systemd/system/snapblk@.service /etc/snapblk \
-    /usr/share/man/man1/snapblk.1.gz /usr/share/doc/snapblk /var/lib/snapblk; do
+for f in "${key_paths[@]}" /etc/snapblk /usr/share/doc/snapblk /var/lib/snapblk; do
     [ ! -e "$f" ] || fail "$f is left after the purge"
 done
 step "purged, nothing left"

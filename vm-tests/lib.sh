@@ -316,10 +316,20 @@ guest_watch_boot() {
     fi
 }
 
+# console_text FILE: a guest console log as plain text: terminal escape sequences (the
+# firmware's screen resets, colour and cursor codes) and other control characters, \r included,
+# left out. Tabs, newlines and UTF-8 text stay.
+console_text() {
+    LC_ALL=C sed -e 's/\x1b\[[0-?]*[ -\/]*[@-~]//g' \
+        -e 's/\x1b\][^\x07\x1b]*\(\x07\|\x1b\\\)//g' \
+        -e 's/\x1b[()][0-9A-Za-z]//g' \
+        -e 's/\x1b[@-Z\\^_c78=>]//g' "$1" | LC_ALL=C tr -d '\000-\010\013-\037\177'
+}
+
 guest_dump() {
     {
         echo "--- guest console ($VMT_GUEST_DIR/console.log) ---"
-        tr -d '\r' <"$VMT_GUEST_DIR/console.log" | tail -n 80
+        console_text "$VMT_GUEST_DIR/console.log" | tail -n 80
         echo "--- qemu output ---"
         tail -n 20 "$VMT_GUEST_DIR/qemu.log"
     } >&2

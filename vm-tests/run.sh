@@ -1,6 +1,7 @@
 #!/bin/bash
 # vm-tests/run.sh: builds the guest, runs the scenarios (all, or those named as arguments, e.g.
-# `run.sh ext4 50-reattach`), prints PASS/FAIL per scenario and a final count line.
+# `run.sh ext4 50-reattach`), prints the file system the images are on (VMT_TMPDIR's), PASS/FAIL
+# per scenario and a final count line.
 # VMT_BACKEND=snapblk|qsd picks the backend (default snapblk); see lib.sh for other settings.
 set -euo pipefail
 
@@ -31,8 +32,13 @@ else
     done
 fi
 
+tmpdir=${VMT_TMPDIR:-/tmp}
 echo "vm-tests: backend ${VMT_BACKEND:-snapblk}, ${#scenarios[@]} scenario(s)${optional[0]:+ (optional, not run: ${optional[*]})}"
-logdir=$(mktemp -d "${VMT_TMPDIR:-/tmp}/vmt-run.XXXXXX")
+# Where images live decides how snapblk does I/O (tmpfs: through a shared mapping when dense).
+alloc=sparse
+[ "${VMT_DENSE:-0}" != 1 ] || alloc="fully allocated (VMT_DENSE=1)"
+echo "vm-tests: images in $tmpdir ($(stat -f -c %T "$tmpdir") file system), $alloc"
+logdir=$(mktemp -d "$tmpdir/vmt-run.XXXXXX")
 passed=0 failed=0 skipped=0 total_start=$SECONDS
 for f in "${scenarios[@]}"; do
     base=$(basename "$f" .sh)
