@@ -1,7 +1,9 @@
 #!/bin/bash
-# test.sh: the whole test suite: unit and integration tests (cargo nextest), the Debian package
-# (built, installed, checked, purged), then real-guest vm-tests under QEMU. Installs what it
-# needs from Debian's packages (and cargo-deb from crates.io). Run as root.
+# test.sh: the whole test suite: the markdown lint, unit and integration tests (cargo nextest),
+# the Debian package (built, installed, checked, purged), then real-guest vm-tests under QEMU.
+# Installs what it needs: Debian's packages (scripts/install-deps.sh, which first checks the Rust
+# version), cargo-nextest and cargo-deb from crates.io (scripts/cargo-tools.sh) and the markdown
+# linter from PyPI (scripts/lint-markdown.sh), each tool at a pinned version. Run as root.
 #
 # Everything a test needs is installed first, so nothing may be skipped: SNAPBLK_CI=1 makes a
 # test whose prerequisite is missing fail instead of skipping (SNAPBLK_CI=0 allows skips, which
@@ -12,16 +14,14 @@ export SNAPBLK_CI=${SNAPBLK_CI:-1}
 [ "$SNAPBLK_CI" != 0 ] || unset SNAPBLK_CI
 
 bash scripts/install-deps.sh
+bash scripts/cargo-tools.sh
+bash scripts/lint-markdown.sh
 # The vendored vhost-user-backend is the crates.io release plus vendor/patches, and its tests pass.
 bash scripts/check-vendor.sh --test
 cargo build --release --locked
 SNAPBLK_SKIP_LOG=$(mktemp /tmp/snapblk-skips.XXXXXX)
 export SNAPBLK_SKIP_LOG
-if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --release --locked --no-fail-fast
-else
-    cargo test --release --locked --no-fail-fast
-fi
+cargo nextest run --release --locked --no-fail-fast
 echo "tests: $(grep -c '^SKIP' "$SNAPBLK_SKIP_LOG" || true) skipped check(s)"
 sed 's/^/    /' "$SNAPBLK_SKIP_LOG"
 rm -f "$SNAPBLK_SKIP_LOG"
@@ -33,5 +33,6 @@ unset SNAPBLK_FUZZ_SECS SNAPBLK_FUZZ_SEED
 bash scripts/test-package.sh
 bash vm-tests/run.sh
 # Again on fully allocated tmpfs images, which snapblk reads and writes through a shared mapping.
+echo "vm-tests again, images fully allocated on /dev/shm ($(stat -f -c %T /dev/shm))"
 VMT_TMPDIR=/dev/shm VMT_DENSE=1 bash vm-tests/run.sh 10-rw-checksums-2q 20-ext4 55-restart-inflight \
     89-kill9-reconnect
