@@ -63,6 +63,9 @@ pub enum CowCommand {
     Inspect {
         /// The COW file (or device).
         file: PathBuf,
+        /// Print the report as one JSON object (sizes in sectors and in bytes).
+        #[arg(long)]
+        json: bool,
     },
     /// Merge a persistent COW back into its origin, offline (nothing may use either file).
     Merge {
@@ -71,9 +74,14 @@ pub enum CowCommand {
         origin: PathBuf,
         /// The persistent COW file.
         cow: PathBuf,
-        /// Stop after this many runs (a partial merge, resumable later).
-        #[arg(long)]
+        /// Stop after this many runs, leaving a partial merge that a later `cow merge` goes on
+        /// with. A run is one merge step: consecutive exceptions (at most 16 MiB) copied back
+        /// into the origin and then dropped from the COW with one commit.
+        #[arg(long, value_name = "N")]
         runs: Option<u64>,
+        /// Print progress and the result as JSON lines.
+        #[arg(long)]
+        json: bool,
     },
 }
 

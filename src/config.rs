@@ -93,6 +93,8 @@ struct Export {
     logical_block_size: u32,
     #[serde(default, skip_serializing_if = "is_false")]
     writethrough: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    shared_writable: bool,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -143,6 +145,7 @@ impl From<File> for GraphConfig {
                     serial: e.serial,
                     logical_block_size: e.logical_block_size,
                     writethrough: e.writethrough,
+                    shared_writable: e.shared_writable,
                 })
                 .collect(),
         }
@@ -190,6 +193,7 @@ impl From<&GraphConfig> for File {
                     serial: e.serial.clone(),
                     logical_block_size: e.logical_block_size,
                     writethrough: e.writethrough,
+                    shared_writable: e.shared_writable,
                 })
                 .collect(),
         }

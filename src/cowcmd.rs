@@ -68,13 +68,32 @@ pub fn inspect_file(path: &Path) -> Result<CowReport, CowToolError> {
     Ok(report)
 }
 
-/// Merges a persistent COW into its origin offline: at most `max_runs` runs (all if None).
-/// Both files are locked exclusively first. Returns (runs merged, exceptions left).
+/// Where an offline merge stands, after each run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MergeProgressReport {
+    /// Runs merged so far (a run: consecutive exceptions, at most 16 MiB, copied back and
+    /// committed together).
+    pub runs: u64,
+    pub total_exceptions: u64,
+    pub remaining_exceptions: u64,
+    pub chunk_bytes: u64,
+}
+
+impl MergeProgressReport {
+    pub fn merged_bytes(&self) -> u64 {
+        (self.total_exceptions - self.remaining_exceptions) * self.chunk_bytes
+    }
+}
+
+/// Merges a persistent COW into its origin offline: at most `max_runs` runs (all if None),
+/// calling `progress` before the first run and after each. Both files are locked exclusively
+/// first. Returns where it stopped.
 pub fn merge_offline(
     origin: &Path,
     cow: &Path,
     max_runs: Option<u64>,
-) -> Result<(u64, u64), CowToolError> {
+    progress: &mut dyn FnMut(&MergeProgressReport),
+) -> Result<MergeProgressReport, CowToolError> {
     let rw = DeviceOptions {
         write: true,
         direct: false,
@@ -105,20 +124,124 @@ pub fn merge_offline(
         SnapshotConfig::new(&cow.to_string_lossy(), StoreKind::Persistent, 0),
     )?;
     o.start_merge(id)?;
-    let mut runs = 0;
-    let mut left = o.exception_count(id).unwrap_or(0);
-    while max_runs.is_none_or(|m| runs < m) {
+    let total = o.exception_count(id).unwrap_or(0);
+    let mut at = MergeProgressReport {
+        runs: 0,
+        total_exceptions: total,
+        remaining_exceptions: total,
+        chunk_bytes: o.chunk_bytes(id)?,
+    };
+    progress(&at);
+    while max_runs.is_none_or(|m| at.runs < m) {
         match o.merge_step()? {
             MergeProgress::Merged { remaining, .. } => {
-                runs += 1;
-                left = remaining;
+                at.runs += 1;
+                at.remaining_exceptions = remaining;
+                progress(&at);
             }
             MergeProgress::Stopped => break,
             MergeProgress::Done => {
-                left = 0;
+                at.remaining_exceptions = 0;
                 break;
             }
         }
     }
-    Ok((runs, left))
+    Ok(at)
+}
+
+/// The report of `cow inspect --json`: every figure of the text form, sizes also in bytes.
+pub fn report_json(r: &CowReport) -> serde_json::Value {
+    let sector = 512;
+    let usage = r.usage.map(|u| {
+        serde_json::json!({
+            "used_bytes": u.allocated_sectors * sector,
+            "total_bytes": u.total_sectors * sector,
+            "metadata_bytes": u.metadata_sectors * sector,
+        })
+    });
+    serde_json::json!({
+        "cow": r.name,
+        "magic": r.header.magic,
+        "valid": r.header.valid,
+        "version": r.header.version,
+        "chunk_sectors": r.chunk_sectors,
+        "chunk_bytes": r.chunk_sectors * sector,
+        "cow_sectors": r.cow_sectors,
+        "cow_bytes": r.cow_sectors * sector,
+        "exceptions_per_area": r.exceptions_per_area,
+        "exceptions": r.exceptions,
+        "areas": r.areas,
+        "next_free_chunk": r.next_free,
+        "status_line": r.status,
+        "usage": usage,
+        "live": r.live,
+    })
+}
+
+/// `snapblk cow inspect [--json]`: prints the report (text, or one JSON object).
+pub fn inspect_command(file: &Path, json: bool) -> Result<(), CowToolError> {
+    let r = inspect_file(file)?;
+    if json {
+        crate::output::line(report_json(&r));
+    } else {
+        crate::output::line(r);
+    }
+    Ok(())
+}
+
+/// `snapblk cow merge [--runs N] [--json]`: merges with the progress display of
+/// `merge start --wait`, then a summary line (or a last JSON object).
+pub fn merge_command(
+    origin: &Path,
+    cow: &Path,
+    runs: Option<u64>,
+    json: bool,
+) -> Result<(), CowToolError> {
+    use crate::control::protocol::{MergeState, MergeStatus};
+    let t0 = std::time::Instant::now();
+    let status = |p: &MergeProgressReport, state| MergeStatus {
+        snapshot: cow.display().to_string(),
+        origin: origin.display().to_string(),
+        state,
+        remaining_exceptions: p.remaining_exceptions,
+        total_exceptions: p.total_exceptions,
+        merged_bytes: p.merged_bytes(),
+        elapsed_s: t0.elapsed().as_secs_f64(),
+    };
+    let tty = !json && std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut calls = 0;
+    let end = merge_offline(origin, cow, runs, &mut |p| {
+        crate::control::cli::show_progress(&status(p, MergeState::Running), tty, json, calls);
+        calls += 1;
+    })?;
+    let state = if end.remaining_exceptions == 0 {
+        MergeState::Finished
+    } else {
+        MergeState::Stopped
+    };
+    let last = status(&end, state);
+    if json {
+        let mut v = serde_json::to_value(&last).unwrap_or_default();
+        v["runs"] = end.runs.into();
+        crate::output::line(v);
+        return Ok(());
+    }
+    if tty {
+        crate::output::line("");
+    }
+    crate::output::line(crate::control::render::progress_line(&last, 0));
+    let left = if end.remaining_exceptions == 0 {
+        "the origin now holds the snapshot's data; the COW is empty".to_owned()
+    } else {
+        format!(
+            "{} exception(s) left: run it again to go on",
+            end.remaining_exceptions
+        )
+    };
+    crate::output::line(format!(
+        "{} run(s) merged (a run: consecutive exceptions, at most 16 MiB, copied back and \
+         committed together); {left}",
+        end.runs
+    ));
+    Ok(())
 }

@@ -102,6 +102,17 @@ pub fn run(opts: ServeOptions) -> Result<(), DaemonError> {
         },
     )?);
     let capacity_sectors = image.capacity_sectors(opts.logical_block_size)?;
+    if capacity_sectors * 512 < image.size() {
+        warn!(
+            "image {} is {} bytes, not a whole number of {}-byte blocks: the guest sees {} \
+             bytes, the last {} are not served",
+            opts.image.display(),
+            image.size(),
+            opts.logical_block_size,
+            capacity_sectors * 512,
+            image.size() - capacity_sectors * 512
+        );
+    }
     let serial = opts
         .serial
         .clone()
@@ -121,7 +132,7 @@ pub fn run(opts: ServeOptions) -> Result<(), DaemonError> {
         Backing::Image(image.clone()),
         !opts.writethrough,
     );
-    let listener = bind_socket(&opts.socket)?;
+    // Logged before the socket listens: whoever connects first can rely on the line.
     info!(
         "serving {} ({} bytes, serial {serial}, {} queue(s){}{}) on {}",
         opts.image.display(),
@@ -135,6 +146,7 @@ pub fn run(opts: ServeOptions) -> Result<(), DaemonError> {
         },
         opts.socket.display()
     );
+    let listener = bind_socket(&opts.socket)?;
     notify::tell(&format!(
         "READY=1\nSTATUS=serving {}",
         opts.socket.display()

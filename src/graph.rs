@@ -348,8 +348,9 @@ impl Graph {
         let mut n = self.lock();
         for (spec, origin, (id, anchor), (files, cow_block)) in attached {
             let status = origin.status(id).unwrap_or_default();
+            let usage = origin.usage(id).map(|u| u.describe()).unwrap_or_default();
             info!(
-                "snapshot {} of {} ({}): {status}",
+                "snapshot {} of {} ({}): {status} ({usage})",
                 spec.name,
                 spec.origin,
                 spec.cow.display()

@@ -67,13 +67,14 @@ fn main() -> ExitCode {
         },
         Command::Control(cmd) => snapblk::control::cli::run(cmd),
         Command::Generate(cmd) => exit_with(generate::run(cmd)),
-        Command::Cow(CowCommand::Inspect { file }) => {
-            exit_with(cowcmd::inspect_file(&file).map(snapblk::output::text))
+        Command::Cow(CowCommand::Inspect { file, json }) => {
+            exit_with(cowcmd::inspect_command(&file, json))
         }
-        Command::Cow(CowCommand::Merge { origin, cow, runs }) => exit_with(
-            cowcmd::merge_offline(&origin, &cow, runs).map(|(runs, left)| {
-                snapblk::output::line(format!("merged {runs} run(s); {left} exception(s) left"));
-            }),
-        ),
+        Command::Cow(CowCommand::Merge {
+            origin,
+            cow,
+            runs,
+            json,
+        }) => exit_with(cowcmd::merge_command(&origin, &cow, runs, json)),
     }
 }

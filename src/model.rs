@@ -156,6 +156,30 @@ pub struct ExportSpec {
     pub serial: Option<String>,
     pub logical_block_size: u32,
     pub writethrough: bool,
+    /// The user knows several guests write this node at once (a cluster file system): without
+    /// it, a node with a writable export cannot be exported a second time.
+    pub shared_writable: bool,
+}
+
+impl ExportSpec {
+    /// Why `self` cannot join `others` (the exports a node already has), if it cannot: two
+    /// guests writing one disk corrupt their file systems, so a node with more than one export,
+    /// any of them writable, needs every one of them marked shared-writable.
+    pub fn shares_badly(&self, others: &[&ExportSpec]) -> Option<String> {
+        let first = others.first()?;
+        let writable = !self.readonly || others.iter().any(|e| !e.readonly);
+        if !writable || (self.shared_writable && others.iter().all(|e| e.shared_writable)) {
+            return None;
+        }
+        Some(format!(
+            "node {:?} is already exported on {}, and one of the two exports is read-write: two \
+             guests writing one disk corrupt their file systems. Give the other guest a snapshot \
+             of it, or, if the guests coordinate their writes (a cluster file system), mark every \
+             export of it shared-writable (--shared-writable; shared_writable = true in the config)",
+            self.node,
+            first.socket.display()
+        ))
+    }
 }
 
 /// The whole graph: what a config file describes and the state directory keeps.
@@ -233,6 +257,15 @@ impl GraphConfig {
                     "socket {} is used by two exports",
                     e.socket.display()
                 ));
+            }
+            let before: Vec<&ExportSpec> = self
+                .exports
+                .iter()
+                .take_while(|o| !std::ptr::eq(*o, e))
+                .filter(|o| o.node == e.node)
+                .collect();
+            if let Some(why) = e.shares_badly(&before) {
+                return Err(why);
             }
             if e.num_queues == 0 || e.num_queues > 64 {
                 return Err(format!(

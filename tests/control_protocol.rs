@@ -43,6 +43,7 @@ fn snapshot_info(name: &str) -> SnapshotInfo {
         state: NodeState::Active,
         reason: None,
         resettable: false,
+        exports: vec![],
     }
 }
 
@@ -87,9 +88,12 @@ impl MockHandler {
                 ))
             }
             Request::SnapshotDelete(r) if r.name == "missing" => return Err(not_found(&r.name)),
-            Request::OriginRemove(_) | Request::SnapshotDelete(_) | Request::ExportRemove(_) => {
-                Response::Done(Done {})
-            }
+            Request::SnapshotDelete(r) => Response::Deleted(SnapshotDeleted {
+                name: r.name.clone(),
+                cow_files: vec![format!("/cow/{}.cow", r.name).into()],
+                cow_removed: r.remove_cow,
+            }),
+            Request::OriginRemove(_) | Request::ExportRemove(_) => Response::Done(Done {}),
             Request::SnapshotCreate(c) => Response::Created(CreateResult {
                 names: c.snapshots.iter().map(|s| s.name.clone()).collect(),
                 pause_us: c
@@ -129,6 +133,7 @@ impl MockHandler {
                     exceptions: 0,
                     state: NodeState::Active,
                     reason: None,
+                    warning: None,
                 }],
                 config_not_applied: vec![],
             }),
@@ -338,9 +343,10 @@ fn one_of_each() -> Vec<Request> {
             ],
             adopt: false,
         }),
-        Request::SnapshotDelete(RemoveNode {
+        Request::SnapshotDelete(SnapshotDelete {
             name: "s1".into(),
             force: true,
+            remove_cow: false,
         }),
         Request::SnapshotList {},
         Request::ExportAdd(ExportAdd {
@@ -352,6 +358,7 @@ fn one_of_each() -> Vec<Request> {
             serial: None,
             logical_block_size: None,
             writethrough: false,
+            shared_writable: false,
         }),
         Request::ExportRemove(ExportRemove {
             socket: Some("/run/s1.sock".into()),
@@ -407,9 +414,10 @@ fn error_replies_carry_their_stable_code() {
         Err(ClientError::Remote(e)) => assert_eq!(e.code, ErrorCode::HasSnapshots),
         other => panic!("expected has_snapshots, got {other:?}"),
     }
-    let delete = Request::SnapshotDelete(RemoveNode {
+    let delete = Request::SnapshotDelete(SnapshotDelete {
         name: "missing".into(),
         force: false,
+        remove_cow: false,
     });
     match client.call(&delete) {
         Err(ClientError::Remote(e)) => {

@@ -204,6 +204,7 @@ fn a_files_lock_goes_with_its_node_so_it_can_be_added_again_at_once() {
         serial: None,
         logical_block_size: 512,
         writethrough: false,
+        shared_writable: false,
     };
     let cfg = GraphConfig {
         origins: vec![origin.clone()],
@@ -218,7 +219,7 @@ fn a_files_lock_goes_with_its_node_so_it_can_be_added_again_at_once() {
         write(&p.join("s.sock"), 0, &pattern(10 + round, 65536));
         m.export_remove(&p.join("s.sock")).unwrap();
         // The COW files stay: the next round opens (and locks) the same files again.
-        m.snapshot_delete("s", false).unwrap();
+        m.snapshot_delete("s", false, false).unwrap();
     }
     m.origin_remove("base", false).unwrap();
     m.origin_add(origin).unwrap();

@@ -46,6 +46,7 @@ fn export(p: &Path, node: &str) -> ExportSpec {
         serial: None,
         logical_block_size: 512,
         writethrough: false,
+        shared_writable: false,
     }
 }
 
@@ -89,7 +90,7 @@ fn live_snapshots_exports_and_state_survive_a_restart() {
         "has_snapshots"
     );
     assert_eq!(
-        m.snapshot_delete("a1", false).unwrap_err().code(),
+        m.snapshot_delete("a1", false, false).unwrap_err().code(),
         "exported"
     );
     let mut rel = export(p, "a1");
@@ -125,7 +126,7 @@ fn live_snapshots_exports_and_state_survive_a_restart() {
     assert!(read(&p.join("a.sock"), 0, 8192) == pattern(4, 8192));
     assert!(read(&p.join("b1.sock"), 8, 4096)[..] == b0[4096..8192]);
     m.export_remove(&p.join("b1.sock")).unwrap();
-    m.snapshot_delete("b1", false).unwrap();
+    m.snapshot_delete("b1", false, false).unwrap();
     m.stop_all();
 }
 
@@ -188,6 +189,8 @@ fn clone_reset_drops_changes_while_connected_and_is_refused_once_the_origin_chan
     );
     assert!(q.read(0, 65536).unwrap().1 == pattern(22, 65536));
     m.clone_reset("c").unwrap();
+    let said = m.events(0).last().unwrap().message.clone();
+    assert!(!said.contains("anchor"), "no anchor was involved: {said}");
     let (r, after) = q.read(0, 65536).unwrap();
     assert_eq!(r.status, BlkStatus::Ok);
     assert!(
@@ -276,7 +279,7 @@ fn a_resettable_clone_resets_after_origin_writes_and_after_a_restart() {
     write(&p.join("a.sock"), 2048, &pattern(36, 4096));
     m.clone_reset("c").unwrap();
     assert!(read(&p.join("c.sock"), 0, 4 * MIB as u32) == a0);
-    m.snapshot_delete("c", true).unwrap();
+    m.snapshot_delete("c", true, false).unwrap();
     m.stop_all();
 }
 
@@ -293,7 +296,7 @@ fn a_cow_that_holds_a_store_is_refused_unless_adopted() {
     let m = Manager::start(cfg, None, vec![]).unwrap();
     m.snapshot_create(vec![snap(p, "a", "s")], false).unwrap();
     write(&p.join("a.sock"), 0, &pattern(22, 8192));
-    m.snapshot_delete("s", false).unwrap();
+    m.snapshot_delete("s", false, false).unwrap();
     let cow = std::fs::read(p.join("s.cow")).unwrap();
     // The COW file stays, with its table: taken again, it is refused, and left as it was.
     let e = m

@@ -148,7 +148,16 @@ socket = "{s1}"
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains("16/16 exceptions, 64.0 KiB merged"),
+        "{printed}"
+    );
     let m = metrics(&control);
+    assert_eq!(
+        get(&m, &format!("snapblk_merge_merged_bytes_total{snap}")),
+        16.0 * 4096.0
+    );
     assert_eq!(
         get(
             &m,

@@ -7,7 +7,8 @@ use super::protocol::{ControlError, ErrorCode, HelloInfo, Request, Response};
 use super::response::{
     CreateResult, Done, Event as WireEvent, EventKind, EventList, ExportInfo, ExportList,
     ExportStats, MergeList, MergeState, MergeStatus as WireMerge, NodeKind, NodeState, NodeStatus,
-    OriginInfo, SnapshotInfo, SnapshotList, SnapshotStats, StatsReport, StatusReport,
+    OriginInfo, SnapshotDeleted, SnapshotInfo, SnapshotList, SnapshotStats, StatsReport,
+    StatusReport,
 };
 use super::ControlHandler;
 use crate::manager::{Manager, ManagerError, MergeStatus};
@@ -75,7 +76,13 @@ impl ManagerControl {
             origin: spec.origin.clone(),
             cow: spec.cow.clone(),
             store: spec.store.into(),
-            chunk_size: spec.chunk_size.0,
+            chunk_size: self
+                .0
+                .graph()
+                .snapshot_engine(&spec.name)
+                .ok()
+                .and_then(|(o, id)| o.chunk_bytes(id).ok())
+                .unwrap_or(spec.chunk_size.0),
             status_line: line,
             used_bytes: used,
             total_bytes: total,
@@ -83,6 +90,13 @@ impl ManagerControl {
             state,
             reason,
             resettable: spec.resettable,
+            exports: self
+                .0
+                .exports()
+                .into_iter()
+                .filter(|(e, _, _)| e.node == spec.name)
+                .map(|(e, _, _)| e.socket)
+                .collect(),
         }
     }
 
@@ -94,7 +108,10 @@ impl ManagerControl {
                 "stopped" => MergeState::Stopped,
                 _ => MergeState::Failed,
             },
-            merged_bytes: 0,
+            merged_bytes: m
+                .total_exceptions
+                .saturating_sub(m.remaining_exceptions)
+                .saturating_mul(m.chunk_bytes),
             snapshot: m.snapshot,
             origin: m.origin,
             remaining_exceptions: m.remaining_exceptions,
@@ -132,6 +149,15 @@ impl ManagerControl {
                 reason: blocked
                     .get(&o.name)
                     .map(|why| format!("not served: its merge must resume and cannot: {why}")),
+                warning: (size % 512 != 0).then(|| {
+                    format!(
+                        "{} is {size} bytes, not a whole number of 512-byte sectors: guests see \
+                         {} bytes, the last {} are not served",
+                        o.image.display(),
+                        size / 512 * 512,
+                        size % 512
+                    )
+                }),
             });
         }
         for s in self.0.snapshot_specs() {
@@ -149,6 +175,7 @@ impl ManagerControl {
                 exceptions: i.exceptions,
                 state: i.state,
                 reason: i.reason,
+                warning: None,
             });
         }
         if let Some(n) = node {
@@ -215,8 +242,14 @@ impl ControlHandler for ManagerControl {
                 }))
             }
             Request::SnapshotDelete(r) => {
-                m.snapshot_delete(&r.name, r.force).map_err(err)?;
-                Ok(Response::Done(Done {}))
+                let cow = m
+                    .snapshot_delete(&r.name, r.force, r.remove_cow)
+                    .map_err(err)?;
+                Ok(Response::Deleted(SnapshotDeleted {
+                    name: r.name,
+                    cow_files: cow.files,
+                    cow_removed: cow.removed,
+                }))
             }
             Request::SnapshotList {} => Ok(Response::Snapshots(SnapshotList {
                 snapshots: m
@@ -235,6 +268,7 @@ impl ControlHandler for ManagerControl {
                     serial: a.serial.clone(),
                     logical_block_size: a.logical_block_size.unwrap_or(512),
                     writethrough: a.writethrough,
+                    shared_writable: a.shared_writable,
                 };
                 m.export_add(spec).map_err(err)?;
                 Ok(Response::Export(ExportInfo {

@@ -14,7 +14,7 @@ mod convert;
 mod handler;
 mod prometheus;
 pub mod protocol;
-mod render;
+pub(crate) mod render;
 mod request;
 mod response;
 pub mod server;

@@ -304,6 +304,7 @@ mod tests {
                     exceptions: 0,
                     state: NodeState::Active,
                     reason: None,
+                    warning: None,
                 },
                 NodeStatus {
                     node: "job-1".into(),
@@ -315,6 +316,7 @@ mod tests {
                     exceptions: 5,
                     state: NodeState::Merging,
                     reason: None,
+                    warning: None,
                 },
             ],
             config_not_applied: vec![],

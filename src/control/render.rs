@@ -2,8 +2,8 @@
 //! and the merge progress line. Pure functions on the protocol types (no I/O).
 
 use super::protocol::{
-    CreateResult, EventList, ExportList, MergeList, MergeStatus, Request, Response, SnapshotList,
-    StatsReport, StatusReport,
+    CreateResult, EventList, ExportList, MergeList, MergeStatus, NodeKind, Request, Response,
+    SnapshotDeleted, SnapshotList, StatsReport, StatusReport,
 };
 
 /// Renders the result of `req` for a person. Ends with a newline unless empty.
@@ -20,9 +20,7 @@ pub fn render(req: &Request, resp: &Response) -> String {
             bytes(o.size_bytes)
         ),
         (Request::OriginRemove(r), Response::Done(_)) => format!("origin {} removed", r.name),
-        (Request::SnapshotDelete(r), Response::Done(_)) => {
-            format!("snapshot {} deleted", r.name)
-        }
+        (_, Response::Deleted(d)) => deleted(d),
         (Request::ExportRemove(r), Response::Done(_)) => match (&r.socket, &r.node) {
             (Some(s), _) => format!("export {} removed", s.display()),
             (None, Some(n)) => format!("exports of {n} removed"),
@@ -61,6 +59,28 @@ pub fn render(req: &Request, resp: &Response) -> String {
     out
 }
 
+fn deleted(d: &SnapshotDeleted) -> String {
+    let files: Vec<String> = d
+        .cow_files
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect();
+    if d.cow_removed {
+        format!(
+            "snapshot {} deleted; COW file removed: {}",
+            d.name,
+            files.join(", ")
+        )
+    } else {
+        format!(
+            "snapshot {} deleted; COW file kept: {} (it still holds the snapshot: remove it, or \
+             reuse it with snapshot create --adopt; --remove-cow removes it with the snapshot)",
+            d.name,
+            files.join(", ")
+        )
+    }
+}
+
 fn created(c: &CreateResult) -> String {
     let mut out = format!("created {}", c.names.join(", "));
     if !c.pause_us.is_empty() {
@@ -92,6 +112,8 @@ fn snapshots(l: &SnapshotList) -> String {
                 percent(s.used_bytes, s.total_bytes),
                 s.exceptions.to_string(),
                 s.state.to_string(),
+                if s.resettable { "yes" } else { "no" }.into(),
+                list(&s.exports),
                 s.cow.display().to_string(),
             ]
         })
@@ -107,6 +129,8 @@ fn snapshots(l: &SnapshotList) -> String {
             "USE%",
             "EXCEPTIONS",
             "STATE",
+            "RESETTABLE",
+            "EXPORTS",
             "COW",
         ],
         rows,
@@ -139,6 +163,11 @@ fn status(s: &StatusReport) -> String {
         let why = n.reason.as_deref().unwrap_or_default();
         notes.push_str(&format!("\n{} is {}: {why}", n.node, n.state));
     }
+    for n in &s.nodes {
+        if let Some(w) = &n.warning {
+            notes.push_str(&format!("\nwarning: {}: {w}", n.node));
+        }
+    }
     if !s.config_not_applied.is_empty() {
         notes.push_str(&format!(
             "\nthe state directory won over the config file at start; not applied (start with --apply-config to apply): {}",
@@ -158,6 +187,10 @@ fn status(s: &StatusReport) -> String {
                 n.state.to_string(),
                 bytes(n.used_bytes),
                 bytes(n.total_bytes),
+                match n.kind {
+                    NodeKind::Origin => "-".into(),
+                    NodeKind::Snapshot => percent(n.used_bytes, n.total_bytes),
+                },
                 n.exceptions.to_string(),
                 n.status_line.clone(),
             ]
@@ -170,6 +203,7 @@ fn status(s: &StatusReport) -> String {
             "STATE",
             "USED",
             "TOTAL",
+            "USE%",
             "EXCEPTIONS",
             "STATUS",
         ],
@@ -332,17 +366,16 @@ pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
 
 /// A byte count in binary units: `512 B`, `1.5 KiB`, `16.0 GiB`.
 pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    if n < 1024 {
-        return format!("{n} B");
+    crate::storage::binary_units(n)
+}
+
+/// Paths joined by commas, `-` for none.
+fn list(paths: &[std::path::PathBuf]) -> String {
+    if paths.is_empty() {
+        return "-".into();
     }
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    format!("{v:.1} {}", UNITS[u])
+    let v: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    v.join(",")
 }
 
 fn percent(part: u64, whole: u64) -> String {

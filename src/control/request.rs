@@ -44,7 +44,7 @@ pub enum Request {
     #[serde(rename = "snapshot.create")]
     SnapshotCreate(SnapshotCreate),
     #[serde(rename = "snapshot.delete")]
-    SnapshotDelete(RemoveNode),
+    SnapshotDelete(SnapshotDelete),
     #[serde(rename = "snapshot.list")]
     SnapshotList {},
     #[serde(rename = "export.add")]
@@ -88,6 +88,18 @@ pub struct RemoveNode {
     /// Also remove what depends on it (snapshots of an origin, exports of the node).
     #[serde(default)]
     pub force: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotDelete {
+    pub name: String,
+    /// Also remove its exports.
+    #[serde(default)]
+    pub force: bool,
+    /// Also remove its COW file (and its anchor's); default: kept.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub remove_cow: bool,
 }
 
 /// Snapshot store type, as in the dm-snapshot table line.
@@ -204,6 +216,10 @@ pub struct ExportAdd {
     pub logical_block_size: Option<u32>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub writethrough: bool,
+    /// Allow a second export of a node when any of its exports is writable (every export
+    /// of the node must say so).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared_writable: bool,
 }
 
 fn one() -> u16 {
@@ -290,7 +306,8 @@ impl Request {
                 check_name("origin", &a.name)?;
                 check_absolute("image", &a.image)
             }
-            Request::OriginRemove(a) | Request::SnapshotDelete(a) => check_name("node", &a.name),
+            Request::OriginRemove(a) => check_name("node", &a.name),
+            Request::SnapshotDelete(a) => check_name("node", &a.name),
             Request::SnapshotCreate(c) => validate_create(c),
             Request::ExportAdd(a) => validate_export(a),
             Request::ExportRemove(r) => match (&r.socket, &r.node) {

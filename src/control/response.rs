@@ -17,8 +17,10 @@ pub enum Response {
     Hello(HelloInfo),
     /// `origin.add`.
     Origin(OriginInfo),
-    /// `origin.remove`, `snapshot.delete`, `export.remove`: an empty object.
+    /// `origin.remove`, `export.remove`: an empty object.
     Done(Done),
+    /// `snapshot.delete`.
+    Deleted(SnapshotDeleted),
     /// `snapshot.create`.
     Created(CreateResult),
     /// `snapshot.list`.
@@ -47,6 +49,7 @@ enum Kind {
     Hello,
     Origin,
     Done,
+    Deleted,
     Created,
     Snapshots,
     Snapshot,
@@ -63,7 +66,8 @@ fn kind_of_cmd(cmd: &str) -> Option<Kind> {
     Some(match cmd {
         "hello" => Kind::Hello,
         "origin.add" => Kind::Origin,
-        "origin.remove" | "snapshot.delete" | "export.remove" => Kind::Done,
+        "origin.remove" | "export.remove" => Kind::Done,
+        "snapshot.delete" => Kind::Deleted,
         "snapshot.create" => Kind::Created,
         "snapshot.list" => Kind::Snapshots,
         "clone.reset" => Kind::Snapshot,
@@ -84,6 +88,7 @@ impl Response {
             Response::Hello(_) => Kind::Hello,
             Response::Origin(_) => Kind::Origin,
             Response::Done(_) => Kind::Done,
+            Response::Deleted(_) => Kind::Deleted,
             Response::Created(_) => Kind::Created,
             Response::Snapshots(_) => Kind::Snapshots,
             Response::Snapshot(_) => Kind::Snapshot,
@@ -117,6 +122,7 @@ impl Response {
             Kind::Hello => Response::Hello(serde_json::from_value(v)?),
             Kind::Origin => Response::Origin(serde_json::from_value(v)?),
             Kind::Done => Response::Done(serde_json::from_value(v)?),
+            Kind::Deleted => Response::Deleted(serde_json::from_value(v)?),
             Kind::Created => Response::Created(serde_json::from_value(v)?),
             Kind::Snapshots => Response::Snapshots(serde_json::from_value(v)?),
             Kind::Snapshot => Response::Snapshot(serde_json::from_value(v)?),
@@ -134,6 +140,16 @@ impl Response {
 /// An empty result.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Done {}
+
+/// What `snapshot.delete` did with the snapshot's COW files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotDeleted {
+    pub name: String,
+    /// Its COW file, and its anchor's for a resettable snapshot.
+    pub cow_files: Vec<PathBuf>,
+    /// Whether they were removed (`remove_cow`) or kept.
+    pub cow_removed: bool,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HelloInfo {
@@ -209,6 +225,9 @@ pub struct SnapshotInfo {
     /// Has a hidden anchor: `clone_reset` works after origin writes.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub resettable: bool,
+    /// The sockets it is exported on.
+    #[serde(default)]
+    pub exports: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -264,6 +283,10 @@ pub struct NodeStatus {
     /// Why the node is invalid or not served, when it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Something the user should know that does not stop the node (an image whose size is
+    /// not a whole number of sectors, so its tail is not served).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

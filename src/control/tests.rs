@@ -34,9 +34,10 @@ fn one_of_each() -> Vec<Request> {
             }],
             adopt: true,
         }),
-        Request::SnapshotDelete(RemoveNode {
+        Request::SnapshotDelete(SnapshotDelete {
             name: "s".into(),
             force: false,
+            remove_cow: true,
         }),
         Request::SnapshotList {},
         Request::ExportAdd(ExportAdd {
@@ -48,6 +49,7 @@ fn one_of_each() -> Vec<Request> {
             serial: Some("abc".into()),
             logical_block_size: Some(4096),
             writethrough: true,
+            shared_writable: true,
         }),
         Request::ExportRemove(ExportRemove {
             socket: None,

@@ -50,6 +50,16 @@ impl Manager {
                     spec.socket.display()
                 )));
             }
+            let others: Vec<&ExportSpec> = g
+                .state
+                .graph
+                .exports
+                .iter()
+                .filter(|e| e.node == spec.node)
+                .collect();
+            if let Some(why) = spec.shares_badly(&others) {
+                return Err(ManagerError::InUse(why));
+            }
             let files = g
                 .state
                 .graph
@@ -198,6 +208,17 @@ pub fn build_export(graph: &Graph, spec: &ExportSpec) -> Result<Export, ManagerE
             "node {} is smaller than one {block}-byte block",
             spec.node
         )));
+    }
+    if blocks * block < node.dev.size() {
+        warn!(
+            "export {}: node {} is {} bytes, not a whole number of {block}-byte blocks: the \
+             guest sees {} bytes, the last {} are not served",
+            spec.socket.display(),
+            spec.node,
+            node.dev.size(),
+            blocks * block,
+            node.dev.size() - blocks * block
+        );
     }
     let serial = spec
         .serial

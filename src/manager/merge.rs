@@ -17,7 +17,6 @@ use std::time::Instant;
 use log::{error, info, warn};
 use serde::{Deserialize, Serialize};
 
-use super::events::push_event;
 use super::{Manager, ManagerError};
 use crate::storage::{MergeProgress, Origin};
 
@@ -30,6 +29,9 @@ pub struct MergeStatus {
     pub state: String,
     pub total_exceptions: u64,
     pub remaining_exceptions: u64,
+    /// The snapshot's chunk size: each merged exception is one chunk of this many bytes.
+    #[serde(default)]
+    pub chunk_bytes: u64,
     pub elapsed_s: f64,
     pub message: String,
 }
@@ -77,6 +79,7 @@ impl Manager {
             state: "running".into(),
             total_exceptions: total,
             remaining_exceptions: total,
+            chunk_bytes: origin.chunk_bytes(id).unwrap_or(0),
             elapsed_s: 0.0,
             message: String::new(),
         }));
@@ -117,8 +120,7 @@ impl Manager {
             }
             return Err(e);
         }
-        push_event(
-            &self.events,
+        self.events.push(
             "merge-started",
             snapshot,
             format!("{total} exceptions to merge"),
@@ -242,8 +244,7 @@ fn merge_thread(
         Outcome::Done => {
             s.state = "done".into();
             s.remaining_exceptions = 0;
-            push_event(
-                &m.events,
+            m.events.push(
                 "merge-done",
                 name,
                 format!("merged in {:.2} s", s.elapsed_s),
@@ -256,7 +257,7 @@ fn merge_thread(
             s.message = msg.clone();
             drop(s);
             warn!("merge of {name} failed: {msg}; the origin keeps serving the merged view, and the merge is retried at the next start or `merge start`");
-            push_event(&m.events, "merge-failed", name, msg.clone());
+            m.events.push("merge-failed", name, msg.clone());
             m.merge_failed(&msg);
         }
         Outcome::Stopped => {

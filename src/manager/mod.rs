@@ -32,9 +32,10 @@ use crate::vhost::ServeError;
 pub use events::Event;
 pub use exports::{build_export, GRAPH_THREADS_PER_QUEUE};
 pub use merge::MergeStatus;
+pub use nodes::DeletedCow;
 pub use state::{Change, State, StateError};
 
-use events::push_event;
+use events::EventLog;
 use exports::{stop_export, RunningExport};
 use merge::MergeJob;
 
@@ -123,7 +124,7 @@ pub struct Manager {
     graph: Graph,
     inner: Mutex<Inner>,
     state_dir: Option<PathBuf>,
-    events: Arc<Mutex<Vec<Event>>>,
+    events: EventLog,
     /// Sockets that may not be used for exports (the control socket).
     reserved: Vec<PathBuf>,
     /// Serializes state-file writes (control requests and the merge thread both save).
@@ -179,7 +180,7 @@ impl Manager {
                 (s, changes)
             }
         };
-        let events = Arc::new(Mutex::new(Vec::new()));
+        let events = EventLog::open(opts.state_dir.as_deref());
         let mut dropped = Vec::new();
         if opts.state_dir.is_some() {
             // Transient snapshots do not survive a restart of the daemon.
@@ -247,15 +248,14 @@ impl Manager {
             save_lock: Mutex::new(()),
         });
         for name in dropped {
-            push_event(
-                &m.events,
+            m.events.push(
                 "transient-reset",
                 &name,
                 "transient snapshot starts empty after a restart".into(),
             );
         }
         for (origin, why) in m.lock().blocked.clone() {
-            push_event(&m.events, "merge-failed", &origin, why);
+            m.events.push("merge-failed", &origin, why);
         }
         for e in &state.graph.exports {
             if let Err(err) = m.start_export(e.clone()) {
@@ -340,6 +340,7 @@ impl Manager {
             state: "running".into(),
             total_exceptions: total,
             remaining_exceptions: total,
+            chunk_bytes: origin.chunk_bytes(id).unwrap_or(0),
             elapsed_s: 0.0,
             message: String::new(),
         }));
@@ -353,7 +354,9 @@ impl Manager {
             info!("applying the config file: {c}");
             match c {
                 Change::RemoveExport(socket) => self.export_remove(&socket)?,
-                Change::RemoveSnapshot(name) => self.snapshot_delete(&name, true)?,
+                Change::RemoveSnapshot(name) => {
+                    self.snapshot_delete(&name, true, false)?;
+                }
                 Change::RemoveOrigin(name) => self.origin_remove(&name, true)?,
                 Change::AddOrigin(o) => self.origin_add(o)?,
                 Change::AddSnapshot(s) => {

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use super::events::push_event;
 use super::{Manager, ManagerError};
 use crate::model::{OriginSpec, SnapshotSpec, StoreType};
 use crate::vhost::{DiskContext, Shutdown};
@@ -54,7 +53,7 @@ impl Manager {
             return Err(ManagerError::Exported(name.into()));
         }
         for s in snaps {
-            self.snapshot_delete(&s, true)?;
+            self.snapshot_delete(&s, true, false)?;
         }
         self.remove_exports_of(name);
         self.graph.remove_origin(name)?;
@@ -138,14 +137,29 @@ impl Manager {
             .collect())
     }
 
-    pub fn snapshot_delete(&self, name: &str, force: bool) -> Result<(), ManagerError> {
-        {
+    /// Deletes a snapshot (and its anchor). Its COW files are kept unless `remove_cow`: a kept
+    /// COW still holds the store, so a new snapshot refuses it unless adopted. Returns the COW
+    /// files and whether they were removed.
+    pub fn snapshot_delete(
+        &self,
+        name: &str,
+        force: bool,
+        remove_cow: bool,
+    ) -> Result<DeletedCow, ManagerError> {
+        let spec = {
             let g = self.lock();
-            if !g.state.graph.snapshots.iter().any(|s| s.name == name) {
+            let Some(spec) = g
+                .state
+                .graph
+                .snapshots
+                .iter()
+                .find(|s| s.name == name)
+                .cloned()
+            else {
                 return Err(ManagerError::NotFound(format!(
                     "no snapshot named {name:?}"
                 )));
-            }
+            };
             if g.exports.values().any(|e| e.spec.node == name) && !force {
                 return Err(ManagerError::Exported(name.into()));
             }
@@ -153,14 +167,37 @@ impl Manager {
                 let origin = self.origin_of_locked(&g, name);
                 return Err(ManagerError::MergeInProgress(origin));
             }
-        }
+            spec
+        };
         self.remove_exports_of(name);
         self.graph.remove_snapshot(name)?;
         let mut g = self.lock();
         g.state.graph.snapshots.retain(|s| s.name != name);
         g.state.origin_written.remove(name);
         drop(g);
-        self.save()
+        self.save()?;
+        let mut files = vec![spec.cow.clone()];
+        if spec.resettable {
+            files.push(spec.anchor().cow);
+        }
+        if remove_cow {
+            for f in &files {
+                match std::fs::remove_file(f) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(ManagerError::InvalidArgument(format!(
+                            "snapshot {name} is deleted but its COW file {} cannot be removed: {e}",
+                            f.display()
+                        )))
+                    }
+                }
+            }
+        }
+        Ok(DeletedCow {
+            files,
+            removed: remove_cow,
+        })
     }
 
     pub fn snapshot_specs(&self) -> Vec<SnapshotSpec> {
@@ -218,16 +255,25 @@ impl Manager {
             // The snapshot's own copy-out counter restarted; keep the saved flag off.
             self.lock().state.origin_written.remove(name);
         }
-        push_event(
-            &self.events,
-            "clone-reset",
-            name,
+        let message = if anchor.is_some() {
             format!(
-                "reset to its creation state ({restored} changed chunks restored from its anchor)"
-            ),
-        );
+                "reset to its creation state ({restored} chunk(s) the origin changed since restored from its anchor)"
+            )
+        } else {
+            "reset to its creation state (its changes dropped; the origin is unchanged since its \
+             creation)"
+                .to_owned()
+        };
+        self.events.push("clone-reset", name, message);
         Ok(restored)
     }
+}
+
+/// The COW files of a deleted snapshot (its anchor's included) and whether they were removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeletedCow {
+    pub files: Vec<std::path::PathBuf>,
+    pub removed: bool,
 }
 
 /// Refuses a COW file that already holds a persistent snapshot store (a transient snapshot's

@@ -87,6 +87,8 @@ struct SavedExport {
     logical_block_size: u32,
     #[serde(default)]
     writethrough: bool,
+    #[serde(default)]
+    shared_writable: bool,
 }
 
 impl From<SavedGraph> for GraphConfig {
@@ -118,6 +120,7 @@ impl From<SavedGraph> for GraphConfig {
             serial: e.serial,
             logical_block_size: e.logical_block_size,
             writethrough: e.writethrough,
+            shared_writable: e.shared_writable,
         };
         GraphConfig {
             origins: g.origins.into_iter().map(origin).collect(),
@@ -156,6 +159,7 @@ impl From<&GraphConfig> for SavedGraph {
             serial: e.serial.clone(),
             logical_block_size: e.logical_block_size,
             writethrough: e.writethrough,
+            shared_writable: e.shared_writable,
         };
         SavedGraph {
             origins: g.origins.iter().map(origin).collect(),

@@ -10,6 +10,8 @@ pub mod error;
 pub mod snap;
 pub mod units;
 
+pub use units::binary_units;
+
 pub use block::device::{BlockDevice, DeviceError, DeviceOptions, FileDevice, MemDevice};
 pub use block::identity::FileId;
 pub use block::image::{

@@ -108,6 +108,21 @@ impl fmt::Display for ChunkSize {
     }
 }
 
+/// A byte count for people, in binary units: `512 B`, `1.5 KiB`, `16.0 GiB`.
+pub fn binary_units(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", UNITS[u])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

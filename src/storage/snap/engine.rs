@@ -20,7 +20,7 @@ use log::{error, warn};
 
 use super::held::{HeldState, Holder};
 use super::persistent::Persistent;
-use super::store::{ExceptionStore, MetaIo, Run, StoreKind, Transient};
+use super::store::{ExceptionStore, MetaIo, Run, StoreKind, Transient, Usage};
 use crate::storage::block::device::BlockDevice;
 use crate::storage::error::CowError;
 use crate::storage::units::{ChunkIndex, ChunkSize, SECTOR_BYTES};
@@ -466,6 +466,21 @@ impl Origin {
     pub fn invalid_reason(&self, id: SnapshotId) -> Option<String> {
         let g = self.lock();
         g.snap(id).and_then(|s| s.invalid_reason.clone())
+    }
+
+    /// A snapshot's COW usage (the numbers of its status line while it is valid).
+    pub fn usage(&self, id: SnapshotId) -> Result<Usage, CowError> {
+        let g = self.lock();
+        let s = g.snap(id).ok_or(CowError::NoSuchSnapshot(id.0))?;
+        Ok(s.store.usage())
+    }
+
+    /// A snapshot's chunk size in bytes (the on-disk or default value when it was opened
+    /// without one).
+    pub fn chunk_bytes(&self, id: SnapshotId) -> Result<u64, CowError> {
+        let g = self.lock();
+        let s = g.snap(id).ok_or(CowError::NoSuchSnapshot(id.0))?;
+        Ok(s.cs().bytes())
     }
 
     /// The number of exceptions a snapshot holds.

@@ -4,9 +4,10 @@
 use std::fmt;
 
 use super::persistent::{Header, Persistent};
-use super::store::{ExceptionStore, StoreKind};
+use super::store::{ExceptionStore, StoreKind, Usage};
 use crate::storage::block::device::BlockDevice;
 use crate::storage::error::CowError;
+use crate::storage::units::{binary_units, SECTOR_BYTES};
 
 /// What `inspect` found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +23,8 @@ pub struct CowReport {
     pub next_free: u64,
     /// `Invalid` or `<allocated>/<total> <metadata>`.
     pub status: String,
+    /// The numbers of the status line, while the store is valid.
+    pub usage: Option<Usage>,
     /// Set when the COW was read while another process holds it for writing (a daemon serving
     /// it): what holds it, and that the report is a live view.
     pub live: Option<String>,
@@ -46,6 +49,7 @@ pub fn inspect(dev: &dyn BlockDevice, name: &str) -> Result<CowReport, CowError>
         } else {
             "Invalid".to_owned()
         },
+        usage: l.header.valid.then_some(usage),
         live: None,
     })
 }
@@ -60,13 +64,27 @@ impl fmt::Display for CowReport {
             if self.header.valid { "yes" } else { "no" }
         )?;
         writeln!(f, "version:          {}", self.header.version)?;
-        writeln!(f, "chunk size:       {} sectors", self.chunk_sectors)?;
-        writeln!(f, "COW size:         {} sectors", self.cow_sectors)?;
+        let b = |sectors: u64| binary_units(sectors * SECTOR_BYTES);
+        writeln!(
+            f,
+            "chunk size:       {} sectors ({})",
+            self.chunk_sectors,
+            b(self.chunk_sectors)
+        )?;
+        writeln!(
+            f,
+            "COW size:         {} sectors ({})",
+            self.cow_sectors,
+            b(self.cow_sectors)
+        )?;
         writeln!(f, "entries per area: {}", self.exceptions_per_area)?;
         writeln!(f, "exceptions:       {}", self.exceptions)?;
         writeln!(f, "areas:            {}", self.areas)?;
         writeln!(f, "next free chunk:  {}", self.next_free)?;
-        write!(f, "status:           {}", self.status)?;
+        match &self.usage {
+            Some(u) => write!(f, "status:           {} ({})", self.status, u.describe())?,
+            None => write!(f, "status:           {}", self.status)?,
+        }
         match &self.live {
             Some(note) => write!(f, "\nnote:             {note}"),
             None => Ok(()),

@@ -8,7 +8,7 @@ use std::ops::Range;
 
 use super::exmap::ExMap;
 use crate::storage::block::device::BlockDevice;
-use crate::storage::units::{ChunkIndex, ChunkSize};
+use crate::storage::units::{binary_units, ChunkIndex, ChunkSize, SECTOR_BYTES};
 
 /// The store type letters of a snapshot table line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +94,24 @@ pub struct Usage {
     pub allocated_sectors: u64,
     pub total_sectors: u64,
     pub metadata_sectors: u64,
+}
+
+impl Usage {
+    /// The same numbers for people: `64.0 KiB of 8.0 MiB used (1%), 8.0 KiB metadata`.
+    pub fn describe(&self) -> String {
+        let b = |sectors: u64| binary_units(sectors * SECTOR_BYTES);
+        let pct = if self.total_sectors == 0 {
+            0.0
+        } else {
+            self.allocated_sectors as f64 * 100.0 / self.total_sectors as f64
+        };
+        format!(
+            "{} of {} used ({pct:.0}%), {} metadata",
+            b(self.allocated_sectors),
+            b(self.total_sectors),
+            b(self.metadata_sectors)
+        )
+    }
 }
 
 impl fmt::Display for Usage {

@@ -10,19 +10,20 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Subcommand, ValueEnum};
+mod args;
+
+pub use args::{
+    CloneCmd, Conn, ControlCommand, CreateArgs, ExportAddArgs, ExportCmd, MergeCmd, OriginCmd,
+    SnapshotCmd, StatsFormat, CONTROL_ENV,
+};
 
 use super::client::{Client, ClientError};
 use super::protocol::{
     EventsArgs, ExportAdd, ExportRemove, MergeState, MergeStatus, MergeStatusArgs, NewSnapshot,
-    OriginAdd, RemoveNode, Request, Response, SnapshotCreate, SnapshotRef, StatusArgs, Store,
-    DEFAULT_CONTROL_PATH,
+    OriginAdd, RemoveNode, Request, Response, SnapshotCreate, SnapshotDelete, SnapshotRef,
+    StatusArgs,
 };
 use super::render::{progress_line, render};
-use crate::model::ByteSize;
-
-/// Environment variable naming the control socket (below `--control`, above the default).
-pub const CONTROL_ENV: &str = "SNAPBLK_CONTROL";
 
 const EXIT_REMOTE: u8 = 1;
 const EXIT_USAGE: u8 = 2;
@@ -30,252 +31,6 @@ const EXIT_CONNECT: u8 = 3;
 
 /// How often `merge start --wait` polls.
 const MERGE_POLL: Duration = Duration::from_millis(250);
-
-/// Options every client subcommand takes.
-#[derive(Debug, Clone, Args)]
-pub struct Conn {
-    /// Control socket of the daemon [default: $SNAPBLK_CONTROL, else /run/snapblk/control.sock].
-    #[arg(long, value_name = "PATH")]
-    pub control: Option<PathBuf>,
-    /// Print the result as one JSON object per line, for scripts.
-    #[arg(long)]
-    pub json: bool,
-}
-
-impl Conn {
-    /// The socket path: `--control`, else `$SNAPBLK_CONTROL`, else the default.
-    pub fn path(&self) -> PathBuf {
-        self.control
-            .clone()
-            .or_else(|| {
-                std::env::var_os(CONTROL_ENV)
-                    .filter(|v| !v.is_empty())
-                    .map(PathBuf::from)
-            })
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_PATH))
-    }
-}
-
-/// The control-client subcommands, flattened into the top-level command list.
-#[derive(Debug, Subcommand)]
-pub enum ControlCommand {
-    /// Add or remove origins of a running daemon.
-    #[command(subcommand)]
-    Origin(OriginCmd),
-    /// Create, delete and list snapshots of a running daemon.
-    #[command(subcommand)]
-    Snapshot(SnapshotCmd),
-    /// Add, remove and list vhost-user exports of a running daemon.
-    #[command(subcommand)]
-    Export(ExportCmd),
-    /// Status of every node (or one): dm-style status line, used/total bytes, exceptions, state.
-    Status {
-        node: Option<String>,
-        #[command(flatten)]
-        conn: Conn,
-    },
-    /// Counters per export (requests, bytes, errors, in flight) and per snapshot (copies,
-    /// parked, commits); `--format prometheus` adds COW usage and merge progress.
-    Stats {
-        /// Output: a table, the result as JSON (as --json), or Prometheus text exposition
-        /// format (export, snapshot and merge metrics, from `stats`, `status` and `merge.status`).
-        #[arg(long, value_enum, default_value_t = StatsFormat::Human, conflicts_with = "json")]
-        format: StatsFormat,
-        #[command(flatten)]
-        conn: Conn,
-    },
-    /// Merge a snapshot back into its origin, online.
-    #[command(subcommand)]
-    Merge(MergeCmd),
-    /// Clone operations.
-    #[command(name = "clone", subcommand)]
-    Clones(CloneCmd),
-    /// Logged events: snapshots gone invalid or overflowed, merges finished or failed.
-    Events {
-        /// Only events with this sequence number or later.
-        #[arg(long)]
-        since: Option<u64>,
-        #[command(flatten)]
-        conn: Conn,
-    },
-}
-
-/// Output formats of `snapblk stats`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum StatsFormat {
-    Human,
-    Json,
-    Prometheus,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum OriginCmd {
-    /// Open an image or block device as a new origin.
-    Add {
-        name: String,
-        #[arg(long)]
-        image: PathBuf,
-        /// Most copy-outs in flight (0: unlimited).
-        #[arg(long)]
-        copy_cap: Option<usize>,
-        #[command(flatten)]
-        conn: Conn,
-    },
-    /// Close an origin (refused while it has snapshots or exports, unless --force).
-    Remove {
-        name: String,
-        #[arg(long)]
-        force: bool,
-        #[command(flatten)]
-        conn: Conn,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum SnapshotCmd {
-    /// Take a snapshot (with --with, several at one consistent point across origins).
-    Create(CreateArgs),
-    /// Delete a snapshot (refused while exported, unless --force).
-    Delete {
-        name: String,
-        #[arg(long)]
-        force: bool,
-        #[command(flatten)]
-        conn: Conn,
-    },
-    /// List snapshots.
-    List {
-        #[command(flatten)]
-        conn: Conn,
-    },
-}
-
-#[derive(Debug, Args)]
-pub struct CreateArgs {
-    /// The origin to snapshot.
-    pub origin: String,
-    /// Name of the new snapshot.
-    pub name: String,
-    /// COW file (created when --size is given and it does not exist).
-    #[arg(long)]
-    pub cow: PathBuf,
-    /// Store type: P (persistent), PO (persistent, overflow) or N (transient).
-    #[arg(long, default_value = "P", value_parser = parse_store)]
-    pub store: Store,
-    /// Chunk size (bytes or with a K/M unit); default: on-disk value or the daemon's default.
-    #[arg(long, value_parser = parse_size)]
-    pub chunk_size: Option<u64>,
-    /// Size of the COW file to create (bytes or with a K/M/G/T unit).
-    #[arg(long, value_parser = parse_size)]
-    pub size: Option<u64>,
-    /// A discard covering whole chunks zeroes their exceptions in the COW (dm-snapshot feature).
-    #[arg(long)]
-    pub discard_zeroes_cow: bool,
-    /// Discards are also passed down to the origin's device (needs --discard-zeroes-cow).
-    #[arg(long)]
-    pub discard_passdown_origin: bool,
-    /// Keep a hidden anchor (COW `<cow>.anchor`, same store) so `clone reset` can rebuild the
-    /// creation state even after the origin was written; costs a second copy-out per chunk.
-    #[arg(long)]
-    pub resettable: bool,
-    /// Write a COW file created from --size full of zeroes first instead of leaving it sparse
-    /// (slower to create; see the README's durability section for when it pays).
-    #[arg(long)]
-    pub preallocate: bool,
-    /// Load a COW file that already holds a snapshot store (its exceptions apply to the origin
-    /// as it is now: right only for a store taken of this origin unchanged since); without
-    /// this, such a COW file is refused.
-    #[arg(long)]
-    pub adopt: bool,
-    /// Another snapshot taken at the same point, ORIGIN:NAME:COW (same store and sizes).
-    #[arg(long = "with", value_name = "ORIGIN:NAME:COW", value_parser = parse_with)]
-    pub with: Vec<(String, String, PathBuf)>,
-    #[command(flatten)]
-    pub conn: Conn,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum ExportCmd {
-    /// Serve a node over vhost-user-blk on a new socket.
-    Add {
-        node: String,
-        #[arg(long)]
-        socket: PathBuf,
-        #[arg(long)]
-        readonly: bool,
-        #[arg(long, default_value_t = 1)]
-        num_queues: u16,
-        #[arg(long)]
-        queue_size: Option<u16>,
-        #[arg(long)]
-        serial: Option<String>,
-        #[command(flatten)]
-        conn: Conn,
-    },
-    /// Stop serving an export, by socket or by node (refused while connected, unless --force).
-    Remove {
-        #[arg(required_unless_present = "socket", conflicts_with = "socket")]
-        node: Option<String>,
-        #[arg(long)]
-        socket: Option<PathBuf>,
-        #[arg(long)]
-        force: bool,
-        #[command(flatten)]
-        conn: Conn,
-    },
-    /// List exports.
-    List {
-        #[command(flatten)]
-        conn: Conn,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum MergeCmd {
-    /// Start merging a snapshot into its origin.
-    Start {
-        snapshot: String,
-        /// Wait for the merge to end, showing progress.
-        #[arg(long)]
-        wait: bool,
-        #[command(flatten)]
-        conn: Conn,
-    },
-    /// Progress of merges.
-    Status {
-        snapshot: Option<String>,
-        #[command(flatten)]
-        conn: Conn,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum CloneCmd {
-    /// Drop every exception of a snapshot: it reads as its origin again.
-    Reset {
-        snapshot: String,
-        #[command(flatten)]
-        conn: Conn,
-    },
-}
-
-fn parse_size(s: &str) -> Result<u64, String> {
-    s.parse::<ByteSize>().map(|b| b.0)
-}
-
-fn parse_store(s: &str) -> Result<Store, String> {
-    s.parse()
-}
-
-fn parse_with(s: &str) -> Result<(String, String, PathBuf), String> {
-    let mut parts = s.splitn(3, ':');
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some(o), Some(n), Some(c)) if !o.is_empty() && !n.is_empty() && !c.is_empty() => {
-            Ok((o.into(), n.into(), PathBuf::from(c)))
-        }
-        _ => Err(format!("{s:?} is not ORIGIN:NAME:COW")),
-    }
-}
 
 /// A path as the daemon needs it: relative ones are taken relative to our working directory.
 fn absolute(p: &Path) -> Result<PathBuf, String> {
@@ -338,30 +93,41 @@ fn plan(cmd: ControlCommand) -> Result<(Conn, Action), String> {
             call(conn, Request::OriginRemove(RemoveNode { name, force }))
         }
         C::Snapshot(SnapshotCmd::Create(a)) => create(a),
-        C::Snapshot(SnapshotCmd::Delete { name, force, conn }) => {
-            call(conn, Request::SnapshotDelete(RemoveNode { name, force }))
-        }
-        C::Snapshot(SnapshotCmd::List { conn }) => call(conn, Request::SnapshotList {}),
-        C::Export(ExportCmd::Add {
-            node,
-            socket,
-            readonly,
-            num_queues,
-            queue_size,
-            serial,
+        C::Snapshot(SnapshotCmd::Delete {
+            name,
+            force,
+            remove_cow,
             conn,
         }) => call(
             conn,
-            Request::ExportAdd(ExportAdd {
-                node,
-                socket: absolute(&socket)?,
-                readonly,
-                num_queues,
-                queue_size,
-                serial,
-                logical_block_size: None,
-                writethrough: false,
+            Request::SnapshotDelete(SnapshotDelete {
+                name,
+                force,
+                remove_cow,
             }),
+        ),
+        C::Snapshot(SnapshotCmd::List { conn }) => call(conn, Request::SnapshotList {}),
+        C::Export(ExportCmd::Add(a)) => call(
+            a.conn,
+            Request::ExportAdd(ExportAdd {
+                node: a.node,
+                socket: absolute(&a.socket)?,
+                readonly: a.readonly,
+                num_queues: a.num_queues,
+                queue_size: a.queue_size,
+                serial: a.serial,
+                logical_block_size: a.logical_block_size,
+                writethrough: a.writethrough,
+                shared_writable: a.shared_writable,
+            }),
+        ),
+        C::Export(ExportCmd::Remove {
+            node: None,
+            socket: None,
+            ..
+        }) => Err(
+            "export remove takes a node (to remove all its exports) or --socket PATH (one export)"
+                .into(),
         ),
         C::Export(ExportCmd::Remove {
             node,
@@ -559,7 +325,9 @@ fn merge_wait(client: &mut Client, snapshot: &str, json: bool) -> Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
-fn show_progress(m: &MergeStatus, tty: bool, json: bool, polls: u64) {
+/// Shows one merge status: as a JSON line (`json`), a progress bar redrawn in place (`tty`),
+/// or else a plain line every eighth call while running.
+pub fn show_progress(m: &MergeStatus, tty: bool, json: bool, polls: u64) {
     let mut out = std::io::stdout().lock();
     if json {
         if let Ok(s) = serde_json::to_string(m) {
