@@ -296,7 +296,7 @@ impl ControlHandler for ManagerControl {
                         return Err(ControlError::new(
                             ErrorCode::InUse,
                             format!(
-                                "a frontend is connected to {} (use force)",
+                                "a frontend is connected to {}: use --force (protocol: \"force\": true) to disconnect it",
                                 s.socket.display()
                             ),
                         ));

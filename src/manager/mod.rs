@@ -54,9 +54,11 @@ pub enum ManagerError {
     Exists(String),
     #[error("{0}")]
     InUse(String),
-    #[error("origin {0:?} still has snapshots (use force to delete them too)")]
+    #[error("origin {0:?} still has snapshots: use --force (protocol: \"force\": true) to delete them and its exports too")]
     HasSnapshots(String),
-    #[error("node {0:?} is exported (use force to remove its exports too)")]
+    #[error(
+        "node {0:?} is exported: use --force (protocol: \"force\": true) to remove its exports too"
+    )]
     Exported(String),
     #[error("a merge is already running on origin {0:?}")]
     MergeInProgress(String),
