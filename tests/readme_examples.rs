@@ -373,6 +373,7 @@ fn golden_workflow_and_metrics_run_against_a_unit_instance() {
     };
     let nodes: Vec<&str> = st.nodes.iter().map(|n| n.node.as_str()).collect();
     assert_eq!(nodes, ["golden"], "the clone is gone");
+    assert!(!root.image("job-42.cow").exists(), "and so is its COW file");
     assert_eq!(
         std::fs::metadata(root.image("golden.img")).unwrap().len(),
         4 << 30
