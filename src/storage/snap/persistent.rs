@@ -20,89 +20,18 @@ use log::warn;
 
 use super::exlog::ExLog;
 use super::exmap::ExMap;
+pub use super::format::{Geometry, Header, DISK_VERSION, SNAP_MAGIC};
+use super::format::{CHUNK_NUMBER_LIMIT, ENTRY_BYTES};
 use super::store::{ExceptionStore, MetaIo, Run, StoreKind, Usage};
 use crate::storage::block::device::BlockDevice;
 use crate::storage::error::CowError;
 use crate::storage::units::{ChunkIndex, ChunkSize, DEFAULT_CHUNK_SECTORS, SECTOR_BYTES};
 
-pub const SNAP_MAGIC: u32 = 0x7041_6e53;
-pub const DISK_VERSION: u32 = 1;
-const ENTRY_BYTES: u64 = 16;
-const CHUNK_NUMBER_LIMIT: u64 = 1 << 56;
 /// Areas are read in pieces of this many bytes, whatever the chunk size.
 const READ_PIECE: u64 = 64 * 1024;
 /// The most entries one commit carries (64 KiB of table, across as many areas as they fill):
 /// more than the default copy cap, so one commit takes every copy ready at that moment.
 const COMMIT_ENTRIES: usize = 4096;
-
-/// The on-disk header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Header {
-    pub magic: u32,
-    pub valid: bool,
-    pub version: u32,
-    pub chunk_size: u32,
-}
-
-impl Header {
-    /// The header sector (512 bytes, zero after the 16 header bytes).
-    pub fn to_sector(self) -> Vec<u8> {
-        let mut b = vec![0u8; SECTOR_BYTES as usize];
-        b[0..4].copy_from_slice(&self.magic.to_le_bytes());
-        b[4..8].copy_from_slice(&u32::from(self.valid).to_le_bytes());
-        b[8..12].copy_from_slice(&self.version.to_le_bytes());
-        b[12..16].copy_from_slice(&self.chunk_size.to_le_bytes());
-        b
-    }
-
-    pub fn parse(b: &[u8; 16]) -> Header {
-        let word = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-        Header {
-            magic: word(0),
-            valid: word(4) != 0,
-            version: word(8),
-            chunk_size: word(12),
-        }
-    }
-}
-
-/// Exception-area geometry for one chunk size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Geometry {
-    pub cs: ChunkSize,
-}
-
-impl Geometry {
-    /// Entries per area.
-    pub fn epa(self) -> u64 {
-        self.cs.sectors() * 32
-    }
-
-    pub fn stride(self) -> u64 {
-        self.epa() + 1
-    }
-
-    /// The COW chunk holding area `a`.
-    pub fn area_chunk(self, a: u64) -> u64 {
-        1u64.saturating_add(a.saturating_mul(self.stride()))
-    }
-
-    /// True for header and area chunks.
-    pub fn is_metadata(self, chunk: u64) -> bool {
-        chunk == 0 || chunk % self.stride() == 1
-    }
-
-    /// The position of data chunk `chunk` among the data chunks (0 for chunk 2). `chunk` must not
-    /// be a metadata chunk.
-    pub fn data_index(self, chunk: u64) -> u64 {
-        chunk - 2 - (chunk - 1) / self.stride()
-    }
-
-    /// The COW chunk of data index `d`: the inverse of [`Geometry::data_index`].
-    pub fn data_chunk(self, d: u64) -> u64 {
-        d + d / self.epa() + 2
-    }
-}
 
 /// A loaded persistent store.
 #[derive(Debug)]
