@@ -154,7 +154,8 @@ dms_same_bytes() {
 dms_inspect() {
     local out
     out=$("$SNAPBLK" cow inspect "$1" 2>&1) || vmt_fail "snapblk cow inspect $1 failed: $out"
-    awk -v f="$2:" 'index($0, f) == 1 {sub(f, ""); sub(/^ +/, ""); print; found = 1} END {exit !found}' <<<"$out" ||
+    # The value without the bytes shown beside it for people: "8 sectors (4.0 KiB)" -> "8 sectors".
+    awk -v f="$2:" 'index($0, f) == 1 {sub(f, ""); sub(/^ +/, ""); sub(/ \(.*\)$/, ""); print; found = 1} END {exit !found}' <<<"$out" ||
         vmt_fail "snapblk cow inspect $1 printed no '$2:' line"
 }
 
