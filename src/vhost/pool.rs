@@ -156,7 +156,8 @@ impl Pool {
         }
     }
 
-    /// Takes the completions posted so far.
+    /// Takes the completions posted so far. Call it after reading the eventfd: a thread posts
+    /// a wake-up only when it finds no completion waiting.
     pub fn take_done(&self, out: &mut Vec<(usize, i32)>) {
         let mut d = self.done.lock().unwrap_or_else(|p| p.into_inner());
         out.append(&mut d);
@@ -215,11 +216,15 @@ fn worker(dev: &dyn BlockDevice, sh: &Shared) {
             }
             -libc::EIO
         });
-        sh.done
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((slot, res));
-        let _ = sh.notify.write(1);
+        let mut done = sh.done.lock().unwrap_or_else(|p| p.into_inner());
+        done.push((slot, res));
+        // Only a completion the queue has nothing else waiting beside wakes it: the queue
+        // reads the eventfd before it takes every completion posted.
+        let wake = done.len() == 1;
+        drop(done);
+        if wake {
+            let _ = sh.notify.write(1);
+        }
     }
 }
 

@@ -75,10 +75,15 @@ impl QueueWorker {
                 Ok(()) => n,
                 Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
             };
-            done.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push((idx, res));
-            let _ = notify.write(1);
+            let mut d = done.lock().unwrap_or_else(|p| p.into_inner());
+            d.push((idx, res));
+            // A batch lands many writes at once: only the first completion the queue has not
+            // taken yet wakes it (it reads the eventfd before it takes them all).
+            let wake = d.len() == 1;
+            drop(d);
+            if wake {
+                let _ = notify.write(1);
+            }
         });
         if !node.origin.hold_write(slot.offset, data, !writeback, done) {
             return false;
