@@ -299,15 +299,15 @@ impl Graph {
                 cow: spec.cow.clone(),
                 source,
             })?;
-            frozen.push((f, t0));
+            frozen.push((f, t0, spec.origin.clone()));
         }
         let mut attached = Vec::new();
         let mut result = Ok(());
         for (spec, origin, p, anchor, files) in prepared.into_iter() {
             let f = frozen
                 .iter()
-                .find(|(f, _)| std::ptr::eq(f.origin(), &*origin))
-                .map(|(f, _)| f);
+                .find(|(f, _, _)| std::ptr::eq(f.origin(), &*origin))
+                .map(|(f, _, _)| f);
             let Some(f) = f else { continue };
             let ids = f.attach(p).and_then(|id| match anchor {
                 None => Ok((id, None)),
@@ -331,8 +331,7 @@ impl Graph {
                 }
             }
         }
-        for (f, t0) in frozen {
-            let origin = f.origin().name().to_owned();
+        for (f, t0, origin) in frozen {
             drop(f);
             pauses.push((origin, t0.elapsed()));
         }

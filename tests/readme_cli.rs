@@ -136,7 +136,7 @@ fn the_live_control_example_runs_as_written() {
     let text = stdout(&out);
     for want in [
         "origin vm1 added",
-        "created a, b",
+        "created a, b (writes paused: vm1 ",
         "RESETTABLE",
         "16.0 KiB",
         "snapshot ckpt1 reset",

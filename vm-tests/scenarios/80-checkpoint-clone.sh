@@ -128,11 +128,11 @@ guest_start_n 1 "$osock" "$VMT_TMP/writer.sh"
 wait_prog_n 1 a $((N / 5))
 lo=$(guest_prog_n 1 a)
 snap=$(ctl snapshot create vm1 ckpt --cow "$VMT_TMP/ckpt.cow" --size 1G --chunk-size 4k --resettable --json)
-pause=$(json_field "$snap" "$img")
+pause=$(json_field "$snap" vm1)
 guest_use 1
 guest_sync_reply snap
 hi=$(guest_prog_n 1 a)
-[ -n "$pause" ] || vmt_fail "no pause for $img in: $snap"
+[ -n "$pause" ] || vmt_fail "no pause for vm1 in: $snap"
 vmt_log "snapshot taken after $lo stream blocks (host view; $hi after), writes paused ${pause} us"
 vmt_note "snapshot pause ${pause} us under a guest's O_DIRECT stream"
 [ "$hi" -lt "$N" ] || vmt_fail "the stream ended before the snapshot returned (lo=$lo hi=$hi)"
