@@ -320,7 +320,7 @@ guest_watch_boot() {
 # firmware's screen resets, colour and cursor codes) and other control characters, \r included,
 # left out. Tabs, newlines and UTF-8 text stay.
 console_text() {
-    LC_ALL=C sed -e 's/\x1b\[[0-?]*[ -\/]*[@-~]//g' \
+    LC_ALL=C sed -e 's/\x1b\[[0-?]*[ -/]*[@-~]//g' \
         -e 's/\x1b\][^\x07\x1b]*\(\x07\|\x1b\\\)//g' \
         -e 's/\x1b[()][0-9A-Za-z]//g' \
         -e 's/\x1b[@-Z\\^_c78=>]//g' "$1" | LC_ALL=C tr -d '\000-\010\013-\037\177'
