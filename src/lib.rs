@@ -12,6 +12,7 @@ pub mod manager;
 pub mod model;
 pub mod notify;
 pub mod output;
+pub mod qos;
 pub mod storage;
 pub mod vhost;
 pub mod virtio_blk;
