@@ -145,6 +145,10 @@ pub struct ServeArgs {
     /// Start in writethrough mode (every write is durable before it completes).
     #[arg(long, conflicts_with_all = GRAPH_MODE)]
     pub writethrough: bool,
+    /// The disk's IOPS and bandwidth limits (a device graph sets them per export: `qos` in
+    /// the config file, or `snapblk export qos`).
+    #[command(flatten)]
+    pub qos: snapblk::control::cli::QosArgs,
 }
 
 fn parse_lbs(s: &str) -> Result<u32, String> {
@@ -162,6 +166,14 @@ impl TryFrom<ServeArgs> for ServeMode {
 
     fn try_from(a: ServeArgs) -> Result<Self, String> {
         if a.config.is_some() || a.state_dir.is_some() || a.control.is_some() {
+            if a.qos.any() {
+                return Err(
+                    "QoS flags on serve apply to a single image (--socket, --image); in \
+                     a device graph, give an export `qos = { ... }` in the config file or use \
+                     `snapblk export qos`"
+                        .into(),
+                );
+            }
             return Ok(ServeMode::Graph(GraphOptions {
                 config: a.config,
                 apply_config: a.apply_config,
@@ -194,6 +206,7 @@ impl TryFrom<ServeArgs> for ServeMode {
             logical_block_size: a.logical_block_size,
             direct: a.direct,
             writethrough: a.writethrough,
+            qos: a.qos.limits()?,
         }))
     }
 }

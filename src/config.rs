@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::model::{ByteSize, ExportSpec, GraphConfig, OriginSpec, SnapshotSpec, StoreType};
+use crate::model::{
+    ByteSize, ExportSpec, GraphConfig, OriginSpec, QosGroupSpec, QosLimits, SnapshotSpec, StoreType,
+};
 
 /// Errors reading or validating a config file. Each names the file and the offending entry.
 #[derive(Debug, Error)]
@@ -39,6 +41,17 @@ struct File {
     snapshots: Vec<Snapshot>,
     #[serde(default, rename = "export", skip_serializing_if = "Vec::is_empty")]
     exports: Vec<Export>,
+    #[serde(default, rename = "qos_group", skip_serializing_if = "Vec::is_empty")]
+    qos_groups: Vec<QosGroup>,
+}
+
+/// `[[qos_group]]`: a budget that the exports naming it share.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct QosGroup {
+    name: String,
+    #[serde(default)]
+    qos: QosLimits,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -95,6 +108,11 @@ struct Export {
     writethrough: bool,
     #[serde(default, skip_serializing_if = "is_false")]
     shared_writable: bool,
+    /// `qos = { iops_total = 5000, bps_total = "200M" }`: QEMU's throttle names with `_`.
+    #[serde(default, skip_serializing_if = "QosLimits::is_empty")]
+    qos: QosLimits,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    qos_group: Option<String>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -146,6 +164,16 @@ impl From<File> for GraphConfig {
                     logical_block_size: e.logical_block_size,
                     writethrough: e.writethrough,
                     shared_writable: e.shared_writable,
+                    qos: e.qos,
+                    qos_group: e.qos_group,
+                })
+                .collect(),
+            qos_groups: f
+                .qos_groups
+                .into_iter()
+                .map(|g| QosGroupSpec {
+                    name: g.name,
+                    qos: g.qos,
                 })
                 .collect(),
         }
@@ -194,6 +222,16 @@ impl From<&GraphConfig> for File {
                     logical_block_size: e.logical_block_size,
                     writethrough: e.writethrough,
                     shared_writable: e.shared_writable,
+                    qos: e.qos,
+                    qos_group: e.qos_group.clone(),
+                })
+                .collect(),
+            qos_groups: g
+                .qos_groups
+                .iter()
+                .map(|g| QosGroup {
+                    name: g.name.clone(),
+                    qos: g.qos,
                 })
                 .collect(),
         }

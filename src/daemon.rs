@@ -15,6 +15,7 @@ use crate::graph::GraphError;
 use crate::manager::{Manager, ManagerError, StartOptions};
 use crate::model::GraphConfig;
 use crate::notify;
+use crate::qos::{ExportQos, QosLimits};
 use crate::storage::{Image, ImageError, OpenOptions};
 use crate::vhost::{bind_socket, serve, Backing, Export, ServeError, Shutdown};
 use crate::virtio_blk::DiskGeometry;
@@ -31,6 +32,8 @@ pub struct ServeOptions {
     pub logical_block_size: u32,
     pub direct: bool,
     pub writethrough: bool,
+    /// IOPS and bandwidth limits of the one disk (empty: unlimited).
+    pub qos: QosLimits,
 }
 
 /// Why `serve` failed.
@@ -131,6 +134,7 @@ pub fn run(opts: ServeOptions) -> Result<(), DaemonError> {
         opts.queue_size,
         Backing::Image(image.clone()),
         !opts.writethrough,
+        ExportQos::new(&opts.qos, None),
     );
     // Logged before the socket listens: whoever connects first can rely on the line.
     info!(

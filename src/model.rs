@@ -9,6 +9,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::qos::QosLimits;
+
 /// Exports' queues when not given.
 pub const DEFAULT_NUM_QUEUES: u16 = 1;
 /// Exports' queue size when not given.
@@ -159,6 +161,10 @@ pub struct ExportSpec {
     /// The user knows several guests write this node at once (a cluster file system): without
     /// it, a node with a writable export cannot be exported a second time.
     pub shared_writable: bool,
+    /// The export's own IOPS and bandwidth limits (empty: unlimited).
+    pub qos: QosLimits,
+    /// The QoS group whose budget it shares with the group's other exports.
+    pub qos_group: Option<String>,
 }
 
 impl ExportSpec {
@@ -182,12 +188,20 @@ impl ExportSpec {
     }
 }
 
+/// A QoS group: exports that name it share its limits (on top of their own).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QosGroupSpec {
+    pub name: String,
+    pub qos: QosLimits,
+}
+
 /// The whole graph: what a config file describes and the state directory keeps.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct GraphConfig {
     pub origins: Vec<OriginSpec>,
     pub snapshots: Vec<SnapshotSpec>,
     pub exports: Vec<ExportSpec>,
+    pub qos_groups: Vec<QosGroupSpec>,
 }
 
 impl GraphConfig {
@@ -237,8 +251,31 @@ impl GraphConfig {
                 ));
             }
         }
+        let mut groups = HashSet::new();
+        for g in &self.qos_groups {
+            if g.name.is_empty() || !groups.insert(g.name.as_str()) {
+                return Err(format!(
+                    "QoS group name {:?} is empty or used twice",
+                    g.name
+                ));
+            }
+            g.qos
+                .validate()
+                .map_err(|e| format!("QoS group {:?}: {e}", g.name))?;
+        }
         let mut sockets = HashSet::new();
         for e in &self.exports {
+            if let Some(g) = &e.qos_group {
+                if !groups.contains(g.as_str()) {
+                    return Err(format!(
+                        "export {} names unknown QoS group {g:?}",
+                        e.socket.display()
+                    ));
+                }
+            }
+            e.qos
+                .validate()
+                .map_err(|err| format!("export {}: {err}", e.socket.display()))?;
             if !names.contains(e.node.as_str()) {
                 return Err(format!(
                     "export {} names unknown node {:?}",

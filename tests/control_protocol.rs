@@ -93,7 +93,12 @@ impl MockHandler {
                 cow_files: vec![format!("/cow/{}.cow", r.name).into()],
                 cow_removed: r.remove_cow,
             }),
-            Request::OriginRemove(_) | Request::ExportRemove(_) => Response::Done(Done {}),
+            Request::OriginRemove(_) | Request::ExportRemove(_) | Request::QosGroupRemove(_) => {
+                Response::Done(Done {})
+            }
+            Request::ExportQos(_) | Request::QosGroupSet(_) | Request::QosGroupList {} => {
+                return Err(ControlError::new(ErrorCode::Internal, "not in the mock"))
+            }
             Request::SnapshotCreate(c) => Response::Created(CreateResult {
                 names: c.snapshots.iter().map(|s| s.name.clone()).collect(),
                 pause_us: c
@@ -147,6 +152,7 @@ impl MockHandler {
                     errors: 0,
                     in_flight: 1,
                     connected: true,
+                    qos: Default::default(),
                 }],
                 snapshots: vec![SnapshotStats {
                     name: "s1".into(),
@@ -359,6 +365,8 @@ fn one_of_each() -> Vec<Request> {
             logical_block_size: None,
             writethrough: false,
             shared_writable: false,
+            qos: Default::default(),
+            qos_group: None,
         }),
         Request::ExportRemove(ExportRemove {
             socket: Some("/run/s1.sock".into()),

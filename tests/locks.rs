@@ -205,11 +205,14 @@ fn a_files_lock_goes_with_its_node_so_it_can_be_added_again_at_once() {
         logical_block_size: 512,
         writethrough: false,
         shared_writable: false,
+        qos: Default::default(),
+        qos_group: None,
     };
     let cfg = GraphConfig {
         origins: vec![origin.clone()],
         snapshots: vec![],
         exports: vec![],
+        qos_groups: Vec::new(),
     };
     let m = Manager::start(cfg, None, vec![]).unwrap();
     for round in 0..3u64 {

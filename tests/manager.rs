@@ -47,6 +47,8 @@ fn export(p: &Path, node: &str) -> ExportSpec {
         logical_block_size: 512,
         writethrough: false,
         shared_writable: false,
+        qos: Default::default(),
+        qos_group: None,
     }
 }
 
@@ -63,6 +65,7 @@ fn live_snapshots_exports_and_state_survive_a_restart() {
         origins: vec![origin(p, "a"), origin(p, "b")],
         snapshots: vec![],
         exports: vec![export(p, "a"), export(p, "b")],
+        qos_groups: Vec::new(),
     };
     let m = Manager::start(cfg, Some(state.clone()), vec![]).unwrap();
     write(&p.join("a.sock"), 0, &pattern(3, 8192));
@@ -140,6 +143,7 @@ fn merge_runs_in_the_background_and_the_origin_takes_the_snapshot_view() {
         origins: vec![origin(p, "a")],
         snapshots: vec![snap(p, "a", "s")],
         exports: vec![export(p, "a"), export(p, "s")],
+        qos_groups: Vec::new(),
     };
     let m: Arc<Manager> = Manager::start(cfg, None, vec![]).unwrap();
     // The snapshot diverges: its own writes, and origin writes it does not see.
@@ -178,6 +182,7 @@ fn clone_reset_drops_changes_while_connected_and_is_refused_once_the_origin_chan
         origins: vec![origin(p, "a")],
         snapshots: vec![snap(p, "a", "c")],
         exports: vec![export(p, "a"), export(p, "c")],
+        qos_groups: Vec::new(),
     };
     let m = Manager::start(cfg, Some(p.join("state")), vec![]).unwrap();
     // The clone's guest stays connected across the reset.
@@ -226,6 +231,7 @@ fn a_resettable_clone_resets_after_origin_writes_and_after_a_restart() {
         origins: vec![origin(p, "a")],
         snapshots: vec![],
         exports: vec![export(p, "a")],
+        qos_groups: Vec::new(),
     };
     let m = Manager::start(cfg.clone(), Some(state.clone()), vec![]).unwrap();
     let c = SnapshotSpec {
@@ -292,6 +298,7 @@ fn a_cow_that_holds_a_store_is_refused_unless_adopted() {
         origins: vec![origin(p, "a")],
         snapshots: vec![],
         exports: vec![export(p, "a")],
+        qos_groups: Vec::new(),
     };
     let m = Manager::start(cfg, None, vec![]).unwrap();
     m.snapshot_create(vec![snap(p, "a", "s")], false).unwrap();
@@ -329,6 +336,7 @@ fn config_edits_the_state_wins_over_are_reported_and_applied_on_request() {
         origins: vec![origin(p, "a")],
         snapshots: vec![snap(p, "a", "s")],
         exports: vec![export(p, "a")],
+        qos_groups: Vec::new(),
     };
     let start = |cfg: &GraphConfig, apply: bool| {
         Manager::start_with(StartOptions {
@@ -395,6 +403,7 @@ fn why_a_snapshot_went_invalid_is_in_its_status_and_events() {
         origins: vec![origin(p, "a")],
         snapshots: vec![tiny],
         exports: vec![export(p, "a")],
+        qos_groups: Vec::new(),
     };
     let m = Manager::start(cfg, None, vec![]).unwrap();
     write(&p.join("a.sock"), 0, &pattern(42, 3 * 4096));

@@ -72,6 +72,7 @@ fn a_cow_that_links_to_the_origin_image_is_refused_and_nothing_is_written() {
             origins: vec![origin("base", base.clone())],
             snapshots: vec![snap("s1", "base", p.join(cow))],
             exports: vec![],
+            qos_groups: Vec::new(),
         };
         let file = p.join(format!("{cow}.toml"));
         std::fs::write(&file, toml(&cfg)).unwrap();
@@ -102,6 +103,7 @@ fn two_origins_on_one_image_in_a_config_are_refused() {
             origins: vec![origin("a", a.clone()), origin("b", p.join(second))],
             snapshots: vec![],
             exports: vec![],
+            qos_groups: Vec::new(),
         };
         let file = p.join(format!("{second}.toml"));
         std::fs::write(&file, toml(&cfg)).unwrap();
@@ -126,6 +128,7 @@ fn the_control_plane_refuses_linked_origins_cows_and_anchors() {
         origins: vec![origin("base", base.clone())],
         snapshots: vec![snap("s1", "base", p.join("s1.cow"))],
         exports: vec![],
+        qos_groups: Vec::new(),
     };
     let m = Manager::start(cfg, Some(p.join("state")), vec![]).unwrap();
     let s1 = std::fs::read(p.join("s1.cow")).unwrap();
@@ -195,6 +198,7 @@ fn check_new_file_names_the_file_the_graph_holds() {
         origins: vec![origin("base", base.clone())],
         snapshots: vec![snap("s1", "base", p.join("s1.cow"))],
         exports: vec![],
+        qos_groups: Vec::new(),
     })
     .unwrap();
     std::os::unix::fs::symlink(p.join("s1.cow"), p.join("link")).unwrap();

@@ -31,7 +31,7 @@ fn code(e: &ManagerError) -> ErrorCode {
     }
 }
 
-fn err(e: ManagerError) -> ControlError {
+pub(super) fn err(e: ManagerError) -> ControlError {
     ControlError::from_chain(code(&e), &e)
 }
 
@@ -269,6 +269,8 @@ impl ControlHandler for ManagerControl {
                     logical_block_size: a.logical_block_size.unwrap_or(512),
                     writethrough: a.writethrough,
                     shared_writable: a.shared_writable,
+                    qos: a.qos,
+                    qos_group: a.qos_group.clone(),
                 };
                 m.export_add(spec).map_err(err)?;
                 Ok(Response::Export(ExportInfo {
@@ -321,40 +323,44 @@ impl ControlHandler for ManagerControl {
                     .collect(),
             })),
             Request::Status(a) => self.status(a.node),
-            Request::Stats {} => Ok(Response::Stats(StatsReport {
-                exports: m
-                    .exports()
-                    .into_iter()
-                    .map(|(s, st, connected)| ExportStats {
-                        socket: s.socket,
-                        node: s.node,
-                        requests: st.requests,
-                        read_bytes: st.read_bytes,
-                        write_bytes: st.write_bytes,
-                        errors: st.errors,
-                        in_flight: st.in_flight,
-                        connected,
-                    })
-                    .collect(),
-                snapshots: m
-                    .snapshot_specs()
-                    .into_iter()
-                    .map(|s| {
-                        let (copies, parked, commits) = m
-                            .graph()
-                            .snapshot_engine(&s.name)
-                            .ok()
-                            .and_then(|(o, id)| o.snapshot_counters(id))
-                            .unwrap_or_default();
-                        SnapshotStats {
-                            name: s.name,
-                            copies,
-                            parked,
-                            commits,
-                        }
-                    })
-                    .collect(),
-            })),
+            Request::Stats {} => {
+                let figures = m.qos_figures();
+                Ok(Response::Stats(StatsReport {
+                    exports: m
+                        .exports()
+                        .into_iter()
+                        .map(|(s, st, connected)| ExportStats {
+                            qos: Self::qos_stats(&s, &st, &figures),
+                            socket: s.socket,
+                            node: s.node,
+                            requests: st.requests,
+                            read_bytes: st.read_bytes,
+                            write_bytes: st.write_bytes,
+                            errors: st.errors,
+                            in_flight: st.in_flight,
+                            connected,
+                        })
+                        .collect(),
+                    snapshots: m
+                        .snapshot_specs()
+                        .into_iter()
+                        .map(|s| {
+                            let (copies, parked, commits) = m
+                                .graph()
+                                .snapshot_engine(&s.name)
+                                .ok()
+                                .and_then(|(o, id)| o.snapshot_counters(id))
+                                .unwrap_or_default();
+                            SnapshotStats {
+                                name: s.name,
+                                copies,
+                                parked,
+                                commits,
+                            }
+                        })
+                        .collect(),
+                }))
+            }
             Request::MergeStart(r) => {
                 let st = m.merge_start(&r.snapshot).map_err(err)?;
                 Ok(Response::Merge(Self::merge_wire(st)))
@@ -376,6 +382,10 @@ impl ControlHandler for ManagerControl {
                     .ok_or_else(|| ControlError::new(ErrorCode::NotFound, "snapshot vanished"))?;
                 Ok(Response::Snapshot(self.snapshot_info(&spec)))
             }
+            Request::ExportQos(q) => self.export_qos(q),
+            Request::QosGroupSet(q) => self.qos_group_set(q),
+            Request::QosGroupRemove(q) => self.qos_group_remove(&q.name),
+            Request::QosGroupList {} => Ok(Response::QosGroups(self.qos_group_list())),
             Request::Events(a) => {
                 let events: Vec<WireEvent> = m
                     .events(a.since.unwrap_or(0))

@@ -265,7 +265,55 @@ pub fn render(stats: &StatsReport, status: &StatusReport, merges: &MergeList) ->
     ] {
         f.write(&mut out);
     }
+    for f in qos_families(stats) {
+        f.write(&mut out);
+    }
     out
+}
+
+/// Per export: its limits (own and group's), its rate over the last second, and the time its
+/// requests spent waiting for their budget.
+fn qos_families(stats: &StatsReport) -> [Family; 6] {
+    let mut limit = Family::gauge(
+        "snapblk_export_qos_limit",
+        "The export's own QoS limit (iops_total, bps_write_max, ...; requests or bytes per second).",
+    );
+    let mut group_limit = Family::gauge(
+        "snapblk_export_qos_group_limit",
+        "A limit of the export's QoS group, shared with the group's other exports.",
+    );
+    let mut iops = Family::gauge(
+        "snapblk_export_rate_iops",
+        "Requests per second over the last second.",
+    );
+    let mut bps = Family::gauge(
+        "snapblk_export_rate_bytes_per_second",
+        "Bytes read and written per second over the last second.",
+    );
+    let mut throttled = Family::counter(
+        "snapblk_export_throttled_requests_total",
+        "Requests that waited for their QoS budget.",
+    );
+    let mut throttled_s = Family::counter(
+        "snapblk_export_throttled_seconds_total",
+        "Time requests spent waiting for their QoS budget.",
+    );
+    for e in &stats.exports {
+        let socket = e.socket.display().to_string();
+        let l = [("export", socket.as_str()), ("node", e.node.as_str())];
+        for (key, v) in e.qos.limits.pairs() {
+            limit.add(&[l[0], l[1], ("limit", key.as_str())], v);
+        }
+        let group = e.qos.group.as_deref().unwrap_or("");
+        for (key, v) in e.qos.group_limits.pairs() {
+            group_limit.add(&[l[0], l[1], ("group", group), ("limit", key.as_str())], v);
+        }
+        iops.add(&l, e.qos.iops);
+        bps.add(&l, e.qos.bytes_per_sec);
+        throttled.add(&l, e.qos.throttled_requests);
+        throttled_s.add(&l, format!("{:.6}", e.qos.throttled_us as f64 / 1e6));
+    }
+    [limit, group_limit, iops, bps, throttled, throttled_s]
 }
 
 #[cfg(test)]
@@ -284,6 +332,7 @@ mod tests {
                 errors: 1,
                 in_flight: 3,
                 connected: true,
+                qos: Default::default(),
             }],
             snapshots: vec![SnapshotStats {
                 name: "job-1".into(),

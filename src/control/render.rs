@@ -5,6 +5,7 @@ use super::protocol::{
     CreateResult, EventList, ExportList, MergeList, MergeStatus, NodeKind, Request, Response,
     SnapshotDeleted, SnapshotList, StatsReport, StatusReport,
 };
+use super::render_qos;
 
 /// Renders the result of `req` for a person. Ends with a newline unless empty.
 pub fn render(req: &Request, resp: &Response) -> String {
@@ -20,6 +21,7 @@ pub fn render(req: &Request, resp: &Response) -> String {
             bytes(o.size_bytes)
         ),
         (Request::OriginRemove(r), Response::Done(_)) => format!("origin {} removed", r.name),
+        (Request::QosGroupRemove(r), Response::Done(_)) => format!("QoS group {} removed", r.name),
         (_, Response::Deleted(d)) => deleted(d),
         (Request::ExportRemove(r), Response::Done(_)) => match (&r.socket, &r.node) {
             (Some(s), _) => format!("export {} removed", s.display()),
@@ -52,6 +54,9 @@ pub fn render(req: &Request, resp: &Response) -> String {
         ),
         (_, Response::Merges(m)) => merges(m),
         (_, Response::Events(e)) => events(e),
+        (_, Response::QosExports(l)) => render_qos::qos_exports(l),
+        (_, Response::QosGroup(g)) => render_qos::qos_group(g),
+        (_, Response::QosGroups(l)) => render_qos::qos_groups(l),
     };
     if !out.is_empty() && !out.ends_with('\n') {
         out.push('\n');
@@ -239,8 +244,11 @@ fn stats(s: &StatsReport) -> String {
             ]
         })
         .collect();
+    let qos = render_qos::qos_stats(s)
+        .map(|t| format!("\n{t}"))
+        .unwrap_or_default();
     format!(
-        "{}\n{}",
+        "{}\n{}{qos}",
         table(
             &[
                 "EXPORT",

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::protocol::ControlError;
 use crate::model::StoreType;
+use crate::qos::QosLimits;
 
 /// Every command of protocol version 1, as written in `cmd`.
 pub const COMMANDS: &[&str] = &[
@@ -27,6 +28,10 @@ pub const COMMANDS: &[&str] = &[
     "merge.status",
     "clone.reset",
     "events",
+    "export.qos",
+    "qos_group.set",
+    "qos_group.remove",
+    "qos_group.list",
 ];
 
 /// A control request. On the wire `cmd` carries the tag and `args` the fields.
@@ -67,6 +72,22 @@ pub enum Request {
     /// Logged events (snapshot invalid/overflow, merge finished/failed) from `since` on.
     #[serde(rename = "events")]
     Events(EventsArgs),
+    /// Changes (or shows) the QoS limits and group of exports.
+    #[serde(rename = "export.qos")]
+    ExportQos(ExportQos),
+    #[serde(rename = "qos_group.set")]
+    QosGroupSet(QosGroupSet),
+    /// Removes a QoS group no export uses.
+    #[serde(rename = "qos_group.remove")]
+    QosGroupRemove(QosGroupRef),
+    #[serde(rename = "qos_group.list")]
+    QosGroupList {},
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QosGroupRef {
+    pub name: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -220,6 +241,38 @@ pub struct ExportAdd {
     /// of the node must say so).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shared_writable: bool,
+    /// IOPS and bandwidth limits (QEMU's throttle names with `_`: `iops_total`, `bps_write`,
+    /// `iops_total_max` ...).
+    #[serde(default, skip_serializing_if = "QosLimits::is_empty")]
+    pub qos: QosLimits,
+    /// A QoS group whose budget the export shares.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qos_group: Option<String>,
+}
+
+/// `export.qos`: the QoS of one export (`socket`) or of every export of `node`. `qos` replaces
+/// the export's own limits (absent: kept; `{}`: none); `qos_group` joins a group, `""` leaves
+/// it, absent keeps it. With neither, nothing changes and the current settings are returned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportQos {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qos: Option<QosLimits>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qos_group: Option<String>,
+}
+
+/// `qos_group.set`: creates a group or replaces its limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QosGroupSet {
+    pub name: String,
+    #[serde(default)]
+    pub qos: QosLimits,
 }
 
 fn one() -> u16 {
@@ -291,6 +344,10 @@ impl Request {
             Request::MergeStatus(_) => "merge.status",
             Request::CloneReset(_) => "clone.reset",
             Request::Events(_) => "events",
+            Request::ExportQos(_) => "export.qos",
+            Request::QosGroupSet(_) => "qos_group.set",
+            Request::QosGroupRemove(_) => "qos_group.remove",
+            Request::QosGroupList {} => "qos_group.list",
         }
     }
 
@@ -301,7 +358,25 @@ impl Request {
             | Request::SnapshotList {}
             | Request::ExportList {}
             | Request::Stats {}
+            | Request::QosGroupList {}
             | Request::Events(_) => Ok(()),
+            Request::QosGroupSet(QosGroupSet { name, .. })
+            | Request::QosGroupRemove(QosGroupRef { name }) => check_name("QoS group", name),
+            Request::ExportQos(q) => {
+                match (&q.socket, &q.node) {
+                    (Some(s), None) => check_absolute("socket", s)?,
+                    (None, Some(n)) => check_name("node", n)?,
+                    _ => {
+                        return Err(ControlError::invalid(
+                            "export.qos needs exactly one of `socket` and `node`",
+                        ))
+                    }
+                }
+                match q.qos_group.as_deref() {
+                    None | Some("") => Ok(()),
+                    Some(g) => check_name("QoS group", g),
+                }
+            }
             Request::OriginAdd(a) => {
                 check_name("origin", &a.name)?;
                 check_absolute("image", &a.image)

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::request::{Request, Store};
+use crate::qos::QosLimits;
 
 /// The result of a command. Serialized as the bare result object (no tag).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -41,6 +42,12 @@ pub enum Response {
     Merges(MergeList),
     /// `events`.
     Events(EventList),
+    /// `export.qos`: the exports it changed (or showed).
+    QosExports(QosExportList),
+    /// `qos_group.set`.
+    QosGroup(QosGroupInfo),
+    /// `qos_group.list`.
+    QosGroups(QosGroupList),
 }
 
 /// Which [`Response`] variant answers a command.
@@ -60,13 +67,16 @@ enum Kind {
     Merge,
     Merges,
     Events,
+    QosExports,
+    QosGroup,
+    QosGroups,
 }
 
 fn kind_of_cmd(cmd: &str) -> Option<Kind> {
     Some(match cmd {
         "hello" => Kind::Hello,
         "origin.add" => Kind::Origin,
-        "origin.remove" | "export.remove" => Kind::Done,
+        "origin.remove" | "export.remove" | "qos_group.remove" => Kind::Done,
         "snapshot.delete" => Kind::Deleted,
         "snapshot.create" => Kind::Created,
         "snapshot.list" => Kind::Snapshots,
@@ -78,6 +88,9 @@ fn kind_of_cmd(cmd: &str) -> Option<Kind> {
         "merge.start" => Kind::Merge,
         "merge.status" => Kind::Merges,
         "events" => Kind::Events,
+        "export.qos" => Kind::QosExports,
+        "qos_group.set" => Kind::QosGroup,
+        "qos_group.list" => Kind::QosGroups,
         _ => return None,
     })
 }
@@ -99,6 +112,9 @@ impl Response {
             Response::Merge(_) => Kind::Merge,
             Response::Merges(_) => Kind::Merges,
             Response::Events(_) => Kind::Events,
+            Response::QosExports(_) => Kind::QosExports,
+            Response::QosGroup(_) => Kind::QosGroup,
+            Response::QosGroups(_) => Kind::QosGroups,
         }
     }
 
@@ -133,6 +149,9 @@ impl Response {
             Kind::Merge => Response::Merge(serde_json::from_value(v)?),
             Kind::Merges => Response::Merges(serde_json::from_value(v)?),
             Kind::Events => Response::Events(serde_json::from_value(v)?),
+            Kind::QosExports => Response::QosExports(serde_json::from_value(v)?),
+            Kind::QosGroup => Response::QosGroup(serde_json::from_value(v)?),
+            Kind::QosGroups => Response::QosGroups(serde_json::from_value(v)?),
         })
     }
 }
@@ -312,6 +331,55 @@ pub struct ExportStats {
     /// A frontend is connected now (false from daemons that predate the field).
     #[serde(default)]
     pub connected: bool,
+    /// Its QoS: limits, group, current rate, time throttled (absent from older daemons).
+    #[serde(default)]
+    pub qos: QosStats,
+}
+
+/// One export's QoS figures in `stats`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QosStats {
+    /// The export's own limits (`{}`: none).
+    pub limits: QosLimits,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// The group's limits, shared with its other exports.
+    #[serde(default, skip_serializing_if = "QosLimits::is_empty")]
+    pub group_limits: QosLimits,
+    /// Requests and bytes per second over the last second.
+    pub iops: u64,
+    pub bytes_per_sec: u64,
+    /// Requests that waited for their budget, and their total wait in microseconds.
+    pub throttled_requests: u64,
+    pub throttled_us: u64,
+}
+
+/// One export's QoS settings (`export.qos`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QosExport {
+    pub socket: PathBuf,
+    pub node: String,
+    pub qos: QosLimits,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qos_group: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QosExportList {
+    pub exports: Vec<QosExport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QosGroupInfo {
+    pub name: String,
+    pub qos: QosLimits,
+    /// The sockets of the exports in it.
+    pub members: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QosGroupList {
+    pub groups: Vec<QosGroupInfo>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

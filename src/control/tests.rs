@@ -50,7 +50,27 @@ fn one_of_each() -> Vec<Request> {
             logical_block_size: Some(4096),
             writethrough: true,
             shared_writable: true,
+            qos: {
+                let mut q = crate::qos::QosLimits::default();
+                q.set("iops_total", 5000).unwrap();
+                q
+            },
+            qos_group: Some("tenant".into()),
         }),
+        Request::ExportQos(crate::control::request::ExportQos {
+            node: Some("s".into()),
+            socket: None,
+            qos: Some(Default::default()),
+            qos_group: Some(String::new()),
+        }),
+        Request::QosGroupSet(crate::control::request::QosGroupSet {
+            name: "tenant".into(),
+            qos: Default::default(),
+        }),
+        Request::QosGroupRemove(crate::control::request::QosGroupRef {
+            name: "tenant".into(),
+        }),
+        Request::QosGroupList {},
         Request::ExportRemove(ExportRemove {
             socket: None,
             node: Some("s".into()),

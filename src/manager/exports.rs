@@ -11,6 +11,7 @@ use log::{error, info, warn};
 use super::{Manager, ManagerError};
 use crate::graph::Graph;
 use crate::model::ExportSpec;
+use crate::qos::{ExportQos, QosGroup};
 use crate::storage::derive_serial;
 use crate::vhost::stats::{QueueStats, StatsSnapshot};
 use crate::vhost::{bind_socket, serve, Backing, DiskContext, Export, Shutdown};
@@ -30,6 +31,9 @@ pub(super) struct RunningExport {
 
 impl Manager {
     pub fn export_add(&self, spec: ExportSpec) -> Result<(), ManagerError> {
+        spec.qos.validate().map_err(|e| {
+            ManagerError::InvalidArgument(format!("export {}: {e}", spec.socket.display()))
+        })?;
         if !spec.socket.is_absolute() {
             return Err(ManagerError::InvalidArgument(format!(
                 "socket path {} must be absolute",
@@ -104,7 +108,8 @@ impl Manager {
                 )));
             }
         }
-        let export = build_export(&self.graph, &spec)?;
+        let group = Self::group_locked(&self.lock(), spec.qos_group.as_deref())?;
+        let export = build_export(&self.graph, &spec, group)?;
         let listener = bind_socket(&spec.socket)?;
         let stop = Shutdown::new().map_err(ManagerError::Thread)?;
         let stats = export.disk.stats.clone();
@@ -191,7 +196,11 @@ pub(super) fn stop_export(mut e: RunningExport) {
 }
 
 /// Builds the export of one graph node.
-pub fn build_export(graph: &Graph, spec: &ExportSpec) -> Result<Export, ManagerError> {
+pub fn build_export(
+    graph: &Graph,
+    spec: &ExportSpec,
+    group: Option<Arc<QosGroup>>,
+) -> Result<Export, ManagerError> {
     let node = graph.node(&spec.node)?;
     node.check_block_size(&spec.node, spec.logical_block_size)
         .map_err(|e| ManagerError::InvalidArgument(e.to_string()))?;
@@ -242,5 +251,6 @@ pub fn build_export(graph: &Graph, spec: &ExportSpec) -> Result<Export, ManagerE
             direct: Some(node.direct),
         },
         !spec.writethrough,
+        ExportQos::new(&spec.qos, group),
     ))
 }

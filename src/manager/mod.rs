@@ -3,8 +3,8 @@
 //! background, events, and the state directory that brings all of it back after a restart.
 //!
 //! Parts: state.rs (the saved state and config-file edits; saved.rs is its JSON form),
-//! nodes.rs (origins, snapshots, resets), exports.rs, merge.rs (crash-safe background merges),
-//! events.rs (the event log and health polling).
+//! nodes.rs (origins, snapshots, resets), exports.rs, qos.rs (limits and groups), merge.rs
+//! (crash-safe background merges), events.rs (the event log and health polling).
 //!
 //! Locks: `inner` (state, running exports, merge job) is taken first and held only for
 //! bookkeeping; the graph's own lock and the engine's origin locks are taken under it, never the
@@ -15,6 +15,7 @@ mod events;
 mod exports;
 mod merge;
 mod nodes;
+mod qos;
 mod saved;
 pub mod state;
 
@@ -33,6 +34,7 @@ pub use events::Event;
 pub use exports::{build_export, GRAPH_THREADS_PER_QUEUE};
 pub use merge::MergeStatus;
 pub use nodes::DeletedCow;
+pub use qos::GroupChange;
 pub use state::{Change, State, StateError};
 
 use events::EventLog;
@@ -119,6 +121,8 @@ struct Inner {
     blocked: BTreeMap<String, String>,
     /// Edits in the config file that the saved state wins over, as `Change` lines.
     pending_config: Vec<String>,
+    /// The QoS groups' shared buckets, by name.
+    qos_groups: BTreeMap<String, Arc<crate::qos::QosGroup>>,
 }
 
 /// The daemon's graph, exports and control operations.
@@ -243,6 +247,12 @@ impl Manager {
                 merge: None,
                 blocked,
                 pending_config: Vec::new(),
+                qos_groups: state
+                    .graph
+                    .qos_groups
+                    .iter()
+                    .map(|g| (g.name.clone(), crate::qos::QosGroup::new(&g.name, &g.qos)))
+                    .collect(),
             }),
             state_dir: opts.state_dir.clone(),
             events,
@@ -365,6 +375,8 @@ impl Manager {
                     self.snapshot_create(vec![s], true)?;
                 }
                 Change::AddExport(e) => self.export_add(e)?,
+                Change::SetQosGroup(q) => self.qos_group_set(&q.name, q.qos)?,
+                Change::RemoveQosGroup(name) => self.qos_group_remove(&name)?,
                 Change::ChangeExport(e) => {
                     self.export_remove(&e.socket)?;
                     self.export_add(e)?;

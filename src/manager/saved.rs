@@ -9,7 +9,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{ByteSize, ExportSpec, GraphConfig, OriginSpec, SnapshotSpec, StoreType};
+use crate::model::{
+    ByteSize, ExportSpec, GraphConfig, OriginSpec, QosGroupSpec, QosLimits, SnapshotSpec, StoreType,
+};
 
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) struct SavedState {
@@ -39,6 +41,15 @@ pub(super) struct SavedGraph {
     snapshots: Vec<SavedSnapshot>,
     #[serde(default, rename = "export")]
     exports: Vec<SavedExport>,
+    #[serde(default, rename = "qos_group", skip_serializing_if = "Vec::is_empty")]
+    qos_groups: Vec<SavedQosGroup>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedQosGroup {
+    name: String,
+    #[serde(default)]
+    qos: QosLimits,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -89,6 +100,10 @@ struct SavedExport {
     writethrough: bool,
     #[serde(default)]
     shared_writable: bool,
+    #[serde(default, skip_serializing_if = "QosLimits::is_empty")]
+    qos: QosLimits,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    qos_group: Option<String>,
 }
 
 impl From<SavedGraph> for GraphConfig {
@@ -121,11 +136,18 @@ impl From<SavedGraph> for GraphConfig {
             logical_block_size: e.logical_block_size,
             writethrough: e.writethrough,
             shared_writable: e.shared_writable,
+            qos: e.qos,
+            qos_group: e.qos_group,
+        };
+        let group = |g: SavedQosGroup| QosGroupSpec {
+            name: g.name,
+            qos: g.qos,
         };
         GraphConfig {
             origins: g.origins.into_iter().map(origin).collect(),
             snapshots: g.snapshots.into_iter().map(snapshot).collect(),
             exports: g.exports.into_iter().map(export).collect(),
+            qos_groups: g.qos_groups.into_iter().map(group).collect(),
         }
     }
 }
@@ -160,11 +182,18 @@ impl From<&GraphConfig> for SavedGraph {
             logical_block_size: e.logical_block_size,
             writethrough: e.writethrough,
             shared_writable: e.shared_writable,
+            qos: e.qos,
+            qos_group: e.qos_group.clone(),
+        };
+        let group = |g: &QosGroupSpec| SavedQosGroup {
+            name: g.name.clone(),
+            qos: g.qos,
         };
         SavedGraph {
             origins: g.origins.iter().map(origin).collect(),
             snapshots: g.snapshots.iter().map(snapshot).collect(),
             exports: g.exports.iter().map(export).collect(),
+            qos_groups: g.qos_groups.iter().map(group).collect(),
         }
     }
 }

@@ -3,7 +3,8 @@
 //! and compared with the config file so that edits to the file are reported, not silently lost.
 //!
 //! Compatibility: files of release 0.1.0 (no `version`) load unchanged; this release writes
-//! `version` 2. The JSON schema is manager/saved.rs, apart from the in-memory [`State`].
+//! `version` 2, or 3 when a QoS limit or group is set (a release that ignored them would serve
+//! the disks unlimited, so older releases must refuse such a file). The JSON schema is manager/saved.rs, apart from the in-memory [`State`].
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -11,12 +12,21 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 use super::saved::SavedState;
-use crate::model::{ExportSpec, GraphConfig, OriginSpec, SnapshotSpec, StoreType};
+use crate::model::{ExportSpec, GraphConfig, OriginSpec, QosGroupSpec, SnapshotSpec, StoreType};
 
 /// The file in the state directory.
 pub const STATE_FILE: &str = "graph.json";
-/// The state version this release writes (0.1.0's files have none: version 1).
-pub const STATE_VERSION: u32 = 2;
+/// The newest state version this release reads (0.1.0's files have none: version 1).
+pub const STATE_VERSION: u32 = 3;
+/// The version written when no QoS is set.
+const PLAIN_STATE_VERSION: u32 = 2;
+
+fn uses_qos(g: &GraphConfig) -> bool {
+    !g.qos_groups.is_empty()
+        || g.exports
+            .iter()
+            .any(|e| !e.qos.is_empty() || e.qos_group.is_some())
+}
 
 /// Why a state file cannot be used.
 #[derive(Debug, Error)]
@@ -82,8 +92,13 @@ impl From<SavedState> for State {
 
 impl From<&State> for SavedState {
     fn from(s: &State) -> SavedState {
+        let qos = uses_qos(&s.graph) || s.applied_config.as_ref().is_some_and(uses_qos);
         SavedState {
-            version: STATE_VERSION,
+            version: if qos {
+                STATE_VERSION
+            } else {
+                PLAIN_STATE_VERSION
+            },
             graph: (&s.graph).into(),
             merging: s.merging.clone(),
             merge_failed: s.merge_failed.clone(),
@@ -193,6 +208,8 @@ pub enum Change {
     AddExport(ExportSpec),
     ChangeExport(ExportSpec),
     RemoveExport(PathBuf),
+    SetQosGroup(QosGroupSpec),
+    RemoveQosGroup(String),
 }
 
 impl std::fmt::Display for Change {
@@ -209,6 +226,8 @@ impl std::fmt::Display for Change {
             }
             Change::ChangeExport(e) => write!(f, "change export {}", e.socket.display()),
             Change::RemoveExport(s) => write!(f, "remove export {}", s.display()),
+            Change::SetQosGroup(g) => write!(f, "set QoS group {} ({})", g.name, g.qos.describe()),
+            Change::RemoveQosGroup(n) => write!(f, "remove QoS group {n}"),
         }
     }
 }
@@ -238,6 +257,11 @@ pub fn changes(base: &GraphConfig, file: &GraphConfig, saved: &GraphConfig) -> V
         }
     }
     // Added to or changed in the file, where the saved graph differs.
+    for q in &file.qos_groups {
+        if saved.qos_groups.iter().find(|x| x.name == q.name) != Some(q) {
+            out.push(Change::SetQosGroup(q.clone()));
+        }
+    }
     for o in &file.origins {
         match saved.origins.iter().find(|x| x.name == o.name) {
             None => out.push(Change::AddOrigin(o.clone())),
@@ -257,6 +281,13 @@ pub fn changes(base: &GraphConfig, file: &GraphConfig, saved: &GraphConfig) -> V
             None => out.push(Change::AddExport(e.clone())),
             Some(x) if x != e => out.push(Change::ChangeExport(e.clone())),
             Some(_) => {}
+        }
+    }
+    // Groups go once their exports have left them.
+    for q in &base.qos_groups {
+        let gone = !file.qos_groups.iter().any(|x| x.name == q.name);
+        if gone && saved.qos_groups.iter().any(|x| x.name == q.name) {
+            out.push(Change::RemoveQosGroup(q.name.clone()));
         }
     }
     out

@@ -76,6 +76,18 @@ impl BlkBackend {
             .collect()
     }
 
+    /// Event data used for a queue's QoS timer on its worker's epoll.
+    pub fn timer_event(&self) -> u64 {
+        self.completion_event() + 1
+    }
+
+    /// The QoS timer of each queue, to register with that queue's worker.
+    pub fn timer_fds(&self) -> Vec<i32> {
+        (0..self.0.queues.len())
+            .map(|q| self.queue(q).timer_fd())
+            .collect()
+    }
+
     /// How to disconnect the frontend if its guest memory shrinks under the daemon.
     pub fn set_disconnect(&self, handle: vhost_user_backend::ShutdownHandle) {
         self.0.guard.set_disconnect(handle);
@@ -261,6 +273,8 @@ impl VhostUserBackend for BlkBackend {
         let mut q = self.queue(thread_id);
         if u64::from(device_event) == self.completion_event() {
             q.handle_completions(vring);
+        } else if u64::from(device_event) == self.timer_event() {
+            q.handle_timer(vring);
         } else {
             q.handle_kick(vring);
         }

@@ -19,12 +19,14 @@ use vhost_user_backend::{VringRwLock, VringState, VringT};
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::inflight::{IoOp, Slots};
 use super::memguard::MemoryGuard;
 use super::pool::{Job, JobOp, Pool};
 use super::stats::QueueStats;
 use crate::logging::RateLimiter;
+use crate::qos::{ExportQos, QueueQos};
 use crate::storage::{BlockDevice, DirectNode, Image, NewExceptions};
 use crate::virtio_blk::config::RequestLimits;
 use crate::virtio_blk::request::{
@@ -61,6 +63,8 @@ pub struct DiskContext {
     /// new requests; the guest's requests wait in the ring.
     pub paused: AtomicBool,
     pub stats: Vec<Arc<QueueStats>>,
+    /// The export's IOPS and bandwidth limits (and its group's), changed live.
+    pub qos: Arc<ExportQos>,
 }
 
 /// Per-queue state: the in-flight table and the io_uring.
@@ -112,6 +116,13 @@ pub struct QueueWorker {
     pool_jobs: usize,
     /// When a drain that has not finished first logs what it waits for.
     drain_report_after: std::time::Duration,
+    /// QoS: the buckets this queue's requests take from, the request waiting for them (see
+    /// throttle.rs), the timer that wakes the queue when it may start, and a spare segment
+    /// vector that parking swaps with `parse_buf`.
+    qos: QueueQos,
+    parked: Option<throttle::Parked>,
+    timer: TimerFd,
+    spare_segs: Vec<Segment>,
 }
 
 mod files;
@@ -122,6 +133,7 @@ mod ring;
 mod sqe;
 #[cfg(test)]
 mod tests;
+mod throttle;
 mod uring;
 
 use files::Files;
@@ -177,6 +189,7 @@ impl QueueWorker {
             )?),
         };
         let stats = disk.stats[index].clone();
+        let qos = QueueQos::new(disk.qos.clone());
         Ok(QueueWorker {
             index,
             disk,
@@ -208,12 +221,21 @@ impl QueueWorker {
             guard,
             pool_jobs: 0,
             drain_report_after: DRAIN_REPORT_AFTER,
+            qos,
+            parked: None,
+            timer: throttle::new_timer()?,
+            spare_segs: Vec::with_capacity(queue_size as usize),
         })
     }
 
     /// The eventfd the io_uring signals on completions.
     pub fn completion_fd(&self) -> i32 {
         self.event.as_raw_fd()
+    }
+
+    /// The QoS timer's descriptor (readable when a throttled request may start).
+    pub fn timer_fd(&self) -> i32 {
+        self.timer.as_raw_fd()
     }
 
     /// Handles a kick: pops every available chain, submits its I/O, completes what finished.
@@ -242,6 +264,9 @@ impl QueueWorker {
             loop {
                 if self.slots.is_full() {
                     stalled = true;
+                    break;
+                }
+                if self.throttled() && !self.unpark(false, &mem, &mut state) {
                     break;
                 }
                 if left == 0 {
@@ -276,7 +301,7 @@ impl QueueWorker {
                     &self.limits,
                     &mut self.parse_buf,
                 ) {
-                    Ok(req) => self.start(head, req, &mem, &mut state),
+                    Ok(req) => self.admit(head, req, &mem, &mut state),
                     Err(rej) => self.reject(head, rej, &mem, &mut state),
                 }
                 if self.uring.seq_reads_queued >= READ_BATCH {
@@ -290,8 +315,9 @@ impl QueueWorker {
             drop(state);
             self.submit();
             self.reap(vring);
-            if stalled || !event_idx || self.broken.is_some() {
+            if stalled || !event_idx || self.broken.is_some() || self.throttled() {
                 // Stalled: every slot is busy and completions call back into handle_kick.
+                // Throttled: the QoS timer calls back (the guest need not kick meanwhile).
                 break;
             }
             if self.poll(vring) {

@@ -20,6 +20,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::backend::BlkBackend;
 use super::queue::{Backing, DiskContext};
 use super::stats::QueueStats;
+use crate::qos::ExportQos;
 use crate::virtio_blk::{BlkConfig, DiskGeometry};
 
 /// Errors of the serving loop.
@@ -193,6 +194,7 @@ impl Export {
         queue_size: u16,
         backing: Backing,
         writeback: bool,
+        qos: Arc<ExportQos>,
     ) -> Export {
         Export {
             socket,
@@ -210,6 +212,7 @@ impl Export {
                 stats: (0..num_queues)
                     .map(|_| Arc::new(QueueStats::default()))
                     .collect(),
+                qos,
             }),
             default_writeback: writeback,
             connected: Arc::new(AtomicBool::new(false)),
@@ -246,17 +249,22 @@ pub fn serve(
         };
         let mut daemon =
             VhostUserDaemon::new("snapblk".into(), backend.clone(), mem).map_err(daemon_err)?;
-        for (handler, fd) in daemon
-            .get_epoll_handlers()
-            .iter()
-            .zip(backend.completion_fds())
-        {
-            handler
-                .register_listener(fd, EventSet::IN, backend.completion_event())
-                .map_err(|source| ServeError::Backend {
-                    path: path.clone(),
-                    source,
-                })?;
+        let fds = backend
+            .completion_fds()
+            .into_iter()
+            .zip(backend.timer_fds());
+        for (handler, (done, timer)) in daemon.get_epoll_handlers().iter().zip(fds) {
+            for (fd, event) in [
+                (done, backend.completion_event()),
+                (timer, backend.timer_event()),
+            ] {
+                handler
+                    .register_listener(fd, EventSet::IN, event)
+                    .map_err(|source| ServeError::Backend {
+                        path: path.clone(),
+                        source,
+                    })?;
+            }
         }
         daemon.start(&mut listener).map_err(daemon_err)?;
         info!("{}: frontend connected", path.display());

@@ -11,6 +11,9 @@ pub struct QueueStats {
     pub errors: AtomicU64,
     /// Requests started and not yet completed (a gauge, stored by the queue thread).
     pub in_flight: AtomicU64,
+    /// Requests that waited for their QoS budget, and how long they waited in all (ns).
+    pub throttled: AtomicU64,
+    pub throttled_ns: AtomicU64,
 }
 
 /// A point-in-time sum over queues.
@@ -21,6 +24,8 @@ pub struct StatsSnapshot {
     pub write_bytes: u64,
     pub errors: u64,
     pub in_flight: u64,
+    pub throttled: u64,
+    pub throttled_ns: u64,
 }
 
 impl StatsSnapshot {
@@ -32,6 +37,8 @@ impl StatsSnapshot {
             s.write_bytes += q.write_bytes.load(Ordering::Relaxed);
             s.errors += q.errors.load(Ordering::Relaxed);
             s.in_flight += q.in_flight.load(Ordering::Relaxed);
+            s.throttled += q.throttled.load(Ordering::Relaxed);
+            s.throttled_ns += q.throttled_ns.load(Ordering::Relaxed);
         }
         s
     }

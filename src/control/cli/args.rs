@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand, ValueEnum};
 
 use super::super::protocol::{Store, DEFAULT_CONTROL_PATH};
+use super::qos::QosArgs;
 use crate::model::ByteSize;
 
 /// Environment variable naming the control socket (below `--control`, above the default).
@@ -72,6 +73,9 @@ pub enum ControlCommand {
     /// Clone operations.
     #[command(name = "clone", subcommand)]
     Clones(CloneCmd),
+    /// IOPS and bandwidth limits shared by several exports (a tenant's disks).
+    #[command(name = "qos-group", subcommand)]
+    QosGroup(QosGroupCmd),
     /// Logged events: snapshots gone invalid or overflowed, merges, resets. Kept in the state
     /// directory (the last 10,000), so sequence numbers go on across restarts.
     Events {
@@ -222,8 +226,67 @@ pub struct ExportAddArgs {
     /// as a cluster file system.
     #[arg(long)]
     pub shared_writable: bool,
+    /// Share the budget of this QoS group (see `snapblk qos-group set`).
+    #[arg(long, value_name = "GROUP")]
+    pub qos_group: Option<String>,
+    #[command(flatten)]
+    pub qos: QosArgs,
     #[command(flatten)]
     pub conn: Conn,
+}
+
+/// `export qos`: which exports, and what to change.
+#[derive(Debug, Args)]
+pub struct ExportQosArgs {
+    /// The node whose exports to change (or give --socket).
+    #[arg(conflicts_with = "socket", required_unless_present = "socket")]
+    pub node: Option<String>,
+    /// The one export listening on this socket.
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Join this QoS group: its budget is shared with the group's other exports, on top of
+    /// the export's own limits.
+    #[arg(long, value_name = "GROUP", conflicts_with = "no_group")]
+    pub group: Option<String>,
+    /// Leave the export's QoS group.
+    #[arg(long)]
+    pub no_group: bool,
+    /// Remove every limit and leave the group: the export runs unlimited.
+    #[arg(long, conflicts_with_all = ["group", "no_group"])]
+    pub clear: bool,
+    /// The new limits: they replace all of the export's own limits. With no limit, --group,
+    /// --no-group or --clear, the current settings are shown.
+    #[command(flatten)]
+    pub qos: QosArgs,
+    #[command(flatten)]
+    pub conn: Conn,
+}
+
+// Parsed once per process: the size of a variant does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
+pub enum QosGroupCmd {
+    /// Create a group, or give it new limits (its exports follow at once).
+    Set {
+        /// The group's name.
+        name: String,
+        #[command(flatten)]
+        qos: QosArgs,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Remove a group (refused while an export is in it).
+    Remove {
+        /// The group's name.
+        name: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// List groups with their limits and exports.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -250,6 +313,9 @@ pub enum ExportCmd {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Set, change or show the IOPS and bandwidth limits of a node's exports (or one, with
+    /// --socket); saved in the state directory; the guest's requests wait, none fail.
+    Qos(ExportQosArgs),
 }
 
 #[derive(Debug, Subcommand)]

@@ -11,19 +11,22 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 mod args;
+mod qos;
 
 pub use args::{
-    CloneCmd, Conn, ControlCommand, CreateArgs, ExportAddArgs, ExportCmd, MergeCmd, OriginCmd,
-    SnapshotCmd, StatsFormat, CONTROL_ENV,
+    CloneCmd, Conn, ControlCommand, CreateArgs, ExportAddArgs, ExportCmd, ExportQosArgs, MergeCmd,
+    OriginCmd, QosGroupCmd, SnapshotCmd, StatsFormat, CONTROL_ENV,
 };
+pub use qos::QosArgs;
 
 use super::client::{Client, ClientError};
 use super::protocol::{
-    EventsArgs, ExportAdd, ExportRemove, MergeState, MergeStatus, MergeStatusArgs, NewSnapshot,
-    OriginAdd, RemoveNode, Request, Response, SnapshotCreate, SnapshotDelete, SnapshotRef,
-    StatusArgs,
+    EventsArgs, ExportAdd, ExportQos, ExportRemove, MergeState, MergeStatus, MergeStatusArgs,
+    NewSnapshot, OriginAdd, QosGroupRef, QosGroupSet, RemoveNode, Request, Response,
+    SnapshotCreate, SnapshotDelete, SnapshotRef, StatusArgs,
 };
 use super::render::{progress_line, render};
+use crate::qos::QosLimits;
 
 const EXIT_REMOTE: u8 = 1;
 const EXIT_USAGE: u8 = 2;
@@ -37,7 +40,8 @@ fn absolute(p: &Path) -> Result<PathBuf, String> {
     std::path::absolute(p).map_err(|e| format!("cannot make {} absolute: {e}", p.display()))
 }
 
-/// What to do once connected.
+/// What to do once connected (one per process: its size does not matter).
+#[allow(clippy::large_enum_variant)]
 enum Action {
     Call(Request),
     /// merge.start, then poll merge.status until it ends.
@@ -119,8 +123,22 @@ fn plan(cmd: ControlCommand) -> Result<(Conn, Action), String> {
                 logical_block_size: a.logical_block_size,
                 writethrough: a.writethrough,
                 shared_writable: a.shared_writable,
+                qos: a.qos.limits()?,
+                qos_group: a.qos_group,
             }),
         ),
+        C::Export(ExportCmd::Qos(a)) => export_qos(a),
+        C::QosGroup(QosGroupCmd::Set { name, qos, conn }) => call(
+            conn,
+            Request::QosGroupSet(QosGroupSet {
+                name,
+                qos: qos.limits()?,
+            }),
+        ),
+        C::QosGroup(QosGroupCmd::Remove { name, conn }) => {
+            call(conn, Request::QosGroupRemove(QosGroupRef { name }))
+        }
+        C::QosGroup(QosGroupCmd::List { conn }) => call(conn, Request::QosGroupList {}),
         C::Export(ExportCmd::Remove {
             node: None,
             socket: None,
@@ -171,6 +189,30 @@ fn plan(cmd: ControlCommand) -> Result<(Conn, Action), String> {
         }
         C::Events { since, conn } => call(conn, Request::Events(EventsArgs { since })),
     }
+}
+
+fn export_qos(a: ExportQosArgs) -> Result<(Conn, Action), String> {
+    let qos = if a.clear {
+        if a.qos.any() {
+            return Err("--clear removes every limit: give it without limits".into());
+        }
+        Some(QosLimits::default())
+    } else if a.qos.any() {
+        Some(a.qos.limits()?)
+    } else {
+        None
+    };
+    let qos_group = match (a.clear || a.no_group, a.group) {
+        (true, _) => Some(String::new()),
+        (false, g) => g,
+    };
+    let req = Request::ExportQos(ExportQos {
+        node: a.node,
+        socket: a.socket.as_deref().map(absolute).transpose()?,
+        qos,
+        qos_group,
+    });
+    Ok((a.conn, Action::Call(req)))
 }
 
 fn create(a: CreateArgs) -> Result<(Conn, Action), String> {

@@ -48,6 +48,7 @@ impl QueueWorker {
     pub fn drain(&mut self) {
         let start = Instant::now();
         let mut report_at = self.drain_report_after;
+        self.release_parked();
         while self.slots.in_flight() > 0 {
             self.submit();
             self.wait_for_completion();

@@ -97,6 +97,7 @@ impl Harness {
             zero_range: AtomicBool::new(true),
             paused: AtomicBool::new(false),
             stats: vec![Arc::new(QueueStats::default())],
+            qos: crate::qos::ExportQos::new(&Default::default(), None),
         });
         let stopping = Arc::new(AtomicBool::new(false));
         let guard = crate::vhost::memguard::MemoryGuard::new();
