@@ -19,6 +19,7 @@ use snapblk::control::{
     bind_control, serve_control_with, Client, ClientError, ControlHandler, ControlLimits,
     ControlStop,
 };
+use snapblk::qos::QosLimits;
 use tempfile::TempDir;
 
 /// Answers every command with canned results (`respond` has no side effects, so tests can
@@ -96,9 +97,26 @@ impl MockHandler {
             Request::OriginRemove(_) | Request::ExportRemove(_) | Request::QosGroupRemove(_) => {
                 Response::Done(Done {})
             }
-            Request::ExportQos(_) | Request::QosGroupSet(_) | Request::QosGroupList {} => {
-                return Err(ControlError::new(ErrorCode::Internal, "not in the mock"))
-            }
+            Request::ExportQos(q) => Response::QosExports(QosExportList {
+                exports: vec![QosExport {
+                    socket: q.socket.clone().unwrap_or_default(),
+                    node: "s1".into(),
+                    qos: q.qos.unwrap_or_default(),
+                    qos_group: q.qos_group.clone(),
+                }],
+            }),
+            Request::QosGroupSet(g) => Response::QosGroup(QosGroupInfo {
+                name: g.name.clone(),
+                qos: g.qos,
+                members: vec!["/run/s1.sock".into()],
+            }),
+            Request::QosGroupList {} => Response::QosGroups(QosGroupList {
+                groups: vec![QosGroupInfo {
+                    name: "tenant".into(),
+                    qos: limits(),
+                    members: vec![],
+                }],
+            }),
             Request::SnapshotCreate(c) => Response::Created(CreateResult {
                 names: c.snapshots.iter().map(|s| s.name.clone()).collect(),
                 pause_us: c
@@ -388,7 +406,28 @@ fn one_of_each() -> Vec<Request> {
             snapshot: "s2".into(),
         }),
         Request::Events(EventsArgs { since: Some(5) }),
+        Request::ExportQos(ExportQos {
+            node: None,
+            socket: Some("/run/s1.sock".into()),
+            qos: Some(limits()),
+            qos_group: Some("tenant".into()),
+        }),
+        Request::QosGroupSet(QosGroupSet {
+            name: "tenant".into(),
+            qos: limits(),
+        }),
+        Request::QosGroupRemove(QosGroupRef {
+            name: "tenant".into(),
+        }),
+        Request::QosGroupList {},
     ]
+}
+
+fn limits() -> QosLimits {
+    let mut q = QosLimits::default();
+    q.set_text("bps_write", "200M").unwrap();
+    q.set("iops_total", 5000).unwrap();
+    q
 }
 
 #[test]

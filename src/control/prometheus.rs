@@ -475,7 +475,7 @@ mod tests {
                 assert!(labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')));
                 value.parse::<f64>().unwrap();
             }
-            assert_eq!(seen.len(), 20);
+            assert_eq!(seen.len(), 26);
             assert!(text.ends_with('\n'));
         }
     }

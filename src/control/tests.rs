@@ -57,20 +57,6 @@ fn one_of_each() -> Vec<Request> {
             },
             qos_group: Some("tenant".into()),
         }),
-        Request::ExportQos(crate::control::request::ExportQos {
-            node: Some("s".into()),
-            socket: None,
-            qos: Some(Default::default()),
-            qos_group: Some(String::new()),
-        }),
-        Request::QosGroupSet(crate::control::request::QosGroupSet {
-            name: "tenant".into(),
-            qos: Default::default(),
-        }),
-        Request::QosGroupRemove(crate::control::request::QosGroupRef {
-            name: "tenant".into(),
-        }),
-        Request::QosGroupList {},
         Request::ExportRemove(ExportRemove {
             socket: None,
             node: Some("s".into()),
@@ -87,6 +73,20 @@ fn one_of_each() -> Vec<Request> {
             snapshot: "s".into(),
         }),
         Request::Events(EventsArgs { since: Some(3) }),
+        Request::ExportQos(crate::control::request::ExportQos {
+            node: Some("s".into()),
+            socket: None,
+            qos: Some(Default::default()),
+            qos_group: Some(String::new()),
+        }),
+        Request::QosGroupSet(crate::control::request::QosGroupSet {
+            name: "tenant".into(),
+            qos: Default::default(),
+        }),
+        Request::QosGroupRemove(crate::control::request::QosGroupRef {
+            name: "tenant".into(),
+        }),
+        Request::QosGroupList {},
     ]
 }
 
