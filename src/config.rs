@@ -356,4 +356,36 @@ num_queues = 2
         let c = GraphConfig::from_toml(&bad).unwrap();
         assert!(c.validate().unwrap_err().contains("is an origin image"));
     }
+
+    #[test]
+    fn qos_tables_parse_round_trip_and_are_checked() {
+        let with = format!(
+            "{EXAMPLE}\n[[qos_group]]\nname = \"tenant\"\nqos = {{ iops_total = 20000, bps_total = \"1G\" }}\n"
+        )
+        .replace(
+            "node = \"ci-1\"",
+            "node = \"ci-1\"\nqos = { iops_write = 500, bps_write_max = \"100M\", bps_write = \"10M\" }\nqos_group = \"tenant\"",
+        );
+        let c = GraphConfig::from_toml(&with).unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            c.qos_groups[0].qos.describe(),
+            "iops_total=20000 bps_total=1.0 GiB/s"
+        );
+        assert_eq!(c.exports[0].qos_group.as_deref(), Some("tenant"));
+        assert_eq!(GraphConfig::from_toml(&c.to_toml()).unwrap(), c);
+        // An unknown key is a parse error that names the known ones.
+        let e = GraphConfig::from_toml(&with.replace("iops_write", "iops_wirte")).unwrap_err();
+        assert!(e.to_string().contains("iops_write_max"), "{e}");
+        // A burst below its average, an unknown group.
+        let e = GraphConfig::from_toml(&with.replace("\"100M\"", "\"1M\"")).unwrap_err();
+        assert!(e.to_string().contains("below"), "{e}");
+        let c =
+            GraphConfig::from_toml(&with.replace("qos_group = \"tenant\"", "qos_group = \"x\""))
+                .unwrap();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .contains("unknown QoS group \"x\""));
+    }
 }

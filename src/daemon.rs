@@ -138,11 +138,16 @@ pub fn run(opts: ServeOptions) -> Result<(), DaemonError> {
     );
     // Logged before the socket listens: whoever connects first can rely on the line.
     info!(
-        "serving {} ({} bytes, serial {serial}, {} queue(s){}{}) on {}",
+        "serving {} ({} bytes, serial {serial}, {} queue(s){}{}{}) on {}",
         opts.image.display(),
         capacity_sectors * 512,
         opts.num_queues,
         if opts.readonly { ", read-only" } else { "" },
+        if opts.qos.is_empty() {
+            String::new()
+        } else {
+            format!(", QoS {}", opts.qos.describe())
+        },
         if image.mapping().is_some() {
             crate::storage::block::mapped::LOG_NOTE
         } else {

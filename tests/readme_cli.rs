@@ -161,6 +161,36 @@ fn the_live_control_example_runs_as_written() {
     d.stop();
 }
 
+/// The QoS walk-through: limits on export, a group, live changes, and what `stats` shows.
+#[test]
+fn the_qos_example_runs_as_written() {
+    let root = Root::new();
+    make_image(&root.image("job-1.img"), 16 * MIB);
+    make_image(&root.image("job-2.img"), 16 * MIB);
+    let (serve, rest) = split_serve(&block("qos"));
+    let d = start(&root, &serve);
+    let out = root.run_script("qos", &rest);
+    let text = stdout(&out);
+    for want in [
+        "QoS group tenant-a: iops_total=20000 bps_total=1.0 GiB/s",
+        "(job-1): iops_total=5000, in QoS group tenant-a",
+        "(job-2): bps_write=100.0 MiB/s, in QoS group tenant-a",
+        "RATE (LAST 1 S)",
+        "(job-2): unlimited\n",
+    ] {
+        assert!(text.contains(want), "no {want:?} in:\n{text}");
+    }
+    let list = text
+        .lines()
+        .find(|l| l.starts_with("tenant-a "))
+        .unwrap_or_else(|| panic!("no group row in:\n{text}"));
+    assert!(
+        list.contains("job-1.sock") && list.contains("job-2.sock"),
+        "{list}"
+    );
+    d.stop();
+}
+
 /// The snapblk command words of a README line: `["origin", "add"]` for `snapblk origin add
 /// vm1 --image ...`, with the options the line names.
 fn command_and_options(line: &str) -> Option<(Vec<String>, Vec<String>)> {

@@ -24,8 +24,8 @@ use snapblk::model::GraphConfig;
 const UNIT: &str = include_str!("../packaging/systemd/snapblk@.service");
 const EXAMPLE: &str = include_str!("../packaging/etc/example.toml");
 
-/// Every marked block; the last five are run by tests/readme_cli.rs.
-const TESTED: [&str; 11] = [
+/// Every marked block; the last six are run by tests/readme_cli.rs.
+const TESTED: [&str; 12] = [
     "qemu",
     "cloud-hypervisor",
     "libvirt",
@@ -37,6 +37,7 @@ const TESTED: [&str; 11] = [
     "serve-graph",
     "live-control",
     "cow-files",
+    "qos",
 ];
 
 /// `snapblk@INSTANCE.service` in a [`Root`]: its ExecStart, started like `Type=notify`.

@@ -125,7 +125,22 @@ impl Manager {
                 let _ = std::fs::remove_file(&export.socket);
             })
             .map_err(ManagerError::Thread)?;
-        info!("exporting node {} on {}", spec.node, spec.socket.display());
+        let qos = match (spec.qos.is_empty(), &spec.qos_group) {
+            (true, None) => String::new(),
+            (_, group) => format!(
+                " (QoS {}{})",
+                spec.qos.describe(),
+                group
+                    .as_ref()
+                    .map(|g| format!(", group {g}"))
+                    .unwrap_or_default()
+            ),
+        };
+        info!(
+            "exporting node {} on {}{qos}",
+            spec.node,
+            spec.socket.display()
+        );
         self.lock().exports.insert(
             spec.socket.clone(),
             RunningExport {

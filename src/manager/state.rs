@@ -28,6 +28,15 @@ fn uses_qos(g: &GraphConfig) -> bool {
             .any(|e| !e.qos.is_empty() || e.qos_group.is_some())
 }
 
+/// The version a state with `graph` and `applied` is written as.
+fn written_version(graph: &GraphConfig, applied: Option<&GraphConfig>) -> u32 {
+    if uses_qos(graph) || applied.is_some_and(uses_qos) {
+        STATE_VERSION
+    } else {
+        PLAIN_STATE_VERSION
+    }
+}
+
 /// Why a state file cannot be used.
 #[derive(Debug, Error)]
 pub enum StateError {
@@ -92,13 +101,8 @@ impl From<SavedState> for State {
 
 impl From<&State> for SavedState {
     fn from(s: &State) -> SavedState {
-        let qos = uses_qos(&s.graph) || s.applied_config.as_ref().is_some_and(uses_qos);
         SavedState {
-            version: if qos {
-                STATE_VERSION
-            } else {
-                PLAIN_STATE_VERSION
-            },
+            version: written_version(&s.graph, s.applied_config.as_ref()),
             graph: (&s.graph).into(),
             merging: s.merging.clone(),
             merge_failed: s.merge_failed.clone(),
@@ -112,7 +116,7 @@ impl State {
     /// A fresh state from a config file's graph.
     pub fn from_config(graph: GraphConfig, applied: bool) -> State {
         State {
-            version: STATE_VERSION,
+            version: written_version(&graph, None),
             applied_config: applied.then(|| graph.clone()),
             graph,
             ..State::default()
