@@ -11,7 +11,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{connect, make_image, pattern, Daemon, MIB};
-use snapblk::frontend::{BlkStatus, Request};
+#[path = "support/region.rs"]
+mod region;
+use region::RegionView;
+use snapblk::frontend::{BlkFrontend, BlkStatus, FrontendOptions, Request};
 
 /// Runs exactly `n` requests of `len` bytes at queue depth `depth` (reads, or writes); every
 /// one must complete with OK. Returns how long they took.
@@ -330,4 +333,63 @@ fn a_request_held_back_is_completed_when_the_daemon_stops() {
         let off = slot * 65536;
         assert!(bytes[off..off + 65536] == pattern(slot as u64 * 128, 65536)[..]);
     }
+}
+
+#[test]
+fn a_request_held_back_at_kill_9_is_resubmitted_after_the_reconnect() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("d.img");
+    let sock = dir.path().join("d.sock");
+    make_image(&img, 16 * MIB);
+    let limit = ["--bps-write", "4K"];
+    let mut d = Daemon::image(&img, &sock, &limit);
+    let mut fe = BlkFrontend::connect(&sock, FrontendOptions::default()).unwrap();
+    let (info, file) = fe.inflight().expect("snapblk offers inflight tracking");
+    let region = RegionView::new(file, info.mmap_size, info.queue_size);
+    let mut q = fe.blk_queue(0, 2, 65536).unwrap();
+    for slot in 0..2u16 {
+        let sector = u64::from(slot) * 128;
+        q.write_data(slot, &pattern(sector + 7, 65536)).unwrap();
+        q.submit(slot, Request::Write { sector, len: 65536 })
+            .unwrap();
+    }
+    q.kick().unwrap();
+    let mut done = Vec::new();
+    while done.is_empty() {
+        if q.reap(&mut done).unwrap() == 0 {
+            q.wait().unwrap();
+        }
+    }
+    // The second write waits for its budget (about 16 s): popped, flagged in flight.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while region.in_flight() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the held request is not flagged in flight"
+        );
+        std::thread::yield_now();
+    }
+    assert!(!d.signal_and_wait(libc::SIGKILL).success());
+    // The next daemon starts with a full bucket: the resubmitted write goes through at once.
+    let d2 = Daemon::image(&img, &sock, &limit);
+    fe.reconnect().unwrap();
+    while q.in_flight() > 0 {
+        if q.reap(&mut done).unwrap() == 0 {
+            q.wait().unwrap();
+        }
+    }
+    assert!(
+        done.iter().all(|c| c.status == Some(BlkStatus::Ok)),
+        "{done:?}"
+    );
+    assert_eq!(done.len(), 2, "{done:?}");
+    assert_eq!(region.in_flight(), 0);
+    let bytes = std::fs::read(&img).unwrap();
+    for slot in 0..2usize {
+        let off = slot * 65536;
+        assert!(bytes[off..off + 65536] == pattern(slot as u64 * 128 + 7, 65536)[..]);
+    }
+    drop(q);
+    drop(fe);
+    d2.stop();
 }
