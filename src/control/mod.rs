@@ -20,6 +20,7 @@ mod render_qos;
 mod request;
 mod response;
 pub mod server;
+mod validate;
 
 pub use client::{Client, ClientError};
 pub use handler::ManagerControl;

@@ -5,6 +5,7 @@
 //! Parts: `ring.rs` reads the available ring (checked: a broken ring stops the queue),
 //! `uring.rs` is the queue's one io_uring (and what an SQE's user_data says), `files.rs` the
 //! files it reaches and how (inline copies for tmpfs, random reads without readahead),
+//! `start.rs` starts a parsed request, `throttle.rs` holds one back for its QoS budget,
 //! `sqe.rs` builds the SQEs, `reap.rs` reaps completions and drains, `publish.rs` fills the used
 //! ring (and recovers from an inflight region), `graph.rs` runs graph-node requests.
 
@@ -14,24 +15,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use io_uring::types;
-use log::warn;
-use vhost_user_backend::{VringRwLock, VringState, VringT};
+use vhost_user_backend::{VringRwLock, VringT};
 use virtio_queue::QueueT;
-use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::inflight::{IoOp, Slots};
 use super::memguard::MemoryGuard;
-use super::pool::{Job, JobOp, Pool};
+use super::pool::Pool;
 use super::stats::QueueStats;
 use crate::logging::RateLimiter;
 use crate::qos::{ExportQos, QueueQos};
 use crate::storage::{BlockDevice, DirectNode, Image, NewExceptions};
 use crate::virtio_blk::config::RequestLimits;
-use crate::virtio_blk::request::{
-    parse, Rejected, Request, RequestKind, Segment, Status, ID_BYTES,
-};
+use crate::virtio_blk::request::{parse, Segment};
 use crate::virtio_blk::DiskGeometry;
 
 type Mem = GuestMemoryMmap<()>;
@@ -131,6 +129,7 @@ mod publish;
 mod reap;
 mod ring;
 mod sqe;
+mod start;
 #[cfg(test)]
 mod tests;
 mod throttle;
@@ -380,146 +379,6 @@ impl QueueWorker {
         if let Some(v) = self.vring.clone() {
             self.handle_kick(&v);
         }
-    }
-
-    fn reject(
-        &mut self,
-        head: u16,
-        rej: Rejected,
-        mem: &Mem,
-        state: &mut VringState<GuestMemoryAtomic<Mem>>,
-    ) {
-        self.stats.errors.fetch_add(1, Ordering::Relaxed);
-        if self.log.allow() {
-            warn!(
-                "queue {}: request {head} refused: {}",
-                self.index, rej.error
-            );
-        }
-        let used = match rej.status {
-            Some(addr) => {
-                let _ = mem.write_obj(rej.error.status() as u8, addr);
-                1
-            }
-            None => 0,
-        };
-        self.add_used(state, head, used);
-    }
-
-    fn start(
-        &mut self,
-        head: u16,
-        req: Request,
-        mem: &Arc<Mem>,
-        state: &mut VringState<GuestMemoryAtomic<Mem>>,
-    ) {
-        self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let immediate = match req.kind {
-            RequestKind::GetId => Some(self.get_id(mem)),
-            RequestKind::Flush if self.disk.geometry.readonly => Some(1),
-            _ => None,
-        };
-        if let Some(used) = immediate {
-            let _ = mem.write_obj(Status::Ok as u8, req.status);
-            self.add_used(state, head, used);
-            return;
-        }
-        let Some(idx) = self.slots.alloc() else {
-            // Not reached: handle_kick checks for a free slot before popping.
-            let _ = mem.write_obj(Status::IoErr as u8, req.status);
-            self.add_used(state, head, 1);
-            return;
-        };
-        self.stats
-            .in_flight
-            .store(self.slots.in_flight() as u64, Ordering::Relaxed);
-        let slot = self.slots.get_mut(idx);
-        slot.begin(head, req, mem.clone());
-        match self.start_direct(idx, mem) {
-            None => {}
-            Some(Ok(())) => return,
-            Some(Err(e)) => {
-                if self.log.allow() {
-                    warn!("queue {}: request {head}: {e}", self.index);
-                }
-                self.slots.get_mut(idx).failed = true;
-                if let Some((head, used)) = self.finish(idx) {
-                    self.add_used(state, head, used);
-                }
-                return;
-            }
-        }
-        let slot = self.slots.get_mut(idx);
-        if let Some(pool) = &self.pool {
-            let op = match slot.op {
-                IoOp::Read => JobOp::Read,
-                IoOp::Write => JobOp::Write,
-                IoOp::Flush => JobOp::Flush,
-                IoOp::Discard => JobOp::Discard,
-                IoOp::WriteZeroes { .. } => JobOp::WriteZeroes,
-            };
-            slot.pending = 1;
-            slot.helper = true;
-            self.pool_jobs += 1;
-            let job = Job {
-                slot: idx,
-                op,
-                offset: slot.offset,
-                len: slot.data_len,
-                segs: self.parse_buf.clone(),
-                ranges: slot.ranges,
-                mem: mem.clone(),
-                durable: !self.disk.writeback.load(Ordering::Relaxed),
-            };
-            if pool.submit(job).is_err() {
-                let slot = self.slots.get_mut(idx);
-                slot.failed = true;
-                slot.helper = false;
-                self.pool_jobs -= 1;
-                if let Some((head, used)) = self.finish(idx) {
-                    self.add_used(state, head, used);
-                }
-            }
-            return;
-        }
-        let Backing::Image(image) = &self.disk.backing else {
-            return;
-        };
-        let image = image.clone();
-        let slot = self.slots.get_mut(idx);
-        if let Err(e) = slot.prepare(&self.parse_buf, mem, &self.disk.geometry, image.direct()) {
-            if self.log.allow() {
-                warn!("queue {}: request {head}: {e}", self.index);
-            }
-            slot.failed = true;
-            if let Some((head, used)) = self.finish(idx) {
-                self.add_used(state, head, used);
-            }
-            return;
-        }
-        if matches!(slot.op, IoOp::Discard | IoOp::WriteZeroes { .. }) && image.is_block_device() {
-            // Block devices discard through ioctls, synchronously (rare, slow path).
-            slot.failed = slot.block_device_ranges(&image).is_err();
-            if let Some((head, used)) = self.finish(idx) {
-                self.add_used(state, head, used);
-            }
-            return;
-        }
-        self.queue_sqes(idx);
-    }
-
-    fn get_id(&self, mem: &Mem) -> u32 {
-        let serial = &self.disk.geometry.serial;
-        let mut id = [0u8; ID_BYTES];
-        let n = serial.len().min(ID_BYTES);
-        id[..n].copy_from_slice(&serial[..n]);
-        let mut written = 0usize;
-        for seg in &self.parse_buf {
-            let take = (seg.len as usize).min(ID_BYTES - written);
-            let _ = mem.write_slice(&id[written..written + take], seg.addr);
-            written += take;
-        }
-        written as u32 + 1
     }
 }
 
