@@ -30,7 +30,11 @@ fn run(own: &QosLimits, group: Option<Arc<QosGroup>>, threads: usize) -> f64 {
             s.spawn(move || {
                 let mut q = QueueQos::new(e.clone());
                 for i in 0..REQUESTS {
-                    let class = if i % 4 == 0 { Class::Write } else { Class::Read };
+                    let class = if i % 4 == 0 {
+                        Class::Write
+                    } else {
+                        Class::Read
+                    };
                     if q.active() {
                         let now = now_ns();
                         std::hint::black_box(q.wait(now, class));
@@ -47,8 +51,14 @@ fn main() {
     // Limits far above any rate reached here: every request is admitted.
     let high = limits(&[("iops_total", 1_000_000_000), ("bps_total", 1 << 50)]);
     println!("ns per request (check + charge), {REQUESTS} requests per thread:");
-    println!("  unlimited export:              {:6.1}", run(&QosLimits::default(), None, 1));
-    println!("  export with its own limits:    {:6.1}", run(&high, None, 1));
+    println!(
+        "  unlimited export:              {:6.1}",
+        run(&QosLimits::default(), None, 1)
+    );
+    println!(
+        "  export with its own limits:    {:6.1}",
+        run(&high, None, 1)
+    );
     for threads in [1, 2, 4] {
         let g = QosGroup::new("g", &high);
         println!(
