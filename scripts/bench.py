@@ -17,6 +17,10 @@ Groups (--rows, default all):
             peak RSS (qsd: the same pass on the raw image, for reference); then one pass of
             64 KiB sequential writes (QD8) with 4 snapshots and with none
   fio       the ceiling: fio on the host against the tmpfs/rootfs image (psync and io_uring)
+  qos       snapblk's QoS limits on a raw image on /dev/shm, in a table of their own: IOPS limits
+            (500 to 100k, 4 KiB randread QD32) and bandwidth limits (10 MiB/s to 1 GiB/s, 64 KiB
+            sequential reads QD8), 10 s runs, achieved rate / limit; then the cost of limits set
+            far above the rate on the tmpfs 4 KiB randread QD32 row (at least 5 runs of each)
 
     python3 scripts/bench.py [--runs 3] [--seconds 5] [--size 1G] [--rows tmpfs,rootfs,...]
                              [--dir rootfs=/mnt/nvme] [--json results.json]
@@ -39,9 +43,11 @@ from benchlib import (SNAPBLK, ROOT, BenchFailure, cleanup, cpu_seconds, ensure_
 
 # The daemon binary (default: the one that drives the runs); set to compare two builds.
 DAEMON = os.environ.get("SNAPBLK_DAEMON", SNAPBLK)
-GROUPS = ("tmpfs", "rootfs", "snapshot", "origin", "fio")
+GROUPS = ("tmpfs", "rootfs", "snapshot", "origin", "fio", "qos")
 DEFAULT_DIRS = {"tmpfs": "/dev/shm", "rootfs": "/var/tmp", "snapshot": "/dev/shm",
-                "origin": "/var/tmp"}
+                "origin": "/var/tmp", "qos": "/dev/shm"}
+# The groups that start qemu-storage-daemon (qemu-img for the overlays).
+QSD_GROUPS = ("tmpfs", "rootfs", "snapshot", "origin")
 ORIGIN_SNAPSHOTS = (0, 1, 4, 16)
 RSS_TARGET_MIB = 256
 
@@ -53,10 +59,14 @@ class Workload:
     iodepth: int
     queues: int = 1
     once: bool = False
+    # Length of each timed run; 0: --seconds.
+    seconds: int = 0
 
     @property
     def label(self):
         text = f"{self.bs} {self.rw} QD{self.iodepth} {self.queues}q"
+        if self.seconds:
+            text += f", {self.seconds} s"
         return text + ", one pass" if self.once else text
 
     @property
@@ -83,6 +93,20 @@ ORIGIN_SEQ = Workload("write", "64k", 8, once=True)
 ORIGIN_SEQ_SNAPSHOTS = 4
 # A one-pass workload ends when the pass does: --seconds is only its safety limit.
 PASS_LIMIT_S = 3600
+# qos: the limits measured (serve flags), each over QOS_SECONDS from a fresh daemon (a full
+# bucket: a burst of 0.1 s worth first, so a greedy client gets limit × (1 + 0.1 / 10)).
+QOS_SECONDS = 10
+QOS_IOPS = (500, 5000, 50000, 100000)
+QOS_IOPS_WL = Workload("randread", "4k", 32, seconds=QOS_SECONDS)
+QOS_BPS_MIB = (10, 100, 1024)
+QOS_BPS_WL = Workload("read", "64k", 8, seconds=QOS_SECONDS)
+QOS_TOLERANCE = 0.05
+# Overhead: the tmpfs randread row with limits no request ever waits for, against no limits.
+QOS_OVERHEAD_WL = Workload("randread", "4k", 32)
+QOS_FAR = ("--iops-total", "100000000", "--bps-total", "100G")
+# At least this many runs of each (this 2-core VM's 1-queue rate moves by 10-20% between runs).
+QOS_OVERHEAD_MIN_RUNS = 5
+QOS_OVERHEAD_TARGET = 0.97
 
 
 @dataclass
@@ -100,6 +124,11 @@ class Row:
     med: dict
     note: str = ""
     sequential: bool = False
+    # qos rows: the limit (in `unit`: "IOPS" or "MiB/s"; None: no limit) and each run's rate.
+    limit: float = None
+    unit: str = ""
+    limit_text: str = ""
+    per_run: list = field(default_factory=list)
 
 
 @dataclass
@@ -141,11 +170,12 @@ def file_node(node, path, readonly=False):
     return f"driver=file,node-name={node},filename={path},aio=io_uring{ro}"
 
 
-def snapblk_raw(image):
+def snapblk_raw(image, extra=()):
+    """snapblk serving the raw `image`; `extra`: more serve flags (QoS limits)."""
     def prepare(wl, rundir):
         sock = f"{rundir}/snapblk.sock"
         return [DAEMON, "serve", "--socket", sock, "--image", image,
-                "--num-queues", str(wl.queues)], sock
+                "--num-queues", str(wl.queues), *extra], sock
     return prepare
 
 
@@ -201,7 +231,8 @@ def run_daemon(prepare, wl, gdir, opts):
         c0 = cpu_seconds(p.pid)
         peak = RssPeak(p.pid)
         try:
-            r = snapblk_bench(sock, *wl.bench_args(PASS_LIMIT_S if wl.once else opts.seconds))
+            seconds = PASS_LIMIT_S if wl.once else wl.seconds or opts.seconds
+            r = snapblk_bench(sock, *wl.bench_args(seconds))
         finally:
             rss = peak.stop()
         cpu = cpu_seconds(p.pid) - c0
@@ -258,13 +289,15 @@ def evict(path):
         os.close(fd)
 
 
-def measure(group, contenders, wl, opts, cold=None):
-    """`opts.runs` runs of every contender, alternating, the order rotated each run; medians.
+def measure(group, contenders, wl, opts, cold=None, runs=None):
+    """`runs` (default `opts.runs`) runs of every contender, alternating, the order rotated
+    each run; medians, and every run's sample in `opts.samples`.
     `cold`: a file evicted from the page cache before every run. Every run issues the same
     offsets (the bench's fixed seed), so without that a run would find the previous one's
     reads cached, and which contender follows which decides the result."""
+    n = runs or opts.runs
     runs = {c.name: [] for c in contenders}
-    for i in range(opts.runs):
+    for i in range(n):
         k = i % len(contenders)
         for c in contenders[k:] + contenders[:k]:
             if cold:
@@ -272,8 +305,8 @@ def measure(group, contenders, wl, opts, cold=None):
             s = c.run(wl)
             runs[c.name].append(s)
             opts.samples.append({"group": group, "workload": wl.label, "contender": c.name, **s})
-            progress(f"{group}: {wl.label}: run {i + 1}/{opts.runs} {c.name}: "
-                     f"{s['iops']:,.0f} IOPS, p50 {s['p50_us']:.0f} us")
+            progress(f"{group}: {wl.label}: run {i + 1}/{n} {c.name}: "
+                     f"{s['iops']:,.0f} IOPS ({s['mib_s']:,.1f} MiB/s), p50 {s['p50_us']:.0f} us")
     return {name: median_sample(s) for name, s in runs.items()}
 
 
@@ -346,6 +379,68 @@ def group_origin(opts, rows):
     shutil.rmtree(d)
 
 
+def runs_of(opts, group, wl, name, key):
+    """`key` of every run of contender `name` on `wl` in `group`, in the order run."""
+    return [s[key] for s in opts.samples
+            if s["group"] == group and s["workload"] == wl.label and s["contender"] == name]
+
+
+def group_qos(opts, rows):
+    """QoS limits: the rate each limit lets through, and what limits no request waits for cost."""
+    key = "qos"
+    d = group_dir(key, opts, opts.size_mib + 64)
+    image = make_image(f"{d}/raw.img", opts.size_mib)
+    t = title(key, opts)
+    plain = daemon("snapblk", snapblk_raw(image), d, opts)
+
+    # The cost first: its unlimited median is the reference the IOPS rows are read against.
+    far = daemon("snapblk " + " ".join(QOS_FAR), snapblk_raw(image, QOS_FAR), d, opts)
+    wl = QOS_OVERHEAD_WL
+    med = measure(key, [plain, far], wl, opts, runs=max(opts.runs, QOS_OVERHEAD_MIN_RUNS))
+    free = med[plain.name]
+    x = med[far.name]["iops"] / free["iops"]
+    cpu = med[far.name]["cpu_s_per_m"] / free["cpu_s_per_m"]
+    rows.append(Row(key, t, f"{wl.label}, no limits", {"snapblk": free}, unit="IOPS",
+                    per_run=runs_of(opts, key, wl, plain.name, "iops"),
+                    note="the reference for the IOPS rows and the overhead row"))
+    rows.append(Row(key, t, f"{wl.label}, limits far above the rate",
+                    {"snapblk": med[far.name]}, unit="IOPS", limit_text=" ".join(QOS_FAR),
+                    per_run=runs_of(opts, key, wl, far.name, "iops"),
+                    note=f"overhead: limited/unlimited IOPS {x:.3f}× ({1 - x:+.1%} cost); "
+                    f"daemon CPU per request {cpu:.3f}×"))
+
+    for n in QOS_IOPS:
+        flags = ("--iops-total", str(n))
+        c = daemon("snapblk " + " ".join(flags), snapblk_raw(image, flags), d, opts)
+        s = measure(key, [c], QOS_IOPS_WL, opts)[c.name]
+        note = ""
+        if free["iops"] < n * (1 + QOS_TOLERANCE):
+            note = (f"unlimited rate ({free['iops']:,.0f} IOPS, {wl.label}) is "
+                    f"{free['iops'] / n:.2f}× this limit: the client/CPUs bound it, not the limit")
+        rows.append(Row(key, t, f"{QOS_IOPS_WL.label}, --iops-total {n}", {"snapblk": s}, note,
+                        limit=n, unit="IOPS",
+                        per_run=runs_of(opts, key, QOS_IOPS_WL, c.name, "iops")))
+
+    wl = QOS_BPS_WL
+    ref = measure(key, [plain], wl, opts)[plain.name]
+    rows.append(Row(key, t, f"{wl.label}, no limits", {"snapblk": ref}, unit="MiB/s",
+                    per_run=runs_of(opts, key, wl, plain.name, "mib_s"),
+                    note="the reference for the bandwidth rows", sequential=True))
+    for mib in QOS_BPS_MIB:
+        arg = f"{mib // 1024}G" if mib % 1024 == 0 else f"{mib}M"
+        flags = ("--bps-total", arg)
+        c = daemon("snapblk " + " ".join(flags), snapblk_raw(image, flags), d, opts)
+        s = measure(key, [c], wl, opts)[c.name]
+        note = ""
+        if ref["mib_s"] < mib * (1 + QOS_TOLERANCE):
+            note = (f"unlimited rate ({ref['mib_s']:,.0f} MiB/s) is "
+                    f"{ref['mib_s'] / mib:.2f}× this limit")
+        rows.append(Row(key, t, f"{wl.label}, --bps-total {arg}", {"snapblk": s}, note,
+                        sequential=True, limit=mib, unit="MiB/s",
+                        per_run=runs_of(opts, key, wl, c.name, "mib_s")))
+    shutil.rmtree(d)
+
+
 # --- report --------------------------------------------------------------------------------
 
 COLUMNS = ["group", "workload", "snapblk IOPS", "qsd IOPS", "snapblk/qsd", "p50 µs snapblk",
@@ -382,10 +477,32 @@ def cells(row):
             rate(psync, row.sequential), rate(uring, row.sequential), ratio(a, uring), row.note]
 
 
-def table(rows):
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+def table(rows, columns=COLUMNS, cells=cells):
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cells(r)) + " |" for r in rows]
     return "\n".join(lines)
+
+
+QOS_COLUMNS = ["group", "workload", "limit", "achieved (median)", "achieved/limit",
+               "each run (/limit)", "p50 µs", "CPU s/M req", "daemon CPU, cores", "note"]
+
+
+def qos_value(v, unit):
+    return f"{v:,.0f} {unit}" if unit == "IOPS" or v >= 100 else f"{v:,.2f} {unit}"
+
+
+def qos_cells(row):
+    s = row.med["snapblk"]
+    got = s["iops"] if row.unit == "IOPS" else s["mib_s"]
+    if row.limit:
+        limit, x = qos_value(row.limit, row.unit), f"{got / row.limit:.3f}"
+        each = ", ".join(f"{v / row.limit:.3f}" for v in row.per_run)
+    else:
+        limit, x = row.limit_text or "none", "-"
+        each = ", ".join(qos_value(v, row.unit) for v in row.per_run)
+    cores = "-" if s.get("cpu_s_per_m") is None else f"{s['cpu_s_per_m'] * s['iops'] / 1e6:.2f}"
+    return [row.title, row.workload, limit, qos_value(got, row.unit), x, each,
+            num(s, "p50_us", "{:,.1f}"), num(s, "cpu_s_per_m", "{:.2f}"), cores, row.note]
 
 
 def find(rows, group, prefix):
@@ -433,6 +550,23 @@ def targets(rows):
     return out
 
 
+def qos_targets(rows):
+    out = []
+    for r in rows:
+        if r.group == "qos" and r.limit:
+            got = r.med["snapblk"]["iops" if r.unit == "IOPS" else "mib_s"]
+            x = got / r.limit
+            out.append(check(f"{r.workload}: achieved/limit", x,
+                             f"1 ± {QOS_TOLERANCE:.2f}", abs(x - 1) <= QOS_TOLERANCE))
+    free = find(rows, "qos", f"{QOS_OVERHEAD_WL.label}, no limits")
+    far = find(rows, "qos", f"{QOS_OVERHEAD_WL.label}, limits far above")
+    if free and far:
+        x = far.med["snapblk"]["iops"] / free.med["snapblk"]["iops"]
+        out.append(check(f"{QOS_OVERHEAD_WL.label}, limits far above the rate / no limits, IOPS",
+                         x, f"≥ {QOS_OVERHEAD_TARGET}", x >= QOS_OVERHEAD_TARGET))
+    return out
+
+
 def snapshot_targets(rows):
     out = []
     snap = find(rows, "snapshot", f"{SNAP_READ.label}, unchanged")
@@ -458,8 +592,8 @@ def version(cmd):
 
 def header(opts):
     rev = version(["git", "-C", ROOT, "describe", "--always", "--dirty"])
-    dirs = ", ".join(f"{k} {opts.dirs[k]} ({fs_type(opts.dirs[k])})" for k in GROUPS[:4]
-                     if k in opts.rows)
+    dirs = ", ".join(f"{k} {opts.dirs[k]} ({fs_type(opts.dirs[k])})" for k in GROUPS
+                     if k in DEFAULT_DIRS and k in opts.rows)
     return [f"snapblk {rev} vs {version(['qemu-storage-daemon', '--version'])}, "
             f"{version(['fio', '--version'])}; {os.cpu_count()} CPUs, "
             f"kernel {os.uname().release}, {datetime.date.today()}",
@@ -468,6 +602,12 @@ def header(opts):
 
 
 def notes(opts):
+    if not set(opts.rows) - {"qos"}:
+        return [""] + notes_qos(opts)
+    return notes_main(opts) + notes_qos(opts)
+
+
+def notes_main(opts):
     out = ["", "- IOPS, p50: `snapblk bench` as the client of both daemons, identical parameters; "
            "CPU s/M req: the daemon's user+system CPU seconds per million requests "
            "(/proc/PID/stat); peak RSS: the daemon's resident memory less shared memory "
@@ -495,11 +635,40 @@ def notes(opts):
     return out
 
 
+def notes_qos(opts):
+    out = []
+    if "qos" in opts.rows:
+        fs = fs_type(opts.dirs["qos"])
+        out.append(f"- qos: snapblk only, raw image on {opts.dirs['qos']} ({fs}: "
+                   f"{'no device behind it' if fs == 'tmpfs' else 'not tmpfs'}), 1 queue. "
+                   f"Limit rows: {opts.runs} runs of {QOS_SECONDS} s each, a fresh daemon "
+                   "per run (a full bucket: a burst of 0.1 s worth, so a client that never "
+                   f"stops reaches limit × {1 + 0.1 / QOS_SECONDS:.2f}; a request held for its "
+                   "budget waits in the daemon and is never failed; the drain of the requests "
+                   "in flight at the end counts in the time). Overhead rows: "
+                   f"{max(opts.runs, QOS_OVERHEAD_MIN_RUNS)} alternating runs of "
+                   f"{opts.seconds} s each (order rotated each run), no limits vs "
+                   f"`{' '.join(QOS_FAR)}`. daemon CPU: cores busy on average "
+                   "(CPU s/M req × IOPS).")
+    return out
+
+
 def report(rows, opts, failure):
-    lines = header(opts) + [table(rows)] + notes(opts)
-    checks = targets(rows)
+    main = [r for r in rows if r.group != "qos"]
+    qos = [r for r in rows if r.group == "qos"]
+    lines = header(opts)
+    if main or set(opts.rows) - {"qos"}:
+        lines.append(table(main))
+    if qos:
+        lines += (["", "QoS limits (snapblk):", ""] if main else []) + \
+            [table(qos, QOS_COLUMNS, qos_cells)]
+    lines += notes(opts)
+    checks = targets(main)
     if checks:
         lines += ["", "Targets (issues 5 and 15):"] + checks
+    checks = qos_targets(qos)
+    if checks:
+        lines += ["", "QoS targets:"] + checks
     if failure:
         lines += ["", f"INCOMPLETE: stopped by {failure!r}"]
     return "\n".join(lines)
@@ -548,6 +717,8 @@ def run_groups(opts, rows):
         group_snapshot(opts, rows)
     if "origin" in opts.rows:
         group_origin(opts, rows)
+    if "qos" in opts.rows:
+        group_qos(opts, rows)
 
 
 def write_json(path, opts, rows):
@@ -560,7 +731,9 @@ def main(argv):
     opts, json_path = parse_args(argv)
     if not os.access(SNAPBLK, os.X_OK):
         sys.exit(f"{SNAPBLK} not found: run `cargo build --release` (or set SNAPBLK)")
-    tools = {"qemu-storage-daemon": "qemu-system-x86", "qemu-img": "qemu-utils"}
+    tools = {}
+    if any(g in opts.rows for g in QSD_GROUPS):
+        tools = {"qemu-storage-daemon": "qemu-system-x86", "qemu-img": "qemu-utils"}
     ensure_tools(dict(tools, fio="fio") if "fio" in opts.rows else tools)
     exit_on_signals()
     rows, failure = [], None
