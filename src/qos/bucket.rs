@@ -9,7 +9,7 @@
 //! may overdraw the bucket, and the next ones wait until the debt is paid back, so the average
 //! holds (QEMU's throttling does the same).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use super::limits::{LimitKind, QosLimits};
 use super::Class;
@@ -75,7 +75,8 @@ pub struct LimitSet {
     avg: [Cell; 6],
     peak: [Cell; 6],
     iops_size: AtomicU64,
-    active: AtomicBool,
+    /// Bit `k` set: limit kind `k` is set (its cells are on); 0: unlimited.
+    kinds_on: AtomicUsize,
 }
 
 impl LimitSet {
@@ -103,16 +104,22 @@ impl LimitSet {
             }
         }
         self.iops_size.store(limits.iops_size, Ordering::Relaxed);
-        self.active.store(!limits.is_empty(), Ordering::Release);
+        let on = LimitKind::ALL
+            .into_iter()
+            .filter(|k| limits.get(*k).avg != 0)
+            .fold(0, |m, k| m | 1 << k.index());
+        self.kinds_on.store(on, Ordering::Release);
     }
 
     /// Any limit set.
     pub fn active(&self) -> bool {
-        self.active.load(Ordering::Relaxed)
+        self.kinds_on.load(Ordering::Relaxed) != 0
     }
 
-    fn kinds(class: Class) -> [LimitKind; 4] {
-        match class {
+    /// The limits a request of `class` counts against that are set.
+    fn kinds(&self, class: Class) -> impl Iterator<Item = LimitKind> {
+        let on = self.kinds_on.load(Ordering::Relaxed);
+        let of_class = match class {
             Class::Read => [
                 LimitKind::IopsTotal,
                 LimitKind::IopsRead,
@@ -125,16 +132,15 @@ impl LimitSet {
                 LimitKind::BpsTotal,
                 LimitKind::BpsWrite,
             ],
-        }
+        };
+        of_class
+            .into_iter()
+            .filter(move |k| on & 1 << k.index() != 0)
     }
 
     /// Nanoseconds from `now` until a request of `class` may start (0: now).
     pub fn wait(&self, now: u64, class: Class) -> u64 {
-        if !self.active() {
-            return 0;
-        }
-        Self::kinds(class)
-            .into_iter()
+        self.kinds(class)
             .map(|k| {
                 self.avg[k.index()]
                     .wait(now)
@@ -146,9 +152,6 @@ impl LimitSet {
 
     /// Charges a request of `class` moving `bytes` that started at `now`.
     pub fn charge(&self, now: u64, class: Class, bytes: u64) {
-        if !self.active() {
-            return;
-        }
         let iops_size = self.iops_size.load(Ordering::Relaxed);
         let ops = if iops_size != 0 && bytes > iops_size {
             ((u128::from(bytes) << FRAC) / u128::from(iops_size)).min(u64::MAX.into()) as u64
@@ -156,7 +159,7 @@ impl LimitSet {
             1 << FRAC
         };
         let bytes = bytes.saturating_mul(1 << FRAC);
-        for k in Self::kinds(class) {
+        for k in self.kinds(class) {
             let units = if k.is_bytes() { bytes } else { ops };
             self.avg[k.index()].charge(now, units);
             self.peak[k.index()].charge(now, units);

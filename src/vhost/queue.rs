@@ -119,6 +119,8 @@ pub struct QueueWorker {
     /// vector that parking swaps with `parse_buf`.
     qos: QueueQos,
     parked: Option<throttle::Parked>,
+    /// The QoS clock of this round of popping (see `throttle.rs`).
+    qos_now: Option<u64>,
     timer: TimerFd,
     spare_segs: Vec<Segment>,
 }
@@ -222,6 +224,7 @@ impl QueueWorker {
             drain_report_after: DRAIN_REPORT_AFTER,
             qos,
             parked: None,
+            qos_now: None,
             timer: throttle::new_timer()?,
             spare_segs: Vec::with_capacity(queue_size as usize),
         })
@@ -269,6 +272,7 @@ impl QueueWorker {
                     break;
                 }
                 if left == 0 {
+                    self.qos_now = None;
                     left = match self.available(&state, &mem) {
                         Ok(0) => break,
                         Ok(n) => n,
