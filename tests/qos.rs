@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,9 @@ use common::{connect, make_image, pattern, Daemon, MIB};
 #[path = "support/region.rs"]
 mod region;
 use region::RegionView;
-use snapblk::frontend::{BlkFrontend, BlkStatus, FrontendOptions, Request};
+use snapblk::frontend::{
+    BlkCompletion, BlkFrontend, BlkQueue, BlkStatus, FrontendOptions, Request,
+};
 
 /// Runs exactly `n` requests of `len` bytes at queue depth `depth` (reads, or writes); every
 /// one must complete with OK. Returns how long they took.
@@ -90,12 +92,46 @@ fn floor(n: u32, units: f64, rate: f64) -> Duration {
     Duration::from_secs_f64(((f64::from(n) * units - free) / rate).max(0.0) * 0.98)
 }
 
-#[test]
-fn single_image_limits_hold_requests_back_and_fail_none() {
+/// A temporary directory with a 16 MiB image and where its socket goes.
+fn image_dir() -> (tempfile::TempDir, PathBuf, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("d.img");
-    let sock = dir.path().join("d.sock");
     make_image(&img, 16 * MIB);
+    let sock = dir.path().join("d.sock");
+    (dir, img, sock)
+}
+
+/// Submits two 64 KiB writes (slot `i` at sector `128 * i`, pattern `128 * i + seed`) and
+/// waits for the first completion; returns the completions so far.
+fn two_writes_one_done(q: &mut BlkQueue, seed: u64) -> Vec<BlkCompletion> {
+    for slot in 0..2u16 {
+        let sector = u64::from(slot) * 128;
+        q.write_data(slot, &pattern(sector + seed, 65536)).unwrap();
+        q.submit(slot, Request::Write { sector, len: 65536 })
+            .unwrap();
+    }
+    q.kick().unwrap();
+    let mut done = Vec::new();
+    while done.is_empty() {
+        if q.reap(&mut done).unwrap() == 0 {
+            q.wait().unwrap();
+        }
+    }
+    done
+}
+
+/// Both writes of [`two_writes_one_done`] are in the image.
+fn assert_two_written(img: &Path, seed: u64) {
+    let bytes = std::fs::read(img).unwrap();
+    for slot in 0..2u64 {
+        let off = slot as usize * 65536;
+        assert!(bytes[off..off + 65536] == pattern(slot * 128 + seed, 65536)[..]);
+    }
+}
+
+#[test]
+fn single_image_limits_hold_requests_back_and_fail_none() {
+    let (_dir, img, sock) = image_dir();
 
     let d = Daemon::image(&img, &sock, &["--iops-total", "1000"]);
     let took = drive(&sock, 600, 16, 4096, false);
@@ -298,27 +334,12 @@ qos = {{ bps_total = "1G" }}
 
 #[test]
 fn a_request_held_back_is_completed_when_the_daemon_stops() {
-    let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("d.img");
-    let sock = dir.path().join("d.sock");
-    make_image(&img, 16 * MIB);
+    let (_dir, img, sock) = image_dir();
     // 4 KiB/s: the first 64 KiB write overdraws the bucket, the second waits about 16 s.
     let d = Daemon::image(&img, &sock, &["--bps-write", "4K"]);
     let mut fe = connect(&sock);
     let mut q = fe.blk_queue(0, 2, 65536).unwrap();
-    for slot in 0..2u16 {
-        let sector = u64::from(slot) * 128;
-        q.write_data(slot, &pattern(sector, 65536)).unwrap();
-        q.submit(slot, Request::Write { sector, len: 65536 })
-            .unwrap();
-    }
-    q.kick().unwrap();
-    let mut done = Vec::new();
-    while done.is_empty() {
-        if q.reap(&mut done).unwrap() == 0 {
-            q.wait().unwrap();
-        }
-    }
+    let mut done = two_writes_one_done(&mut q, 0);
     let stopping = Instant::now();
     d.stop();
     println!("stopped in {:.3} s", stopping.elapsed().as_secs_f64());
@@ -328,38 +349,19 @@ fn a_request_held_back_is_completed_when_the_daemon_stops() {
         done.iter().all(|c| c.status == Some(BlkStatus::Ok)),
         "{done:?}"
     );
-    let bytes = std::fs::read(&img).unwrap();
-    for slot in 0..2usize {
-        let off = slot * 65536;
-        assert!(bytes[off..off + 65536] == pattern(slot as u64 * 128, 65536)[..]);
-    }
+    assert_two_written(&img, 0);
 }
 
 #[test]
 fn a_request_held_back_at_kill_9_is_resubmitted_after_the_reconnect() {
-    let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("d.img");
-    let sock = dir.path().join("d.sock");
-    make_image(&img, 16 * MIB);
+    let (_dir, img, sock) = image_dir();
     let limit = ["--bps-write", "4K"];
     let mut d = Daemon::image(&img, &sock, &limit);
     let mut fe = BlkFrontend::connect(&sock, FrontendOptions::default()).unwrap();
     let (info, file) = fe.inflight().expect("snapblk offers inflight tracking");
     let region = RegionView::new(file, info.mmap_size, info.queue_size);
     let mut q = fe.blk_queue(0, 2, 65536).unwrap();
-    for slot in 0..2u16 {
-        let sector = u64::from(slot) * 128;
-        q.write_data(slot, &pattern(sector + 7, 65536)).unwrap();
-        q.submit(slot, Request::Write { sector, len: 65536 })
-            .unwrap();
-    }
-    q.kick().unwrap();
-    let mut done = Vec::new();
-    while done.is_empty() {
-        if q.reap(&mut done).unwrap() == 0 {
-            q.wait().unwrap();
-        }
-    }
+    let mut done = two_writes_one_done(&mut q, 7);
     // The second write waits for its budget (about 16 s): popped, flagged in flight.
     let deadline = Instant::now() + Duration::from_secs(20);
     while region.in_flight() == 0 {
@@ -384,11 +386,7 @@ fn a_request_held_back_at_kill_9_is_resubmitted_after_the_reconnect() {
     );
     assert_eq!(done.len(), 2, "{done:?}");
     assert_eq!(region.in_flight(), 0);
-    let bytes = std::fs::read(&img).unwrap();
-    for slot in 0..2usize {
-        let off = slot * 65536;
-        assert!(bytes[off..off + 65536] == pattern(slot as u64 * 128 + 7, 65536)[..]);
-    }
+    assert_two_written(&img, 7);
     drop(q);
     drop(fe);
     d2.stop();
