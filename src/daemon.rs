@@ -225,6 +225,7 @@ pub fn run_graph(opts: GraphOptions) -> Result<(), DaemonError> {
     let mut health = std::collections::BTreeMap::new();
     while !stop.wait_timeout(std::time::Duration::from_secs(1)) {
         manager.poll_health(&mut health);
+        manager.sample_rates();
     }
     if let Some((cstop, t, path)) = control {
         cstop.trigger();

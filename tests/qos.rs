@@ -266,6 +266,22 @@ qos = {{ bps_total = "1G" }}
             .unwrap()
             > 0
     );
+    // The rate over the last second, while 2500 requests run at the group's 1000 IOPS (at
+    // least 2.4 s: the daemon samples every second meanwhile): above 0, within the limit and
+    // its burst.
+    let rate = std::thread::scope(|s| {
+        let run = s.spawn(|| drive(&a, 2500, 16, 4096, false));
+        loop {
+            let iops = qos_stats(&control, &a)["iops"].as_u64().unwrap();
+            if iops > 0 || run.is_finished() {
+                run.join().unwrap();
+                break iops;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    println!("rate in stats while limited to 1000 IOPS: {rate}");
+    assert!(rate > 0 && rate <= 1150, "{rate} IOPS over the last second");
     // C is not in the group and far below its own limit: nothing of it waited.
     drive(&c, 400, 16, 4096, false);
     let qc = qos_stats(&control, &c);

@@ -48,6 +48,8 @@ impl Manager {
         if let Some(l) = &limits {
             l.validate().map_err(ManagerError::InvalidArgument)?;
         }
+        // Nothing to change: only the settings are asked for (the buckets are left alone).
+        let show = limits.is_none() && group == GroupChange::Keep;
         let changed = {
             let mut g = self.lock();
             let new_group = match &group {
@@ -91,7 +93,9 @@ impl Manager {
                     (_, Some(name)) => inner.qos_groups.get(name).cloned(),
                 };
                 let spec = running.spec.clone();
-                running.disk.qos.set(&spec.qos, grp);
+                if !show {
+                    running.disk.qos.set(&spec.qos, grp);
+                }
                 changed.push(spec);
             }
             for spec in &changed {
@@ -107,6 +111,9 @@ impl Manager {
             }
             changed
         };
+        if show {
+            return Ok(changed);
+        }
         for spec in &changed {
             info!(
                 "export {}: QoS {}{}",

@@ -199,6 +199,17 @@ mod tests {
     }
 
     #[test]
+    fn the_rate_is_what_was_done_between_two_samples() {
+        let q = ExportQos::new(&QosLimits::default(), None);
+        assert_eq!(q.rate(), Rate::default());
+        q.sample(10, 40960);
+        q.sample(110, 40960 + 409600);
+        let r = q.rate();
+        assert!(r.iops > 0.0, "{r:?}");
+        assert!((r.bytes_per_sec / r.iops - 4096.0).abs() < 1e-6, "{r:?}");
+    }
+
+    #[test]
     fn exports_in_a_group_share_its_budget_and_keep_their_own() {
         let group = QosGroup::new("tenant", &limits("iops_total", 1000));
         let a = ExportQos::new(&QosLimits::default(), Some(group.clone()));
