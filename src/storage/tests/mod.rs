@@ -1,6 +1,8 @@
-//! Engine test suites: scenarios, model-based properties, crashes, throttling, corrupt COWs.
+//! Engine test suites: scenarios, direct plans, model-based properties, crashes, throttling,
+//! corrupt COWs.
 
 mod crash;
+mod direct_plans;
 pub(crate) mod faulty;
 mod fuzz;
 mod model;
