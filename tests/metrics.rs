@@ -63,6 +63,7 @@ create_size = "8M"
 [[export]]
 node = "base"
 socket = "{base}"
+qos = {{ iops_total = 100000 }}
 
 [[export]]
 node = "s1"
@@ -101,6 +102,20 @@ socket = "{s1}"
         65536.0
     );
     assert_eq!(get(&m, &format!("snapblk_export_errors_total{eb}")), 0.0);
+    // QoS: the limit, and no request held back far below it.
+    let limit = format!(
+        "snapblk_export_qos_limit{{export=\"{}\",node=\"base\",limit=\"iops_total\"}}",
+        base.display()
+    );
+    assert_eq!(get(&m, &limit), 100000.0);
+    assert_eq!(
+        get(&m, &format!("snapblk_export_throttled_requests_total{eb}")),
+        0.0
+    );
+    assert_eq!(
+        get(&m, &format!("snapblk_export_throttled_seconds_total{eb}")),
+        0.0
+    );
     assert_eq!(
         get(&m, &format!("snapblk_export_in_flight_requests{eb}")),
         0.0
