@@ -63,7 +63,9 @@ cows_hold_data() {
 }
 wait_for "$VMT_TIMEOUT" cows_hold_data || vmt_fail "the COWs did not reach 2 MiB of copied chunks under fio"
 kill_backend sb
-kill -KILL "${VMT_GN_PID[load]}" 2>/dev/null || true
+# TERM, not KILL: the PID is `timeout`'s (see guest_start), which passes TERM on to QEMU; a KILL
+# left QEMU running on, orphaned, for the rest of the run.
+kill -TERM "${VMT_GN_PID[load]}" 2>/dev/null || true
 wait "${VMT_GN_PID[load]}" 2>/dev/null || true
 VMT_GN_PID[load]=
 VMT_GUEST_PID=
