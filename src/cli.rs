@@ -91,7 +91,7 @@ const GRAPH_MODE: [&str; 3] = ["config", "state_dir", "control"];
 
 /// What `serve` was asked to do.
 pub enum ServeMode {
-    Image(ServeOptions),
+    Image(Box<ServeOptions>),
     Graph(GraphOptions),
 }
 
@@ -121,9 +121,19 @@ pub struct ServeArgs {
     /// Unix socket path to listen on (created with mode 0600).
     #[arg(long, required_unless_present_any = ["config", "state_dir", "control"], requires = "image")]
     pub socket: Option<PathBuf>,
-    /// Raw image file or block device to serve.
+    /// Raw image file or block device to serve, or a Ceph RBD image: rbd:POOL/IMAGE, or
+    /// rbd:POOL/IMAGE@SNAP (read-only).
     #[arg(long, required_unless_present_any = ["config", "state_dir", "control"], requires = "socket")]
     pub image: Option<PathBuf>,
+    /// RBD: the Ceph cluster's conf file [default: $CEPH_CONF, /etc/ceph/ceph.conf].
+    #[arg(long, value_name = "PATH", conflicts_with_all = GRAPH_MODE)]
+    pub ceph_conf: Option<PathBuf>,
+    /// RBD: the client id, without "client." [default: admin].
+    #[arg(long, value_name = "ID", conflicts_with_all = GRAPH_MODE)]
+    pub ceph_id: Option<String>,
+    /// RBD: the keyring file [default: from the conf].
+    #[arg(long, value_name = "PATH", conflicts_with_all = GRAPH_MODE)]
+    pub ceph_keyring: Option<PathBuf>,
     /// Export read-only (the guest sees VIRTIO_BLK_F_RO; writes fail).
     #[arg(long, conflicts_with_all = GRAPH_MODE)]
     pub readonly: bool,
@@ -191,12 +201,28 @@ impl TryFrom<ServeArgs> for ServeMode {
                 a.queue_size
             ));
         }
+        let ceph = snapblk::storage::CephOptions {
+            conf: a.ceph_conf,
+            id: a.ceph_id,
+            keyring: a.ceph_keyring,
+        };
+        match snapblk::storage::RbdSpec::parse(&image)? {
+            Some(_) if a.direct => {
+                return Err("--direct applies to files, not to an rbd: image".into())
+            }
+            None if ceph != Default::default() => {
+                return Err(
+                    "--ceph-conf, --ceph-id and --ceph-keyring apply only to an rbd: image".into(),
+                )
+            }
+            _ => {}
+        }
         if let Some(s) = &a.serial {
             if s.len() > 20 {
                 return Err(format!("serial {s:?} is longer than 20 bytes"));
             }
         }
-        Ok(ServeMode::Image(ServeOptions {
+        Ok(ServeMode::Image(Box::new(ServeOptions {
             socket,
             image,
             readonly: a.readonly,
@@ -207,7 +233,8 @@ impl TryFrom<ServeArgs> for ServeMode {
             direct: a.direct,
             writethrough: a.writethrough,
             qos: a.qos.limits()?,
-        }))
+            ceph,
+        })))
     }
 }
 

@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::model::{
-    ByteSize, ExportSpec, GraphConfig, OriginSpec, QosGroupSpec, QosLimits, SnapshotSpec, StoreType,
+    ByteSize, CephOptions, ExportSpec, GraphConfig, OriginSpec, QosGroupSpec, QosLimits,
+    SnapshotSpec, StoreType,
 };
 
 /// Errors reading or validating a config file. Each names the file and the offending entry.
@@ -64,6 +65,13 @@ struct Origin {
     copy_cap: Option<usize>,
     #[serde(default, skip_serializing_if = "is_false")]
     direct: bool,
+    /// For an `rbd:` image: the cluster's conf file, client id and keyring.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ceph_conf: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ceph_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ceph_keyring: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -133,6 +141,11 @@ impl From<File> for GraphConfig {
                     image: o.image,
                     copy_cap: o.copy_cap,
                     direct: o.direct,
+                    ceph: CephOptions {
+                        conf: o.ceph_conf,
+                        id: o.ceph_id,
+                        keyring: o.ceph_keyring,
+                    },
                 })
                 .collect(),
             snapshots: f
@@ -191,6 +204,9 @@ impl From<&GraphConfig> for File {
                     image: o.image.clone(),
                     copy_cap: o.copy_cap,
                     direct: o.direct,
+                    ceph_conf: o.ceph.conf.clone(),
+                    ceph_id: o.ceph.id.clone(),
+                    ceph_keyring: o.ceph.keyring.clone(),
                 })
                 .collect(),
             snapshots: g

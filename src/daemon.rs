@@ -16,7 +16,7 @@ use crate::manager::{Manager, ManagerError, StartOptions};
 use crate::model::GraphConfig;
 use crate::notify;
 use crate::qos::{ExportQos, QosLimits};
-use crate::storage::{Image, ImageError, OpenOptions};
+use crate::storage::{CephOptions, Image, ImageError, OpenOptions, RbdError, RbdSpec};
 use crate::vhost::{bind_socket, serve, Backing, Export, ServeError, Shutdown};
 use crate::virtio_blk::DiskGeometry;
 
@@ -34,6 +34,8 @@ pub struct ServeOptions {
     pub writethrough: bool,
     /// IOPS and bandwidth limits of the one disk (empty: unlimited).
     pub qos: QosLimits,
+    /// How to reach the cluster when `image` is `rbd:POOL/IMAGE[@SNAP]`.
+    pub ceph: CephOptions,
 }
 
 /// Why `serve` failed.
@@ -61,6 +63,18 @@ pub enum DaemonError {
     },
     #[error("an export thread failed")]
     ExportThread,
+    #[error("cannot open {image}")]
+    Rbd {
+        image: String,
+        #[source]
+        source: RbdError,
+    },
+    #[error("RBD image {image} is {size} bytes, less than one {block}-byte block")]
+    RbdTooSmall {
+        image: String,
+        size: u64,
+        block: u32,
+    },
 }
 
 /// Blocks SIGTERM and SIGINT in every thread and triggers `shutdown` when one arrives.
@@ -93,10 +107,15 @@ pub fn install_signal_thread(shutdown: Arc<Shutdown>) -> Result<(), DaemonError>
     Ok(())
 }
 
+mod rbd;
+
 /// Runs `snapblk serve` for one image until a signal stops it.
 pub fn run(opts: ServeOptions) -> Result<(), DaemonError> {
     let shutdown = Shutdown::new().map_err(DaemonError::Signals)?;
     install_signal_thread(shutdown.clone())?;
+    if let Ok(Some(spec)) = RbdSpec::parse(&opts.image) {
+        return rbd::run(opts, &spec, &shutdown);
+    }
     let image = Arc::new(Image::open(
         &opts.image,
         OpenOptions {

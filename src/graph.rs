@@ -26,7 +26,7 @@ use crate::storage::{
 mod files;
 mod snapshots;
 
-use files::{check_nodes, open_err, open_rw, Adding};
+use files::{check_nodes, open_err, open_origin, Adding};
 pub use files::{BlockSizeError, SameFile};
 
 /// Errors building or changing the graph. Each names the node and file concerned.
@@ -140,22 +140,12 @@ impl Graph {
         if self.contains(&spec.name) {
             return Err(GraphError::Exists(spec.name));
         }
-        let dev = open_rw(self, &Vec::new(), &spec.image, spec.direct, "origin image")?;
-        let file = dev.id();
-        let dev = if spec.direct {
-            dev
-        } else {
-            dev.mapped().random_reads(false)
-        };
+        let (dev, file) = open_origin(self, &spec)?;
         let mapped = dev.mapping().is_some();
         let cfg = OriginConfig {
             copy_cap: spec.copy_cap.unwrap_or(DEFAULT_COPY_CAP),
         };
-        let origin = Arc::new(Origin::new(
-            Arc::new(dev),
-            &spec.image.to_string_lossy(),
-            cfg,
-        ));
+        let origin = Arc::new(Origin::new(dev, &spec.image.to_string_lossy(), cfg));
         info!(
             "origin {} ({}): {} bytes{}",
             spec.name,

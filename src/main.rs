@@ -47,7 +47,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => {
             match socket_group(&args).and_then(|()| ServeMode::try_from(args)) {
-                Ok(ServeMode::Image(opts)) => exit_with(daemon::run(opts)),
+                Ok(ServeMode::Image(opts)) => exit_with(daemon::run(*opts)),
                 Ok(ServeMode::Graph(opts)) => exit_with(daemon::run_graph(opts)),
                 Err(e) => {
                     eprintln!("error: {e}");

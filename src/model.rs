@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use crate::qos::QosLimits;
+pub use crate::storage::CephOptions;
 
 /// Exports' queues when not given.
 pub const DEFAULT_NUM_QUEUES: u16 = 1;
@@ -102,6 +103,8 @@ pub struct OriginSpec {
     /// Most copy-outs in flight (default 2048, 0 = unlimited).
     pub copy_cap: Option<usize>,
     pub direct: bool,
+    /// How to reach the Ceph cluster of an `rbd:POOL/IMAGE[@SNAP]` image.
+    pub ceph: CephOptions,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -212,6 +215,20 @@ impl GraphConfig {
             if !names.insert(o.name.as_str()) {
                 return Err(format!("node name {:?} is used twice", o.name));
             }
+            let rbd = crate::storage::RbdSpec::parse(&o.image)
+                .map_err(|e| format!("origin {:?}: {e}", o.name))?;
+            if rbd.is_none() && o.ceph != CephOptions::default() {
+                return Err(format!(
+                    "origin {:?}: ceph_conf, ceph_id and ceph_keyring apply only to an rbd: image",
+                    o.name
+                ));
+            }
+            if rbd.is_some() && o.direct {
+                return Err(format!(
+                    "origin {:?}: direct applies to files, not to an rbd: image",
+                    o.name
+                ));
+            }
         }
         let origins: HashSet<&str> = self.origins.iter().map(|o| o.name.as_str()).collect();
         let mut cows = HashSet::new();
@@ -223,6 +240,12 @@ impl GraphConfig {
                 return Err(format!(
                     "snapshot {:?} names unknown origin {:?}",
                     s.name, s.origin
+                ));
+            }
+            if crate::storage::RbdSpec::is_rbd(&s.cow) {
+                return Err(format!(
+                    "snapshot {:?}: a COW store is a local file; only origins may be rbd: images",
+                    s.name
                 ));
             }
             if !cows.insert(&s.cow) {

@@ -333,6 +333,9 @@ fn one_of_each() -> Vec<Request> {
             name: "o2".into(),
             image: "/images/o2.img".into(),
             copy_cap: None,
+            ceph_conf: None,
+            ceph_id: None,
+            ceph_keyring: None,
         }),
         Request::OriginRemove(RemoveNode {
             name: "o2".into(),

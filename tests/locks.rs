@@ -182,6 +182,7 @@ fn a_files_lock_goes_with_its_node_so_it_can_be_added_again_at_once() {
         image: p.join("base.img"),
         copy_cap: None,
         direct: false,
+        ceph: Default::default(),
     };
     let snap = SnapshotSpec {
         name: "s".into(),

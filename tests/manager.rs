@@ -18,6 +18,7 @@ fn origin(p: &Path, name: &str) -> OriginSpec {
         image: p.join(format!("{name}.img")),
         copy_cap: None,
         direct: false,
+        ceph: Default::default(),
     }
 }
 

@@ -37,6 +37,7 @@ fn origin(name: &str, image: PathBuf) -> OriginSpec {
         image,
         copy_cap: None,
         direct: false,
+        ceph: Default::default(),
     }
 }
 

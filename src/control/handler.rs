@@ -204,6 +204,11 @@ impl ControlHandler for ManagerControl {
                     image: a.image.clone(),
                     copy_cap: a.copy_cap,
                     direct: false,
+                    ceph: crate::model::CephOptions {
+                        conf: a.ceph_conf.clone(),
+                        id: a.ceph_id.clone(),
+                        keyring: a.ceph_keyring.clone(),
+                    },
                 })
                 .map_err(err)?;
                 let size = m.graph().node(&a.name).map(|n| n.dev.size()).unwrap_or(0);

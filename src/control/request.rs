@@ -91,11 +91,18 @@ pub struct QosGroupRef {
 #[serde(deny_unknown_fields)]
 pub struct OriginAdd {
     pub name: String,
-    /// Absolute path of the image file or block device.
+    /// Absolute path of the image file or block device, or `rbd:POOL/IMAGE[@SNAP]`.
     pub image: PathBuf,
     /// Most copy-outs in flight (absent: the daemon's default; 0: unlimited).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub copy_cap: Option<usize>,
+    /// For an `rbd:` image: the cluster's conf file, client id (without `client.`) and keyring.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ceph_conf: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ceph_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ceph_keyring: Option<PathBuf>,
 }
 
 /// `origin.remove` and `snapshot.delete`.

@@ -14,6 +14,17 @@ fn one_of_each() -> Vec<Request> {
             name: "o".into(),
             image: "/img".into(),
             copy_cap: Some(8),
+            ceph_conf: None,
+            ceph_id: None,
+            ceph_keyring: None,
+        }),
+        Request::OriginAdd(OriginAdd {
+            name: "golden".into(),
+            image: "rbd:ci/golden@base".into(),
+            copy_cap: None,
+            ceph_conf: Some("/etc/ceph/ci.conf".into()),
+            ceph_id: Some("snapblk".into()),
+            ceph_keyring: Some("/etc/ceph/ci.keyring".into()),
         }),
         Request::OriginRemove(RemoveNode {
             name: "o".into(),

@@ -2,6 +2,7 @@
 //! paths, ranges. Checks that need the daemon's state (does the node exist, is the path in
 //! use) belong to the handler.
 
+use crate::storage::RbdSpec;
 use std::collections::HashSet;
 use std::path::Path;
 
@@ -37,7 +38,23 @@ impl Request {
             }
             Request::OriginAdd(a) => {
                 check_name("origin", &a.name)?;
-                check_absolute("image", &a.image)
+                for p in [&a.ceph_conf, &a.ceph_keyring].into_iter().flatten() {
+                    check_absolute("Ceph", p)?;
+                }
+                match RbdSpec::parse(&a.image) {
+                    Ok(Some(_)) => Ok(()),
+                    Ok(None)
+                        if a.ceph_conf.is_some()
+                            || a.ceph_id.is_some()
+                            || a.ceph_keyring.is_some() =>
+                    {
+                        Err(ControlError::invalid(
+                            "ceph_conf, ceph_id and ceph_keyring apply only to an rbd: image",
+                        ))
+                    }
+                    Ok(None) => check_absolute("image", &a.image),
+                    Err(e) => Err(ControlError::invalid(e)),
+                }
             }
             Request::OriginRemove(a) => check_name("node", &a.name),
             Request::SnapshotDelete(a) => check_name("node", &a.name),

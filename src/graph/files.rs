@@ -3,11 +3,16 @@
 //! of an export's logical block size against its node's files.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use thiserror::Error;
 
 use super::{Graph, GraphError, NodeHandle, Nodes};
-use crate::storage::{DeviceError, DeviceOptions, FileDevice, FileId, LockError, LockMode};
+use crate::model::OriginSpec;
+use crate::storage::{
+    BlockDevice, DeviceError, DeviceOptions, FileDevice, FileId, LockError, LockMode, Rbd,
+    RbdError, RbdSpec,
+};
 
 impl GraphError {
     /// Whether the error is a file in use: locked by another process, or already in the graph
@@ -102,6 +107,40 @@ pub(super) fn open_rw(
     dev.take_lock(LockMode::Exclusive, &path.to_string_lossy())
         .map_err(|e| err(DeviceError::from(e).into()))?;
     Ok(dev)
+}
+
+/// Opens an origin's image: a file or block device as [`open_rw`] does (mapped on tmpfs unless
+/// `direct`), or an RBD image (`rbd:POOL/IMAGE[@SNAP]`), refused if the graph holds it already.
+pub(super) fn open_origin(
+    graph: &Graph,
+    spec: &OriginSpec,
+) -> Result<(Arc<dyn BlockDevice>, FileId), GraphError> {
+    let err = open_err("origin image", &spec.image);
+    let rbd = RbdSpec::parse(&spec.image)
+        .map_err(|e| err(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
+    let Some(rbd) = rbd else {
+        let dev = open_rw(graph, &Vec::new(), &spec.image, spec.direct, "origin image")?;
+        let file = dev.id();
+        let dev = if spec.direct {
+            dev
+        } else {
+            dev.mapped().random_reads(false)
+        };
+        return Ok((Arc::new(dev), file));
+    };
+    let file = FileId::of_rbd(&rbd.to_string());
+    graph
+        .check_file(file, &Vec::new())
+        .map_err(|e| err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, e)))?;
+    let dev = Rbd::open(&rbd, &spec.ceph).map_err(|e| {
+        let kind = match e {
+            RbdError::NoImage(_) | RbdError::NoPool(_) => std::io::ErrorKind::NotFound,
+            RbdError::Permission { .. } => std::io::ErrorKind::PermissionDenied,
+            _ => std::io::ErrorKind::Other,
+        };
+        err(std::io::Error::new(kind, e))
+    })?;
+    Ok((Arc::new(dev), file))
 }
 
 /// The first file of the graph (or of `adding`) that is `id`.

@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    ByteSize, ExportSpec, GraphConfig, OriginSpec, QosGroupSpec, QosLimits, SnapshotSpec, StoreType,
+    ByteSize, CephOptions, ExportSpec, GraphConfig, OriginSpec, QosGroupSpec, QosLimits,
+    SnapshotSpec, StoreType,
 };
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -60,6 +61,12 @@ struct SavedOrigin {
     copy_cap: Option<usize>,
     #[serde(default)]
     direct: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ceph_conf: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ceph_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ceph_keyring: Option<PathBuf>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -113,6 +120,11 @@ impl From<SavedGraph> for GraphConfig {
             image: o.image,
             copy_cap: o.copy_cap,
             direct: o.direct,
+            ceph: CephOptions {
+                conf: o.ceph_conf,
+                id: o.ceph_id,
+                keyring: o.ceph_keyring,
+            },
         };
         let snapshot = |s: SavedSnapshot| SnapshotSpec {
             name: s.name,
@@ -159,6 +171,9 @@ impl From<&GraphConfig> for SavedGraph {
             image: o.image.clone(),
             copy_cap: o.copy_cap,
             direct: o.direct,
+            ceph_conf: o.ceph.conf.clone(),
+            ceph_id: o.ceph.id.clone(),
+            ceph_keyring: o.ceph.keyring.clone(),
         };
         let snapshot = |s: &SnapshotSpec| SavedSnapshot {
             name: s.name.clone(),

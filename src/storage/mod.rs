@@ -19,6 +19,7 @@ pub use block::image::{
 };
 pub use block::lock::{FileLock, LockError, LockMode};
 pub use block::mapped::Mapping;
+pub use block::rbd::{AioDone, AioOp, CephOptions, Rbd, RbdError, RbdSpec};
 pub use error::{CowError, IoError};
 pub use snap::datapath::SnapshotDevice;
 pub use snap::direct::{DirectNode, DirectPlan, DirectTarget, NewExceptions, Ticket};

@@ -269,6 +269,12 @@ impl Slot {
         (rest.as_ptr().cast(), rest.len() as u32)
     }
 
+    /// The bytes the iovecs not yet transferred name.
+    pub fn remaining_len(&self) -> u32 {
+        let n: usize = self.iov[self.iov_pos..].iter().map(|v| v.0.iov_len).sum();
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
     /// Accounts `n` bytes transferred.
     pub fn advance(&mut self, mut n: u32) -> Progress {
         let had_rest = self.iov_pos < self.iov.len();

@@ -7,7 +7,8 @@
 //! files it reaches and how (inline copies for tmpfs, random reads without readahead),
 //! `start.rs` starts a parsed request, `throttle.rs` holds one back for its QoS budget,
 //! `sqe.rs` builds the SQEs, `reap.rs` reaps completions and drains, `publish.rs` fills the used
-//! ring (and recovers from an inflight region), `graph.rs` runs graph-node requests.
+//! ring (and recovers from an inflight region), `graph.rs` runs graph-node requests, `rbd.rs`
+//! those of an RBD origin.
 
 use std::collections::VecDeque;
 use std::os::unix::io::AsRawFd;
@@ -86,6 +87,8 @@ pub struct QueueWorker {
     pool_done: Vec<(usize, i32)>,
     /// Wakes the queue when a held write-through origin write landed (graph origins).
     held_notify: Option<Arc<EventFd>>,
+    /// Where librbd completes this queue's requests to an RBD origin (see rbd.rs).
+    rbd_sink: Option<Arc<dyn crate::storage::AioDone>>,
     stopping: Arc<AtomicBool>,
     /// The files requests reach, and how (see files.rs).
     files: Files,
@@ -128,6 +131,7 @@ pub struct QueueWorker {
 mod files;
 mod graph;
 mod publish;
+mod rbd;
 mod reap;
 mod ring;
 mod sqe;
@@ -189,6 +193,14 @@ impl QueueWorker {
                 &format!("q{index}"),
             )?),
         };
+        let rbd_sink: Option<Arc<dyn crate::storage::AioDone>> =
+            match (&pool, &held_notify, files.rbd) {
+                (Some(pool), Some(notify), true) => Some(Arc::new(rbd::RbdSink {
+                    done: pool.done.clone(),
+                    notify: notify.clone(),
+                })),
+                _ => None,
+            };
         let stats = disk.stats[index].clone();
         let qos = QueueQos::new(disk.qos.clone());
         Ok(QueueWorker {
@@ -207,6 +219,7 @@ impl QueueWorker {
             pool,
             pool_done: Vec::with_capacity(queue_size as usize),
             held_notify,
+            rbd_sink,
             stopping,
             files,
             direct,

@@ -104,12 +104,22 @@ pub enum OriginCmd {
     Add {
         /// Name of the new origin (used by snapshots and exports).
         name: String,
-        /// Raw image file or block device (a relative path is taken from here).
+        /// Raw image file or block device (a relative path is taken from here), or a Ceph RBD
+        /// image: rbd:POOL/IMAGE, or rbd:POOL/IMAGE@SNAP (read-only).
         #[arg(long, value_name = "PATH")]
         image: PathBuf,
         /// Most copy-outs in flight (0: unlimited) [default: 2048].
         #[arg(long, value_name = "N")]
         copy_cap: Option<usize>,
+        /// RBD: the Ceph cluster's conf file [default: $CEPH_CONF, /etc/ceph/ceph.conf].
+        #[arg(long, value_name = "PATH")]
+        ceph_conf: Option<PathBuf>,
+        /// RBD: the client id, without "client." [default: admin].
+        #[arg(long, value_name = "ID")]
+        ceph_id: Option<String>,
+        /// RBD: the keyring file [default: from the conf].
+        #[arg(long, value_name = "PATH")]
+        ceph_keyring: Option<PathBuf>,
         #[command(flatten)]
         conn: Conn,
     },

@@ -27,6 +27,7 @@ use super::protocol::{
 };
 use super::render::{progress_line, render};
 use crate::qos::QosLimits;
+use crate::storage::RbdSpec;
 
 const EXIT_REMOTE: u8 = 1;
 const EXIT_USAGE: u8 = 2;
@@ -84,13 +85,23 @@ fn plan(cmd: ControlCommand) -> Result<(Conn, Action), String> {
             name,
             image,
             copy_cap,
+            ceph_conf,
+            ceph_id,
+            ceph_keyring,
             conn,
         }) => call(
             conn,
             Request::OriginAdd(OriginAdd {
                 name,
-                image: absolute(&image)?,
+                image: if RbdSpec::is_rbd(&image) {
+                    image
+                } else {
+                    absolute(&image)?
+                },
                 copy_cap,
+                ceph_conf: ceph_conf.map(|p| absolute(&p)).transpose()?,
+                ceph_id,
+                ceph_keyring: ceph_keyring.map(|p| absolute(&p)).transpose()?,
             }),
         ),
         C::Origin(OriginCmd::Remove { name, force, conn }) => {

@@ -52,6 +52,10 @@ pub trait BlockDevice: Send + Sync {
     fn random_file(&self) -> Option<&File> {
         None
     }
+    /// The RBD image behind the device, for callers that submit its I/O asynchronously.
+    fn rbd(&self) -> Option<&super::rbd::Rbd> {
+        None
+    }
 }
 
 /// Checks that `len` bytes at `offset` fit in `size` bytes.

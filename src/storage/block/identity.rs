@@ -15,6 +15,8 @@ pub enum FileId {
     Inode { dev: u64, ino: u64 },
     /// A block device: `st_rdev`, the same through every device node that names it.
     BlockDevice { rdev: u64 },
+    /// A Ceph RBD image: a hash of its `rbd:POOL/IMAGE[@SNAP]` name.
+    Rbd { key: u64 },
 }
 
 impl FileId {
@@ -28,6 +30,15 @@ impl FileId {
                 ino: meta.ino(),
             }
         }
+    }
+
+    /// The identity of an RBD image, by its name.
+    pub fn of_rbd(name: &str) -> FileId {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in name.bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        FileId::Rbd { key: h }
     }
 
     /// The identity of the file `path` names, links followed; `None` when nothing is there.
@@ -49,6 +60,7 @@ impl fmt::Display for FileId {
                 libc::major(dev),
                 libc::minor(dev)
             ),
+            FileId::Rbd { key } => write!(f, "RBD image {key:016x}"),
             FileId::BlockDevice { rdev } => {
                 write!(
                     f,

@@ -6,6 +6,7 @@
 //! snapshot engine runs its data and metadata I/O on: `FileDevice` (filedev.rs) over a file or
 //! block device, buffered or `O_DIRECT` through dio.rs, and `MemDevice` for unit tests. Files on
 //! tmpfs and ramfs are also mapped (mapped.rs), so a read or write there is one memcpy.
+//! `rbd/` opens Ceph RBD images (`rbd:POOL/IMAGE[@SNAP]`) through librbd loaded at run time.
 
 pub mod device;
 pub mod dio;
@@ -15,3 +16,4 @@ pub mod image;
 pub mod lock;
 pub mod mapped;
 pub mod probe;
+pub mod rbd;

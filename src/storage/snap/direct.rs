@@ -60,9 +60,17 @@ pub struct DirectPlan {
 }
 
 impl Origin {
-    /// The descriptors of the origin and of snapshot `id`'s COW, when both are files.
-    pub fn direct_fds(&self, id: Option<SnapshotId>) -> Option<(RawFd, Option<RawFd>)> {
-        let origin = self.dev.raw_fd()?;
+    /// The descriptors of the origin (`None`: an RBD image, whose I/O the caller submits
+    /// through [`crate::storage::Rbd::submit`]) and of snapshot `id`'s COW. `None` when a
+    /// request's I/O cannot run outside the engine.
+    pub fn direct_fds(&self, id: Option<SnapshotId>) -> Option<(Option<RawFd>, Option<RawFd>)> {
+        let origin = match self.dev.raw_fd() {
+            Some(fd) => Some(fd),
+            None => {
+                self.dev.rbd()?;
+                None
+            }
+        };
         let Some(id) = id else {
             return Some((origin, None));
         };
@@ -311,9 +319,15 @@ pub struct DirectNode {
 }
 
 impl DirectNode {
-    /// The origin's descriptor and the snapshot's COW descriptor (if a snapshot).
-    pub fn fds(&self) -> Option<(RawFd, Option<RawFd>)> {
+    /// The origin's descriptor (none for RBD) and the snapshot's COW descriptor (if a
+    /// snapshot); see [`Origin::direct_fds`].
+    pub fn fds(&self) -> Option<(Option<RawFd>, Option<RawFd>)> {
         self.origin.direct_fds(self.snapshot)
+    }
+
+    /// The origin's RBD image, when it is one.
+    pub fn origin_rbd(&self) -> Option<&crate::storage::Rbd> {
+        self.origin.dev.rbd()
     }
 
     /// The origin's descriptor with readahead off, for random reads.

@@ -3,7 +3,7 @@
 //! is one, since the copy never waits for a device and io_uring would hand it to a worker
 //! thread; reads of file 0 that do not continue the previous one are random and go to its
 //! descriptor without readahead, if it has one. File 0 is the image or the origin, file 1 the
-//! snapshot's COW.
+//! snapshot's COW. An RBD origin is no file: its I/O goes to librbd (rbd.rs).
 
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::sync::Arc;
@@ -19,6 +19,8 @@ pub(super) enum Route {
     /// An SQE on the registered file `file`; `random`: a read that does not continue the
     /// previous one of file 0 (it may wait for the disk).
     Ring { file: u32, random: bool },
+    /// Submitted to librbd (file 0 is an RBD image).
+    Rbd,
 }
 
 #[derive(Default)]
@@ -31,6 +33,8 @@ pub(super) struct Files {
     random_file: Option<u32>,
     /// Where the last read of file 0 ended.
     next_read: u64,
+    /// File 0 is an RBD image: its reads and writes go to librbd.
+    pub rbd: bool,
 }
 
 impl Files {
@@ -61,6 +65,15 @@ impl Files {
                 else {
                     return Ok((files, None));
                 };
+                let Some(origin) = origin else {
+                    // An RBD origin: file 0's I/O goes to librbd (see rbd.rs).
+                    files.rbd = true;
+                    if let Some(cow) = cow {
+                        uring.register_files(&[cow, cow])?;
+                        files.inline_fd[1] = memory_backed(cow).then_some(cow);
+                    }
+                    return Ok((files, Some(node.clone())));
+                };
                 let mut fds = vec![origin, cow.unwrap_or(origin)];
                 if let (Some(r), false) = (node.origin_random_fd(), memory_backed(origin)) {
                     fds.push(r);
@@ -82,6 +95,9 @@ impl Files {
 
     /// Where a read (`write` false) or write of `len` bytes at `offset` of `file` goes.
     pub fn route(&mut self, file: u32, write: bool, offset: u64, len: u32) -> Route {
+        if file == 0 && self.rbd {
+            return Route::Rbd;
+        }
         if self.inline_fd[file as usize].is_some() {
             return Route::Inline;
         }

@@ -304,6 +304,20 @@ impl QueueWorker {
         let writeback = self.disk.writeback.load(Ordering::Relaxed);
         let slot = self.slots.get_mut(idx);
         if !writeback
+            && self.files.rbd
+            && slot.op == IoOp::Write
+            && slot.file == 0
+            && slot.ticket.is_some()
+            && !slot.failed
+            && !slot.synced
+        {
+            // Write-through to RBD: durable (flushed from librbd's cache) before it completes.
+            slot.synced = true;
+            slot.pending = 1;
+            self.submit_rbd(crate::storage::AioOp::Flush, Tag::slot(idx));
+            return None;
+        }
+        if !writeback
             && self.pool.is_none()
             && matches!(slot.op, IoOp::Discard | IoOp::WriteZeroes { .. })
             && !slot.failed

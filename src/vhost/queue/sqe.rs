@@ -8,6 +8,7 @@ use io_uring::{opcode, squeue, types};
 
 use super::files::Route;
 use super::{IoOp, QueueWorker, Tag, FIXED_IMAGE, READ_BATCH};
+use crate::storage::AioOp;
 
 impl QueueWorker {
     /// Pushes the SQEs of one slot (one per range for discards).
@@ -33,6 +34,26 @@ impl QueueWorker {
                             unsafe { self.files.transfer(slot.file, write, ptr, n, at, writeback) };
                         slot.pending = 1;
                         self.pool_done.push((idx, res));
+                    }
+                    Route::Rbd => {
+                        let len = slot.remaining_len();
+                        let op = if write {
+                            AioOp::Writev {
+                                iov: ptr,
+                                n,
+                                offset: at,
+                                len,
+                            }
+                        } else {
+                            AioOp::Readv {
+                                iov: ptr,
+                                n,
+                                offset: at,
+                                len,
+                            }
+                        };
+                        slot.pending = 1;
+                        self.submit_rbd(op, tag);
                     }
                     Route::Ring { file, random } => {
                         if !write {
