@@ -5,7 +5,7 @@ Starts snapblk and qsd on the same images, drives both with `snapblk bench` with
 parameters, alternates the runs (the order rotates every run) and prints one markdown table of
 medians and ratios, with the CPU seconds each daemon used per million requests.
 
-Groups (--rows, default all):
+Groups (--rows, default all but rbd):
   tmpfs     raw image on /dev/shm: 4 KiB randread/randwrite at QD1 and QD32 on 1 and 2 queues,
             64 KiB sequential read and write at QD8
   rootfs    the same on the root filesystem (/var/tmp)
@@ -21,6 +21,14 @@ Groups (--rows, default all):
             (500 to 100k, 4 KiB randread QD32) and bandwidth limits (10 MiB/s to 1 GiB/s, 64 KiB
             sequential reads QD8), 10 s runs, achieved rate / limit; then the cost of limits set
             far above the rate on the tmpfs 4 KiB randread QD32 row (at least 5 runs of each)
+  rbd       Ceph RBD, in a table of its own: a one-node cluster started for the run
+            (scripts/ceph-cluster.sh, under /tmp), one --size image written in full once;
+            snapblk's rbd: origin vs qsd's rbd driver (cache.direct=on and =off) on it: 4 KiB
+            randread/randwrite QD32, 64 KiB sequential read and write QD8, rate and daemon CPU
+            per request; then a P snapshot (4 KiB chunks, COW in --dir rbd=, /dev/shm by
+            default) of an RBD snapshot of the image: 4 KiB randread QD32 of the clone (every
+            chunk unchanged, read from RBD) vs its origin's export, in one daemon. Only when
+            named (--rows rbd): it needs root and Ceph (scripts/install-deps.sh)
 
     python3 scripts/bench.py [--runs 3] [--seconds 5] [--size 1G] [--rows tmpfs,rootfs,...]
                              [--dir rootfs=/mnt/nvme] [--json results.json]
@@ -34,18 +42,22 @@ import shutil
 import statistics
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 from benchlib import (SNAPBLK, ROOT, BenchFailure, cleanup, cpu_seconds, ensure_tools,
                       exit_on_signals, fs_type, make_image, RssPeak, run_json,
                       snapblk_bench, spawn, stop, wait_socket, workdir)
+from benchlib import CephCluster, ensure_ceph, log_tail
 
 # The daemon binary (default: the one that drives the runs); set to compare two builds.
 DAEMON = os.environ.get("SNAPBLK_DAEMON", SNAPBLK)
-GROUPS = ("tmpfs", "rootfs", "snapshot", "origin", "fio", "qos")
+GROUPS = ("tmpfs", "rootfs", "snapshot", "origin", "fio", "qos", "rbd")
+# What runs without --rows: all but rbd, which starts a Ceph cluster.
+DEFAULT_ROWS = tuple(g for g in GROUPS if g != "rbd")
 DEFAULT_DIRS = {"tmpfs": "/dev/shm", "rootfs": "/var/tmp", "snapshot": "/dev/shm",
-                "origin": "/var/tmp", "qos": "/dev/shm"}
+                "origin": "/var/tmp", "qos": "/dev/shm", "rbd": "/dev/shm"}
 # The groups that start qemu-storage-daemon (qemu-img for the overlays).
 QSD_GROUPS = ("tmpfs", "rootfs", "snapshot", "origin")
 ORIGIN_SNAPSHOTS = (0, 1, 4, 16)
@@ -107,6 +119,17 @@ QOS_FAR = ("--iops-total", "100000000", "--bps-total", "100G")
 # At least this many runs of each (this 2-core VM's 1-queue rate moves by 10-20% between runs).
 QOS_OVERHEAD_MIN_RUNS = 5
 QOS_OVERHEAD_TARGET = 0.97
+# rbd: the Ceph cluster's directory goes under RBD_CLUSTER_PARENT (short: the admin sockets'
+# paths); --dir rbd= holds the clone's COW file and the sockets.
+RBD_CLUSTER_PARENT = "/tmp"
+RBD_POOL, RBD_IMAGE, RBD_SNAP = "rbd", "bench", "base"
+RBD_WORKLOADS = [Workload("randread", "4k", 32), Workload("randwrite", "4k", 32),
+                 Workload("read", "64k", 8), Workload("write", "64k", 8)]
+# qsd's rbd driver both ways: cache.direct=on makes QEMU set rbd_cache=false, off (QEMU's
+# default, writeback) rbd_cache=true. snapblk/qsd is taken against the faster one of each row.
+RBD_QSD_CACHE_DIRECT = ("on", "off")
+RBD_CLONE_READ = Workload("randread", "4k", 32)
+RBD_CLONE_TARGET = 0.9
 
 
 @dataclass
@@ -139,6 +162,8 @@ class Options:
     rows: list
     dirs: dict
     samples: list = field(default_factory=list)
+    # rbd: what the notes say about the cluster (filled in by group_rbd).
+    rbd_info: dict = field(default_factory=dict)
 
 
 def progress(msg):
@@ -441,6 +466,137 @@ def group_qos(opts, rows):
     shutil.rmtree(d)
 
 
+# --- rbd -----------------------------------------------------------------------------------
+
+def snapblk_rbd(image, conf):
+    """snapblk serving the RBD image `image` (POOL/IMAGE[@SNAP]) of the cluster of `conf`."""
+    def prepare(wl, rundir):
+        sock = f"{rundir}/snapblk.sock"
+        return [DAEMON, "serve", "--socket", sock, "--image", f"rbd:{image}", "--ceph-conf", conf,
+                "--num-queues", str(wl.queues)], sock
+    return prepare
+
+
+def qsd_rbd_node(pool, image, conf, direct):
+    return (f"driver=rbd,node-name=r,pool={pool},image={image},conf={conf},"
+            f"cache.direct={direct}")
+
+
+def qsd_rbd(pool, image, conf, direct):
+    """qsd's rbd driver on the image; `direct`: cache.direct, on or off."""
+    def prepare(wl, rundir):
+        sock = f"{rundir}/qsd.sock"
+        return qsd_cmd(sock, wl.queues, "r", qsd_rbd_node(pool, image, conf, direct)), sock
+    return prepare
+
+
+def rbd_daemon(name, prepare, gdir, opts, cluster):
+    """A fresh daemon per run (run_daemon), the OSD's caches dropped before it."""
+    def run(wl):
+        cluster.drop_caches()
+        return run_daemon(prepare, wl, gdir, opts)
+    return Contender(name, run)
+
+
+def bench_running(p, sock, wl, opts):
+    """One bench of `sock`, served by the running daemon `p`: its CPU and peak RSS meanwhile."""
+    if p.poll() is not None:
+        raise BenchFailure(f"daemon exited with {p.returncode}:\n{log_tail(p)}")
+    c0 = cpu_seconds(p.pid)
+    peak = RssPeak(p.pid)
+    try:
+        r = snapblk_bench(sock, *wl.bench_args(wl.seconds or opts.seconds))
+    finally:
+        rss = peak.stop()
+    cpu = cpu_seconds(p.pid) - c0
+    if r["errors"]:
+        raise BenchFailure(f"{sock}: {r['errors']} I/O errors in {wl.label}")
+    p50 = r["latency_us"]["p50"]
+    return sample(r["iops"], r["mib_per_s"], p50, cpu / max(r["ops"], 1) * 1e6, rss)
+
+
+def rbd_clone_toml(gdir, origin, conf, size):
+    """The clone graph: origin "golden" (the RBD snapshot `origin`), P snapshot "vm1" of it
+    (4 KiB chunks, fresh COW in `gdir`), both exported (golden read-only)."""
+    cow_bytes = size + size // 64 + (8 << 20)
+    return (f'[[origin]]\nname = "golden"\nimage = "rbd:{origin}"\nceph_conf = "{conf}"\n\n'
+            f'[[snapshot]]\nname = "vm1"\norigin = "golden"\ncow = "{gdir}/vm1.cow"\n'
+            f'store = "P"\nchunk_size = "4K"\ncreate_size = {cow_bytes}\n\n'
+            f'[[export]]\nnode = "vm1"\nsocket = "{gdir}/vm1.sock"\n\n'
+            f'[[export]]\nnode = "golden"\nsocket = "{gdir}/golden.sock"\nreadonly = true\n')
+
+
+def group_rbd_clone(opts, rows, cluster, gdir, origin):
+    """4 KiB randread of a P snapshot of the RBD snapshot `origin`, every chunk unchanged (read
+    from RBD through the snapshot), vs the origin's own export, both in one daemon."""
+    key, wl = "rbd", RBD_CLONE_READ
+    cfg = f"{gdir}/clone.toml"
+    with open(cfg, "w") as f:
+        f.write(rbd_clone_toml(gdir, origin, cluster.conf, opts.size_mib << 20))
+    p = spawn([DAEMON, "serve", "--config", cfg], f"{gdir}/clone.log")
+    try:
+        for node in ("vm1", "golden"):
+            wait_socket(f"{gdir}/{node}.sock", p)
+
+        def reader(node):
+            def run(wl):
+                cluster.drop_caches()
+                return bench_running(p, f"{gdir}/{node}.sock", wl, opts)
+            return run
+        contenders = [Contender("clone", reader("vm1")), Contender("origin", reader("golden"))]
+        med = measure(key, contenders, wl, opts)
+    finally:
+        stop(p)
+    t = (f"rbd: clone, COW on {opts.dirs[key]} ({fs_type(opts.dirs[key])})")
+    clone, orig = med["clone"], med["origin"]
+    rows.append(Row(key, t, f"{wl.label}, clone vm1 of rbd:{origin} (P, 4 KiB chunks, all "
+                    "unchanged: reads go to RBD)", {"snapblk": clone},
+                    note=f"clone/origin {ratio(clone, orig)} IOPS, "
+                    f"{ratio(clone, orig, 'cpu_s_per_m')} CPU per request"))
+    rows.append(Row(key, t, f"{wl.label}, origin golden = rbd:{origin}, exported read-only, "
+                    "same daemon", {"snapblk": orig}))
+
+
+def group_rbd(opts, rows):
+    """snapblk's librbd origin vs qsd's rbd driver on a one-node cluster, then a clone's reads."""
+    key = "rbd"
+    size = opts.size_mib << 20
+    # The OSD's sparse block file: the image, once, and room for BlueStore and RocksDB.
+    osd_bytes = max(4 << 30, 2 * size + (2 << 30))
+    free = shutil.disk_usage(RBD_CLUSTER_PARENT).free
+    if free < size + (2 << 30):
+        raise BenchFailure(f"rbd: {RBD_CLUSTER_PARENT} has {free >> 20} MiB free, the cluster "
+                           f"needs ~{(size >> 20) + 2048}")
+    gdir = group_dir(key, opts, 64)
+    progress(f"{key}: starting a one-node Ceph cluster under {RBD_CLUSTER_PARENT}")
+    with CephCluster(osd_bytes, RBD_CLUSTER_PARENT, RBD_POOL) as cl:
+        fs = fs_type(RBD_CLUSTER_PARENT)
+        opts.rbd_info.update(version=cl.version(), dir=cl.dir, fs=fs, osd_gib=osd_bytes / 2**30,
+                             start_s=round(cl.start_s, 1))
+        progress(f"{key}: cluster up in {cl.start_s:.0f} s in {cl.dir}")
+        image = f"{RBD_POOL}/{RBD_IMAGE}"
+        cl.run("rbd", "create", "--size", f"{opts.size_mib}M", image)
+        t0 = time.monotonic()
+        cl.run("rbd", "bench", "--io-type", "write", "--io-size", "4M", "--io-pattern", "seq",
+               "--io-total", f"{opts.size_mib}M", image, timeout=3600)
+        fill_s = time.monotonic() - t0
+        opts.rbd_info["fill_mib_s"] = round(opts.size_mib / fill_s)
+        progress(f"{key}: {image} written in {fill_s:.1f} s")
+        contenders = [rbd_daemon("snapblk", snapblk_rbd(image, cl.conf), gdir, opts, cl)]
+        contenders += [rbd_daemon(f"qsd cache.direct={m}",
+                                  qsd_rbd(RBD_POOL, RBD_IMAGE, cl.conf, m), gdir, opts, cl)
+                       for m in RBD_QSD_CACHE_DIRECT]
+        t = f"rbd: {image}, 1 OSD, {RBD_CLUSTER_PARENT} ({fs})"
+        for wl in RBD_WORKLOADS:
+            med = measure(key, contenders, wl, opts)
+            rows.append(Row(key, t, wl.label, med, sequential=wl.sequential))
+        # The RBD snapshot after the rows above: their writes were no first writes after a
+        # snapshot (no RADOS object clones), and nothing writes to the image after it.
+        cl.run("rbd", "snap", "create", f"{image}@{RBD_SNAP}")
+        group_rbd_clone(opts, rows, cl, gdir, f"{image}@{RBD_SNAP}")
+    shutil.rmtree(gdir)
+
+
 # --- report --------------------------------------------------------------------------------
 
 COLUMNS = ["group", "workload", "snapblk IOPS", "qsd IOPS", "snapblk/qsd", "p50 µs snapblk",
@@ -503,6 +659,42 @@ def qos_cells(row):
     cores = "-" if s.get("cpu_s_per_m") is None else f"{s['cpu_s_per_m'] * s['iops'] / 1e6:.2f}"
     return [row.title, row.workload, limit, qos_value(got, row.unit), x, each,
             num(s, "p50_us", "{:,.1f}"), num(s, "cpu_s_per_m", "{:.2f}"), cores, row.note]
+
+
+RBD_COLUMNS = ["group", "workload", "snapblk", "qsd cache.direct=on", "qsd cache.direct=off",
+               "snapblk/qsd", "p50 µs snapblk / qsd", "CPU µs/req snapblk",
+               "CPU µs/req qsd on / off", "CPU/req snapblk/qsd",
+               "peak RSS MiB snapblk / qsd on / off", "note"]
+
+
+def rbd_cells(row):
+    """qsd: the faster of its two configurations in the row, for the ratios and the p50."""
+    a = row.med.get("snapblk")
+    on, off = (row.med.get(f"qsd cache.direct={m}") for m in RBD_QSD_CACHE_DIRECT)
+    both = [(m, q) for m, q in zip(RBD_QSD_CACHE_DIRECT, (on, off)) if q and q.get("iops")]
+    mode, best = max(both, key=lambda mq: mq[1]["iops"], default=(None, None))
+    note = row.note
+    if best:
+        note = (f"qsd: cache.direct={mode} (the faster here)" + (f"; {note}" if note else ""))
+    cpu = "-" if not both else f"{num(on, 'cpu_s_per_m', '{:.1f}')} / " \
+        f"{num(off, 'cpu_s_per_m', '{:.1f}')}"
+    rss = " / ".join(num(x, "rss_mib") for x in (a, on, off)) if both else num(a, "rss_mib")
+    return [row.title, row.workload, rate(a, row.sequential), rate(on, row.sequential),
+            rate(off, row.sequential), ratio(a, best),
+            f"{num(a, 'p50_us', '{:,.0f}')} / {num(best, 'p50_us', '{:,.0f}')}",
+            num(a, "cpu_s_per_m", "{:.1f}"), cpu, ratio(a, best, "cpu_s_per_m"), rss, note]
+
+
+def rbd_targets(rows):
+    out = []
+    clone = find(rows, "rbd", f"{RBD_CLONE_READ.label}, clone")
+    orig = find(rows, "rbd", f"{RBD_CLONE_READ.label}, origin")
+    if clone and orig:
+        x = clone.med["snapblk"]["iops"] / orig.med["snapblk"]["iops"]
+        out.append(check(f"RBD clone read of unchanged chunks / origin read, "
+                         f"{RBD_CLONE_READ.label}", x, f"≥ {RBD_CLONE_TARGET}",
+                         x >= RBD_CLONE_TARGET))
+    return out
 
 
 def find(rows, group, prefix):
@@ -602,9 +794,9 @@ def header(opts):
 
 
 def notes(opts):
-    if not set(opts.rows) - {"qos"}:
-        return [""] + notes_qos(opts)
-    return notes_main(opts) + notes_qos(opts)
+    if not set(opts.rows) - {"qos", "rbd"}:
+        return [""] + notes_qos(opts) + notes_rbd(opts)
+    return notes_main(opts) + notes_qos(opts) + notes_rbd(opts)
 
 
 def notes_main(opts):
@@ -653,15 +845,58 @@ def notes_qos(opts):
     return out
 
 
+def notes_rbd(opts):
+    if "rbd" not in opts.rows:
+        return []
+    i = opts.rbd_info
+    cluster = (f"{i['version']}, in {i['dir']} on {RBD_CLUSTER_PARENT} ({i['fs']}): one mon, "
+               f"one mgr, one BlueStore OSD on a sparse {i['osd_gib']:.0f} GiB file; started in "
+               f"{i['start_s']} s" if i else "not started")
+    size = f"{opts.size_mib} MiB"
+    qsd = qsd_rbd_node(RBD_POOL, RBD_IMAGE, "DIR/ceph.conf", "on|off")
+    fill = f" ({i['fill_mib_s']} MiB/s)" if "fill_mib_s" in i else ""
+    return [
+        f"- rbd: a one-node Ceph cluster made for this run by scripts/ceph-cluster.sh ({cluster}"
+        f"), pool {RBD_POOL} (size 1, 16 PGs) on this host: its OSD shares the CPUs with the "
+        "daemon under test and the client, and sets the pace, so the rates say more about the "
+        "cluster than about the daemons; CPU µs/req (the daemon's user+system CPU, librbd's "
+        "threads included, per request, from /proc/PID/stat) is the daemons' own cost. Image "
+        f"{RBD_POOL}/{RBD_IMAGE}, {size}, written in full once before the rows (`rbd bench "
+        f"--io-type write --io-size 4M --io-pattern seq`{fill}), so every read reaches a "
+        "written object; a fresh daemon per run, the OSD's caches dropped before each run "
+        "(`ceph tell osd.0 cache drop`). The write rows overwrite the image (no snapshot yet).",
+        f"- rbd rows: snapblk `serve --socket S --image rbd:{RBD_POOL}/{RBD_IMAGE} --ceph-conf "
+        "DIR/ceph.conf` (1 queue; librbd's settings as the conf leaves them: Pacific's "
+        "rbd_cache=true, rbd_cache_policy=writearound). qsd: `--blockdev " + qsd +
+        " --export type=vhost-user-blk,...,writable=on,num-queues=1`, both ways: cache.direct=on "
+        "makes QEMU set rbd_cache=false, cache.direct=off (QEMU's default, writeback) "
+        "rbd_cache=true. snapblk/qsd, p50 and CPU/req snapblk/qsd are against the faster qsd "
+        "configuration of the row (the note names it). The client sends no flush, so "
+        "rbd_cache_writethrough_until_flush (true by default) keeps librbd from completing "
+        "writes early in every configuration.",
+        f"- rbd clone: `snapblk serve --config` with origin golden = "
+        f"rbd:{RBD_POOL}/{RBD_IMAGE}@{RBD_SNAP} (an RBD snapshot taken after the rows above) and "
+        "a P snapshot vm1 of it (chunk_size 4K, a fresh COW file of the image's size + 1/64 + "
+        f"8 MiB on {opts.dirs['rbd']} ({fs_type(opts.dirs['rbd'])})), both exported (golden "
+        f"read-only) by one daemon started once; {opts.runs} alternating runs of "
+        f"{RBD_CLONE_READ.label} on each export, the OSD's caches dropped before each; vm1's "
+        "chunks are all unchanged, so its reads go through the snapshot to RBD.",
+    ]
+
+
 def report(rows, opts, failure):
-    main = [r for r in rows if r.group != "qos"]
+    main = [r for r in rows if r.group not in ("qos", "rbd")]
     qos = [r for r in rows if r.group == "qos"]
+    rbd = [r for r in rows if r.group == "rbd"]
     lines = header(opts)
-    if main or set(opts.rows) - {"qos"}:
+    if main or set(opts.rows) - {"qos", "rbd"}:
         lines.append(table(main))
     if qos:
         lines += (["", "QoS limits (snapblk):", ""] if main else []) + \
             [table(qos, QOS_COLUMNS, qos_cells)]
+    if rbd:
+        lines += (["", "Ceph RBD (snapblk's rbd: origins vs qsd's rbd driver):", ""]
+                  if main or qos else []) + [table(rbd, RBD_COLUMNS, rbd_cells)]
     lines += notes(opts)
     checks = targets(main)
     if checks:
@@ -669,6 +904,9 @@ def report(rows, opts, failure):
     checks = qos_targets(qos)
     if checks:
         lines += ["", "QoS targets:"] + checks
+    checks = rbd_targets(rbd)
+    if checks:
+        lines += ["", "RBD targets:"] + checks
     if failure:
         lines += ["", f"INCOMPLETE: stopped by {failure!r}"]
     return "\n".join(lines)
@@ -691,7 +929,8 @@ def parse_args(argv):
     ap.add_argument("--runs", type=int, default=3, help="runs per contender and workload")
     ap.add_argument("--seconds", type=int, default=5, help="length of each timed run")
     ap.add_argument("--size", default="1G", help="image size (M/G suffix), default 1G")
-    ap.add_argument("--rows", default=",".join(GROUPS), help=f"groups: {','.join(GROUPS)}")
+    ap.add_argument("--rows", default=",".join(DEFAULT_ROWS),
+                    help=f"groups: {','.join(GROUPS)} (default: {','.join(DEFAULT_ROWS)})")
     ap.add_argument("--dir", action="append", default=[], metavar="GROUP=PATH",
                     help="where a group's files go (defaults: " +
                     ", ".join(f"{k}={v}" for k, v in DEFAULT_DIRS.items()) + ")")
@@ -719,6 +958,8 @@ def run_groups(opts, rows):
         group_origin(opts, rows)
     if "qos" in opts.rows:
         group_qos(opts, rows)
+    if "rbd" in opts.rows:
+        group_rbd(opts, rows)
 
 
 def write_json(path, opts, rows):
@@ -735,6 +976,8 @@ def main(argv):
     if any(g in opts.rows for g in QSD_GROUPS):
         tools = {"qemu-storage-daemon": "qemu-system-x86", "qemu-img": "qemu-utils"}
     ensure_tools(dict(tools, fio="fio") if "fio" in opts.rows else tools)
+    if "rbd" in opts.rows:
+        ensure_ceph()
     exit_on_signals()
     rows, failure = [], None
     try:

@@ -206,3 +206,110 @@ def ensure_tools(tools):
     if shutil.which("qemu-img") is None:
         subprocess.run(["apt-get", "install", "-y", "-qq", "qemu-utils"], check=True, env=env,
                        stdout=subprocess.DEVNULL)
+
+
+# --- Ceph (the rbd group) ------------------------------------------------------------------
+
+CEPH_CLUSTER_SH = os.path.join(ROOT, "scripts", "ceph-cluster.sh")
+# What scripts/ceph-cluster.sh and the rbd clients need: {command: Debian package}.
+CEPH_TOOLS = {"ceph-mon": "ceph-mon", "ceph-osd": "ceph-osd", "ceph-mgr": "ceph-mgr",
+              "ceph": "ceph-common", "rbd": "ceph-common", "monmaptool": "ceph-base",
+              "qemu-storage-daemon": "qemu-system-x86"}
+
+
+def _have_lib(name):
+    out = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True).stdout
+    return name in out
+
+
+def ensure_ceph():
+    """Installs (as root, without recommends, as scripts/install-deps.sh does) what the rbd
+    group needs and is missing: the Ceph daemons and tools, librbd (which snapblk loads) and
+    QEMU's rbd block driver (qemu-block-extra: block-rbd.so)."""
+    missing = {pkg for cmd, pkg in CEPH_TOOLS.items() if shutil.which(cmd) is None}
+    if not _have_lib("librbd.so.1"):
+        missing.add("librbd1")
+    if not any(os.path.exists(f"/usr/lib/{d}/qemu/block-rbd.so")
+               for d in ("x86_64-linux-gnu", "aarch64-linux-gnu", ".")):
+        missing.add("qemu-block-extra")
+    if not missing:
+        return
+    missing = sorted(missing)
+    if os.geteuid() != 0:
+        sys.exit(f"missing {', '.join(missing)}: run scripts/install-deps.sh (or `apt-get "
+                 f"install --no-install-recommends {' '.join(missing)}`) as root")
+    print(f"installing {' '.join(missing)} from apt (no recommends)", file=sys.stderr)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
+                   check=True, env=env, stdout=subprocess.DEVNULL)
+
+
+class CephCluster:
+    """A throwaway one-node Ceph cluster (scripts/ceph-cluster.sh: one mon, one mgr, one
+    BlueStore OSD on a sparse file) in a fresh short directory under `parent` (its admin socket
+    paths must stay under 107 bytes). A context manager: the cluster is destroyed (daemons
+    stopped, directory removed) on the way out, error and Ctrl-C included, and when its start
+    fails."""
+
+    def __init__(self, osd_bytes, parent="/tmp", pool="rbd"):
+        self.osd_bytes, self.parent, self.pool = osd_bytes, parent, pool
+        self.dir = self.conf = None
+        self.start_s = None
+
+    def _script(self, action, env=None):
+        return subprocess.run([CEPH_CLUSTER_SH, action, self.dir], capture_output=True,
+                              text=True, env=env)
+
+    def __enter__(self):
+        self.dir = tempfile.mkdtemp(dir=self.parent, prefix="cb")
+        self.conf = os.path.join(self.dir, "ceph.conf")
+        env = dict(os.environ, CEPH_OSD_SIZE=str(self.osd_bytes), CEPH_POOL=self.pool)
+        t0 = time.monotonic()
+        try:
+            r = self._script("start", env)
+            if r.returncode != 0:
+                raise BenchFailure(f"ceph-cluster.sh start {self.dir} exited with "
+                                   f"{r.returncode}:\n{r.stderr[-3000:]}")
+        except BaseException:
+            self.destroy()
+            raise
+        self.start_s = time.monotonic() - t0
+        return self
+
+    def __exit__(self, *exc):
+        self.destroy()
+        return False
+
+    def destroy(self):
+        if self.dir is None:
+            return
+        r = self._script("destroy")
+        if r.returncode != 0:
+            print(f"ceph-cluster.sh destroy {self.dir} exited with {r.returncode}:\n"
+                  f"{r.stderr[-2000:]}", file=sys.stderr)
+        self.dir = None
+
+    def run(self, tool, *args, timeout=600):
+        """`tool -c CONF ARGS...` (rbd, ceph); its stdout, or BenchFailure with its stderr."""
+        cmd = [tool, "-c", self.conf, *args]
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise BenchFailure(f"{' '.join(cmd)}: no answer in {timeout} s") from None
+        if r.returncode != 0:
+            raise BenchFailure(f"{' '.join(cmd)} exited with {r.returncode}:\n{r.stderr[-2000:]}")
+        return r.stdout
+
+    def drop_caches(self):
+        """Empties the OSD's caches (BlueStore's onodes and buffers): a run that follows another
+        on the same offsets does not find them cached. BlueStore reads object data from its block
+        file with O_DIRECT: no host page cache holds it either."""
+        self.run("ceph", "tell", "osd.0", "cache", "drop", timeout=60)
+
+    def version(self):
+        try:
+            out = subprocess.run(["ceph", "--version"], capture_output=True, text=True).stdout
+        except OSError:
+            return "?"
+        return " ".join(out.split()[:3]) if out else "?"
