@@ -93,13 +93,13 @@ pub struct CephOptions {
 pub enum RbdError {
     #[error("{0}")]
     Library(String),
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Cluster {
         what: String,
         #[source]
         source: io::Error,
     },
-    #[error("cannot reach the Ceph cluster{conf}: no monitor answered within the connect timeout (client_mount_timeout, {CONNECT_TIMEOUT} s unless the conf sets it)")]
+    #[error("cannot reach the Ceph cluster{conf}: no monitor answered within the connect timeout (client_mount_timeout: {CONNECT_TIMEOUT} s unless the conf sets it)")]
     Unreachable { conf: String },
     #[error("RBD pool {0:?} does not exist")]
     NoPool(String),
@@ -157,33 +157,33 @@ impl Rbd {
             read_only: spec.snap.is_some(),
             spec: spec.clone(),
         };
-        rbd.set("client_mount_timeout", CONNECT_TIMEOUT)?;
-        rbd.set("rados_osd_op_timeout", OP_TIMEOUT)?;
-        rbd.set("rados_mon_op_timeout", OP_TIMEOUT)?;
         let conf = match &opts.conf {
             Some(p) => Some(cstr("conf file", &p.to_string_lossy())?),
             None => None,
         };
+        let conf_ptr = conf.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
         // SAFETY: a live handle; null reads the default search path.
-        let r = unsafe {
-            (lib.rados_conf_read_file)(
-                cluster,
-                conf.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
-            )
-        };
-        if r < 0 && opts.conf.is_some() {
-            check(
-                r as isize,
-                &format!(
-                    "reading Ceph conf {}",
-                    opts.conf
-                        .as_ref()
-                        .map_or(String::new(), |p| p.display().to_string())
-                ),
-            )?;
+        let r = unsafe { (lib.rados_conf_read_file)(cluster, conf_ptr) };
+        if let (true, Some(p)) = (r < 0, &opts.conf) {
+            check(r as isize, &format!("reading Ceph conf {}", p.display()))?;
         }
         // SAFETY: a live handle; null means CEPH_ARGS.
         unsafe { (lib.rados_conf_parse_env)(cluster, std::ptr::null()) };
+        // Bounded waits, where the conf left Ceph's defaults (5 minutes to connect, operations
+        // that wait forever).
+        for (key, ceph_default, ours) in [
+            ("client_mount_timeout", "300", CONNECT_TIMEOUT),
+            ("rados_osd_op_timeout", "0", OP_TIMEOUT),
+            ("rados_mon_op_timeout", "0", OP_TIMEOUT),
+        ] {
+            if rbd
+                .get(key)
+                .as_deref()
+                .is_none_or(|v| v.trim_end_matches(".000000") == ceph_default)
+            {
+                rbd.set(key, ours)?;
+            }
+        }
         if let Some(k) = &opts.keyring {
             rbd.set("keyring", &k.to_string_lossy())?;
         }
@@ -239,6 +239,21 @@ impl Rbd {
         let r = unsafe { (lib.rbd_get_size)(rbd.image, &mut rbd.size) };
         check(r as isize, &format!("reading the size of RBD image {spec}"))?;
         Ok(rbd)
+    }
+
+    /// The value of Ceph option `key`, as text.
+    fn get(&self, key: &str) -> Option<String> {
+        let k = CString::new(key).ok()?;
+        let mut buf = [0u8; 128];
+        // SAFETY: a live handle; the buffer's length is passed.
+        let r = unsafe {
+            (self.lib.rados_conf_get)(self.cluster, k.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+        };
+        if r < 0 {
+            return None;
+        }
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        Some(String::from_utf8_lossy(&buf[..end]).into_owned())
     }
 
     fn set(&self, key: &str, value: &str) -> Result<(), RbdError> {
