@@ -374,7 +374,9 @@ impl QueueWorker {
             // polling, 79-87 us sleeping), while with more in flight the next completion is
             // near and polling for it pays (QD32: 84-98k IOPS polling, 69-80k sleeping).
             let lone_disk_read = self.uring.in_flight == 1 && self.uring.device_reads == 1;
-            let limit = if lone_disk_read {
+            // An RBD origin's requests take a network round trip (milliseconds): polling for
+            // them or for the guest's next request only burns the CPU librbd's threads need.
+            let limit = if lone_disk_read || self.files.rbd {
                 std::time::Duration::ZERO
             } else if self.uring.in_flight > 0 {
                 POLL_IN_FLIGHT
