@@ -4,7 +4,8 @@
 //! an RBD snapshot added live reads the golden data and keeps its writes in its COW file, the
 //! clear errors (no image, no pool, no permission, no cluster), and the cluster going away:
 //! requests fail with an I/O error after the op timeout, the daemon stays up, and I/O works
-//! again once the cluster is back. One cluster serves every step, so it is one test.
+//! again once the cluster is back; a writable RBD origin copies a chunk into its local snapshot
+//! before an origin write lands. One cluster serves every step, so it is one test.
 //!
 //! `unreachable_cluster_is_a_clear_error_within_the_timeout` needs only librbd, no cluster.
 
@@ -316,6 +317,66 @@ fn rbd_origin_serves_clones_and_survives_the_cluster_going_away() {
     assert!(read(&vm1, 2048 + 256, 65536) == mine);
     let gold = cluster.rbd(&["export", "rbd/vol@gold", "-"]);
     assert!(gold == exported, "the golden snapshot is unchanged");
+
+    // A writable RBD origin with a local snapshot: an origin write first copies the old
+    // chunk into the snapshot's COW (read from RBD), then lands in RBD.
+    cluster.rbd(&["create", "--size", "16M", "rbd/live"]);
+    let before = pattern(21, 65536);
+    cli(
+        &control,
+        &[
+            "origin",
+            "add",
+            "live",
+            "--image",
+            "rbd:rbd/live",
+            "--ceph-conf",
+            conf_s,
+        ],
+    );
+    let live = work.path().join("live.sock");
+    cli(
+        &control,
+        &["export", "add", "live", "--socket", live.to_str().unwrap()],
+    );
+    write(&live, 64, &before);
+    let cow2 = work.path().join("s2.cow");
+    cli(
+        &control,
+        &[
+            "snapshot",
+            "create",
+            "live",
+            "s2",
+            "--cow",
+            cow2.to_str().unwrap(),
+            "--chunk-size",
+            "4K",
+            "--size",
+            "16M",
+        ],
+    );
+    let s2 = work.path().join("s2.sock");
+    cli(
+        &control,
+        &[
+            "export",
+            "add",
+            "s2",
+            "--socket",
+            s2.to_str().unwrap(),
+            "--readonly",
+        ],
+    );
+    let after = pattern(22, 65536);
+    write(&live, 64, &after);
+    assert!(read(&live, 64, 65536) == after);
+    assert!(
+        read(&s2, 64, 65536) == before,
+        "the snapshot keeps the old data"
+    );
+    let in_rbd = cluster.rbd(&["export", "rbd/live", "-"]);
+    assert!(in_rbd[64 * 512..64 * 512 + 65536] == after[..]);
 
     // 4. The cluster goes away under a plain export: errors after the op timeout, the daemon
     //    stays up, I/O works again once the cluster is back.
