@@ -5,7 +5,7 @@
 //! clear errors (no image, no pool, no permission, no cluster), and the cluster going away:
 //! requests fail with an I/O error after the op timeout, the daemon stays up, and I/O works
 //! again once the cluster is back; a writable RBD origin copies a chunk into its local snapshot
-//! before an origin write lands. One cluster serves every step, so it is one test.
+//! before an origin write lands, and a restart from the state directory brings it all back. One cluster serves every step, so it is one test.
 //!
 //! `unreachable_cluster_is_a_clear_error_within_the_timeout` needs only librbd, no cluster.
 
@@ -268,7 +268,7 @@ fn rbd_origin_serves_clones_and_survives_the_cluster_going_away() {
     cluster.rbd(&["snap", "create", "rbd/vol@gold"]);
     let state = work.path().join("state");
     let control = work.path().join("control.sock");
-    let mut graph = Daemon::start(
+    let graph = Daemon::start(
         &[
             "--state-dir",
             state.to_str().unwrap(),
@@ -414,5 +414,21 @@ fn rbd_origin_serves_clones_and_survives_the_cluster_going_away() {
     write(&sock2, 8, &mine);
     assert!(read(&sock2, 8, 65536) == mine);
     d.stop();
-    graph.signal_and_wait(libc::SIGTERM);
+
+    // The state directory brings the RBD origins, their snapshots and exports back.
+    graph.stop();
+    let graph = Daemon::start(
+        &[
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--control",
+            control.to_str().unwrap(),
+        ],
+        &[&control, &vm1, &live, &s2],
+        &work.path().join("graph2.log"),
+    );
+    assert!(read(&vm1, 2048 + 256, 65536) == mine);
+    assert!(read(&s2, 64, 65536) == before);
+    assert!(read(&live, 64, 65536) == after);
+    graph.stop();
 }
