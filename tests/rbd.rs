@@ -5,7 +5,8 @@
 //! clear errors (no image, no pool, no permission, no cluster), and the cluster going away:
 //! requests fail with an I/O error after the op timeout, the daemon stays up, and I/O works
 //! again once the cluster is back; a writable RBD origin copies a chunk into its local snapshot
-//! before an origin write lands, and a restart from the state directory brings it all back. One cluster serves every step, so it is one test.
+//! before an origin write lands, and a restart from the state directory brings it all back.
+//! One cluster serves every step, so it is one test.
 //!
 //! `unreachable_cluster_is_a_clear_error_within_the_timeout` needs only librbd, no cluster.
 

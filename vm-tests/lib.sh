@@ -597,3 +597,68 @@ vmt_blocks() {
 
 # VMT_BLOCK_FN: the definitions of vmt_block and vmt_blocks, to paste into a guest script.
 VMT_BLOCK_FN="$(declare -f vmt_block vmt_blocks)"
+
+# ============================================================================================
+# --- Ceph RBD (helpers of the 9X scenarios) ---------------------------------------------------
+# Appended block: uses the functions above and changes none of them.
+
+VMT_CEPH_DIR=
+
+# vmt_ceph_start: a one-node Ceph cluster of its own for the scenario (scripts/ceph-cluster.sh
+# start, pool rbd) in $VMT_TMP/ceph, its output in $VMT_TMP/ceph-cluster.log; sets VMT_CEPH_DIR
+# and VMT_CEPH_CONF; skips the scenario when Ceph is not installed. After vmt_init or
+# vmt_init_multi. The EXIT trap becomes vmt_cleanup_ceph: guests and backends are stopped first,
+# then the cluster's daemons (data kept: a failing run's $VMT_TMP holds their logs, a passing
+# run's is removed), then vmt_cleanup_multi's cleanup runs (fine after vmt_init too).
+vmt_ceph_start() {
+    [ -n "$VMT_TMP" ] || vmt_fail "vmt_ceph_start before vmt_init"
+    [ -z "$VMT_CEPH_DIR" ] || vmt_fail "vmt_ceph_start: a cluster already runs in $VMT_CEPH_DIR"
+    # Skipped without Ceph, which counts as a failure under SNAPBLK_CI=1.
+    local tool
+    for tool in ceph-mon ceph-mgr ceph-osd rbd; do
+        command -v "$tool" >/dev/null || vmt_skip "Ceph not installed, no $tool (scripts/install-deps.sh installs it)"
+    done
+    VMT_CEPH_DIR="$VMT_TMP/ceph"
+    VMT_CEPH_CONF="$VMT_CEPH_DIR/ceph.conf"
+    # Unix socket paths (the daemons' admin sockets in run/) must stay under 108 bytes.
+    [ ${#VMT_CEPH_DIR} -le 80 ] || vmt_fail "VMT_TMPDIR too long for Ceph's socket paths: $VMT_CEPH_DIR"
+    trap vmt_cleanup_ceph EXIT
+    "$VMT_REPO/scripts/ceph-cluster.sh" start "$VMT_CEPH_DIR" >>"$VMT_TMP/ceph-cluster.log" 2>&1 ||
+        { tail -n 40 "$VMT_TMP/ceph-cluster.log" >&2; vmt_fail "ceph-cluster.sh start failed"; }
+    vmt_log "$(grep -a 'ceph-cluster: cluster' "$VMT_TMP/ceph-cluster.log" | tail -n1)"
+}
+
+# vmt_ceph CMD: scripts/ceph-cluster.sh CMD on the scenario's cluster (stop, start, stop-osd,
+# start-osd...); output to $VMT_TMP/ceph-cluster.log, failure fails the scenario.
+vmt_ceph() {
+    [ -n "$VMT_CEPH_DIR" ] || vmt_fail "vmt_ceph $1: no cluster (vmt_ceph_start first)"
+    "$VMT_REPO/scripts/ceph-cluster.sh" "$1" "$VMT_CEPH_DIR" >>"$VMT_TMP/ceph-cluster.log" 2>&1 ||
+        { tail -n 40 "$VMT_TMP/ceph-cluster.log" >&2; vmt_fail "ceph-cluster.sh $1 failed"; }
+}
+
+# vmt_rbd ARGS...: the rbd CLI on the scenario's cluster (no progress output).
+vmt_rbd() { rbd -c "$VMT_CEPH_CONF" --no-progress "$@"; }
+
+vmt_cleanup_ceph() {
+    local rc=$? id pid
+    trap - EXIT
+    set +e
+    # Guests, then backends: nothing uses the cluster when it stops. vmt_cleanup_multi and
+    # vmt_cleanup find them gone and still dump the consoles and logs of a failed run.
+    for pid in "$VMT_GUEST_PID" "${VMT_GN_PID[@]}"; do
+        [ -z "$pid" ] || kill -TERM "$pid" 2>/dev/null
+    done
+    for pid in "$VMT_GUEST_PID" "${VMT_GN_PID[@]}"; do
+        [ -z "$pid" ] || wait "$pid" 2>/dev/null
+    done
+    for id in "${!VMT_BACKEND_PID[@]}"; do
+        kill -KILL "${VMT_BACKEND_PID[$id]}" 2>/dev/null
+        wait "${VMT_BACKEND_PID[$id]}" 2>/dev/null
+    done
+    if [ -n "$VMT_CEPH_DIR" ] && [ -f "$VMT_CEPH_DIR/ceph.conf" ]; then
+        "$VMT_REPO/scripts/ceph-cluster.sh" stop "$VMT_CEPH_DIR" >>"$VMT_TMP/ceph-cluster.log" 2>&1 ||
+            echo "[$VMT_NAME] stopping the Ceph cluster in $VMT_CEPH_DIR failed" >&2
+    fi
+    (exit "$rc")
+    vmt_cleanup_multi
+}
