@@ -2,11 +2,12 @@
 //! directory), through the project's frontend: what the guest writes lands in the RBD image
 //! (read back with the `rbd` tool), discards and write-zeroes read back as zeroes, a clone of
 //! an RBD snapshot added live reads the golden data and keeps its writes in its COW file, the
-//! clear errors (no image, no pool, no permission, no cluster), and the cluster going away:
-//! requests fail with an I/O error after the op timeout, the daemon stays up, and I/O works
-//! again once the cluster is back; a writable RBD origin copies a chunk into its local snapshot
-//! before an origin write lands, and a restart from the state directory brings it all back.
-//! One cluster serves every step, so it is one test.
+//! clear errors (no image, no pool, no permission, no cluster, a writable export of a read-only
+//! RBD snapshot), and the cluster going away: requests fail with an I/O error after the op
+//! timeout, the daemon stays up, and I/O works again once the cluster is back; a writable RBD
+//! origin copies a chunk into its local snapshot before an origin write lands, and a restart
+//! from the state directory brings it all back. One cluster serves every step, so it is one
+//! test.
 //!
 //! `unreachable_cluster_is_a_clear_error_within_the_timeout` needs only librbd, no cluster.
 
@@ -109,7 +110,8 @@ fn serve_fails(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn cli(control: &Path, args: &[&str]) -> String {
+/// `snapblk ARGS --control CONTROL`: whether it succeeded, and its output.
+fn try_cli(control: &Path, args: &[&str]) -> (bool, String) {
     let out = Command::new(SNAPBLK)
         .args(args)
         .arg("--control")
@@ -121,7 +123,12 @@ fn cli(control: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "snapblk {args:?}: {text}");
+    (out.status.success(), text)
+}
+
+fn cli(control: &Path, args: &[&str]) -> String {
+    let (ok, text) = try_cli(control, args);
+    assert!(ok, "snapblk {args:?}: {text}");
     text
 }
 
@@ -291,6 +298,34 @@ fn rbd_origin_serves_clones_and_survives_the_cluster_going_away() {
             conf_s,
         ],
     );
+    // An RBD snapshot is read-only: a writable export of it is refused, with the reason.
+    let gsock = work.path().join("golden.sock");
+    let (ok, text) = try_cli(
+        &control,
+        &[
+            "export",
+            "add",
+            "golden",
+            "--socket",
+            gsock.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        !ok && text.contains("read-only RBD snapshot rbd:rbd/vol@gold"),
+        "{text}"
+    );
+    cli(
+        &control,
+        &[
+            "export",
+            "add",
+            "golden",
+            "--socket",
+            gsock.to_str().unwrap(),
+            "--readonly",
+        ],
+    );
+    assert!(read(&gsock, 2048 + 256, 65536) == data[131072..131072 + 65536]);
     let cow = work.path().join("vm1.cow");
     cli(
         &control,
@@ -425,7 +460,7 @@ fn rbd_origin_serves_clones_and_survives_the_cluster_going_away() {
             "--control",
             control.to_str().unwrap(),
         ],
-        &[&control, &vm1, &live, &s2],
+        &[&control, &vm1, &live, &s2, &gsock],
         &work.path().join("graph2.log"),
     );
     assert!(read(&vm1, 2048 + 256, 65536) == mine);

@@ -18,14 +18,6 @@ fn one_of_each() -> Vec<Request> {
             ceph_id: None,
             ceph_keyring: None,
         }),
-        Request::OriginAdd(OriginAdd {
-            name: "golden".into(),
-            image: "rbd:ci/golden@base".into(),
-            copy_cap: None,
-            ceph_conf: Some("/etc/ceph/ci.conf".into()),
-            ceph_id: Some("snapblk".into()),
-            ceph_keyring: Some("/etc/ceph/ci.keyring".into()),
-        }),
         Request::OriginRemove(RemoveNode {
             name: "o".into(),
             force: true,
@@ -119,6 +111,30 @@ fn every_request_round_trips_through_its_line() {
         let (id, back) = parse_request(&line[..line.len() - 1]).unwrap();
         assert_eq!((id, back), (i as u64, req));
     }
+}
+
+#[test]
+fn an_rbd_origin_add_round_trips_with_its_ceph_settings() {
+    let req = Request::OriginAdd(OriginAdd {
+        name: "golden".into(),
+        image: "rbd:ci/golden@base".into(),
+        copy_cap: None,
+        ceph_conf: Some("/etc/ceph/ci.conf".into()),
+        ceph_id: Some("snapblk".into()),
+        ceph_keyring: Some("/etc/ceph/ci.keyring".into()),
+    });
+    let line = encode_request(7, &req).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+    assert_eq!(v["args"]["ceph_id"], "snapblk");
+    assert_eq!(parse_request(&line[..line.len() - 1]).unwrap(), (7, req));
+    // A file image has no Ceph settings on the wire.
+    let (_, r) =
+        parse_request(br#"{"v":1,"id":1,"cmd":"origin.add","args":{"name":"o","image":"/i"}}"#)
+            .unwrap();
+    let Request::OriginAdd(a) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!((a.ceph_conf, a.ceph_id, a.ceph_keyring), (None, None, None));
 }
 
 #[test]

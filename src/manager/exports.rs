@@ -219,6 +219,15 @@ pub fn build_export(
     let node = graph.node(&spec.node)?;
     node.check_block_size(&spec.node, spec.logical_block_size)
         .map_err(|e| ManagerError::InvalidArgument(e.to_string()))?;
+    let read_only_rbd = node.direct.origin_rbd().filter(|r| r.read_only());
+    if let (Some(rbd), None, false) = (read_only_rbd, node.direct.snapshot, spec.readonly) {
+        return Err(ManagerError::InvalidArgument(format!(
+            "origin {} is the read-only RBD snapshot {}: export it read-only, or export a \
+             snapshot (a clone) of it",
+            spec.node,
+            rbd.spec()
+        )));
+    }
     let block = u64::from(spec.logical_block_size);
     if block == 0 || !block.is_power_of_two() || block < 512 {
         return Err(ManagerError::InvalidArgument(format!(
