@@ -160,6 +160,18 @@ fn unreachable_cluster_is_a_clear_error_within_the_timeout() {
     assert!(err.contains("cannot reach the Ceph cluster"), "{err}");
     assert!(took < Duration::from_secs(30), "took {took:?}");
     assert!(!sock.exists());
+    // A conf that names no monitor.
+    let empty = dir.path().join("empty.conf");
+    std::fs::write(&empty, "[global]\nauth_client_required = none\n").unwrap();
+    let err = serve_fails(&[
+        "--socket",
+        sock.to_str().unwrap(),
+        "--image",
+        "rbd:rbd/golden",
+        "--ceph-conf",
+        empty.to_str().unwrap(),
+    ]);
+    assert!(err.contains("no Ceph monitor address"), "{err}");
     // A malformed name never reaches librbd.
     let err = serve_fails(&["--socket", sock.to_str().unwrap(), "--image", "rbd:golden"]);
     assert!(err.contains("rbd:POOL/IMAGE"), "{err}");

@@ -101,6 +101,8 @@ pub enum RbdError {
     },
     #[error("cannot reach the Ceph cluster{conf}: no monitor answered within the connect timeout (client_mount_timeout: {CONNECT_TIMEOUT} s unless the conf sets it)")]
     Unreachable { conf: String },
+    #[error("no Ceph monitor address: no conf file (ceph_conf, $CEPH_CONF or /etc/ceph/ceph.conf) sets mon_host")]
+    NoMonitors,
     #[error("RBD pool {0:?} does not exist")]
     NoPool(String),
     #[error("RBD image {0} does not exist")]
@@ -189,7 +191,10 @@ impl Rbd {
         }
         // SAFETY: a live, configured handle.
         let r = unsafe { (lib.rados_connect)(cluster) };
-        if r == -libc::ETIMEDOUT || r == -libc::ENOENT && opts.conf.is_none() {
+        if r == -libc::ENOENT {
+            return Err(RbdError::NoMonitors);
+        }
+        if r == -libc::ETIMEDOUT {
             let conf = opts
                 .conf
                 .as_ref()
