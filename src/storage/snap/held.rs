@@ -1,10 +1,13 @@
 //! Held origin writes: a guest write to origin chunks that still need copy-outs hands its data
 //! here and completes once the data landed in the origin (durable too in write-through mode),
 //! never while it is only in the daemon's memory, so a `kill -9` keeps every completed write.
-//! One thread per origin takes the held writes in arrival order, in batches: it copies out every
-//! chunk the batch needs, commits each snapshot's new exceptions in one group (snapshots in
-//! parallel where the COW is on a device), then writes the held data into the origin. So a
-//! first write costs its queue one memcpy, and a batch of first writes shares one commit.
+//! Two threads per origin form a pipeline and take the held writes in arrival order, in
+//! batches. The held thread copies out every chunk a batch needs and commits each snapshot's
+//! new exceptions in one group (snapshots in parallel where the COW is on a device); the
+//! landing thread then writes the batch's data into the origin and completes it, while the
+//! held thread copies and commits the next batch. (With every COW in memory a commit is a few
+//! copies, and the held thread lands its batches itself.) So a first write costs its queue one
+//! memcpy, and a batch of first writes shares one commit.
 //!
 //! Durability: the origin's new data is written only after the exceptions preserving the old
 //! data are committed (durable), so no crash at any point can leave a snapshot reading new
@@ -95,12 +98,81 @@ impl Holder {
     }
 }
 
-fn held_thread(rx: Receiver<Held>) {
+/// The first stage: plans each batch, copies its chunks out and commits them, then hands it to
+/// the landing stage, so the next batch's copies and commit overlap this one's origin writes.
+fn held_thread(rx: Receiver<Held>, name: String) {
+    let (tx, landing) = channel();
+    let spawned = std::thread::Builder::new()
+        .name(name)
+        .spawn(move || land_thread(landing));
+    if spawned.is_err() {
+        error!("held writes: no thread for the landing stage, landing them in this one");
+    }
+    let mut stages = Stages {
+        landing: spawned.is_ok().then_some(tx),
+        known: Vec::new(),
+        handed: None,
+    };
     while let Ok(first) = rx.recv() {
         let origin = first.origin.clone();
         let mut batch = vec![first];
         batch.extend(rx.try_iter().take(MAX_BATCH - 1));
-        origin.write_held(batch);
+        origin.write_held(batch, &mut stages);
+    }
+}
+
+/// The first stage's side of the landing stage.
+struct Stages {
+    landing: Option<Sender<Landing>>,
+    /// Per snapshot: whether its commits wait for a device.
+    known: Vec<(SnapshotId, bool)>,
+    /// The seq after the last held write handed to the landing stage, until the first stage
+    /// has seen it land.
+    handed: Option<u64>,
+}
+
+/// The second stage: lands batches in the order the first stage committed them (so held
+/// writes land in arrival order), writing held data into the origin.
+fn land_thread(rx: Receiver<Landing>) {
+    while let Ok(first) = rx.recv() {
+        for item in std::iter::once(first).chain(rx.try_iter()) {
+            item.run();
+        }
+    }
+}
+
+/// Work for the landing stage.
+enum Landing {
+    /// Held writes whose copies are committed: write them into the origin.
+    Committed(Vec<Held>),
+    /// A held write that waits for something: the synchronous path waits with it.
+    Gated(Held),
+}
+
+impl Landing {
+    fn last_seq(&self) -> u64 {
+        match self {
+            Landing::Committed(hs) => hs.last().map_or(0, |h| h.seq),
+            Landing::Gated(h) => h.seq,
+        }
+    }
+
+    fn run(self) {
+        match self {
+            Landing::Committed(mut hs) => {
+                let Some(origin) = hs.first().map(|h| h.origin.clone()) else {
+                    return;
+                };
+                let outcomes = origin.write_origin(&hs);
+                origin.land(&mut hs, outcomes);
+            }
+            Landing::Gated(h) => {
+                let origin = h.origin.clone();
+                let r =
+                    origin.origin_data_as(Data::Bytes(&h.data), h.offset, GateMode::Held(h.seq));
+                origin.land(&mut [h], vec![r.map_err(io::Error::from)]);
+            }
+        }
     }
 }
 
@@ -134,11 +206,12 @@ impl Origin {
         let mut tx = self.holder.tx.lock().unwrap_or_else(|p| p.into_inner());
         if tx.is_none() {
             let (t, rx) = channel();
-            let name = format!("held-{}", self.name);
-            let name: String = name.chars().take(15).collect();
+            let name =
+                |stage| -> String { format!("{stage}-{}", self.name).chars().take(15).collect() };
+            let landing = name("land");
             if std::thread::Builder::new()
-                .name(name)
-                .spawn(move || held_thread(rx))
+                .name(name("held"))
+                .spawn(move || held_thread(rx, landing))
                 .is_err()
             {
                 return false;
@@ -174,6 +247,43 @@ impl Origin {
         while g.held.landed < target {
             g = self.wait(g);
         }
+    }
+
+    /// Waits until every held write before `seq` has landed.
+    fn wait_landed(&self, seq: u64) {
+        let mut g = self.lock();
+        while g.held.landed < seq {
+            g = self.wait(g);
+        }
+    }
+
+    /// Whether some valid snapshot's commit waits for a device: its COW is no file in memory
+    /// (tmpfs, ramfs), and a device whose kind is unknown counts as one that waits. Without
+    /// one, a commit is a few copies and a second stage would only add a hand-off per batch.
+    /// `known` caches the answer per snapshot.
+    fn commits_wait(&self, known: &mut Vec<(SnapshotId, bool)>) -> bool {
+        let cows: Vec<_> = {
+            let g = self.lock();
+            g.snaps
+                .iter()
+                .filter(|s| s.health != Health::Invalid)
+                .map(|s| {
+                    (
+                        s.id,
+                        known.iter().find(|k| k.0 == s.id).map(|k| k.1),
+                        s.cow.clone(),
+                    )
+                })
+                .collect()
+        };
+        known.retain(|k| cows.iter().any(|c| c.0 == k.0));
+        cows.into_iter().any(|(id, wait, cow)| {
+            wait.unwrap_or_else(|| {
+                let wait = cow.raw_fd().is_none_or(|fd| !memory_backed(fd));
+                known.push((id, wait));
+                wait
+            })
+        })
     }
 
     /// Plans one held write: its chunks must not wait for anything, and no earlier held write
@@ -213,34 +323,51 @@ impl Origin {
         HeldPlan::Ready(targets, copies.len())
     }
 
-    /// Lands a batch of held writes, in order.
-    fn write_held(&self, mut batch: Vec<Held>) {
-        let mut i = 0;
-        while i < batch.len() {
+    /// Copies out and commits a batch of held writes, in order, and lands them: on the landing
+    /// stage when some commit waits for a device, else on this thread (after every write the
+    /// landing stage still has).
+    fn write_held(&self, batch: Vec<Held>, stages: &mut Stages) {
+        let landing = stages
+            .landing
+            .clone()
+            .filter(|_| self.commits_wait(&mut stages.known));
+        let mut send = |item: Landing| {
+            if let Some(tx) = &landing {
+                stages.handed = Some(item.last_seq() + 1);
+                if let Err(e) = tx.send(item) {
+                    e.0.run();
+                }
+                return;
+            }
+            if let Some(seq) = stages.handed.take() {
+                self.wait_landed(seq);
+            }
+            item.run();
+        };
+        let mut rest = batch.into_iter().peekable();
+        while rest.peek().is_some() {
             let mut planned = Vec::new();
+            let mut ready = Vec::new();
             {
                 let mut g = self.lock();
-                for h in &batch[i..] {
+                while let Some(h) = rest.peek() {
                     match self.plan_held(&mut g, h) {
                         HeldPlan::Ready(targets, slots) => planned.push((targets, slots)),
                         HeldPlan::Stuck => break,
                     }
+                    ready.extend(rest.next());
                 }
             }
-            if planned.is_empty() {
-                // The first one waits for something: the synchronous path waits with it.
-                let h = &batch[i];
-                let r = self.origin_data_as(Data::Bytes(&h.data), h.offset, GateMode::Held(h.seq));
-                let r = r.map_err(io::Error::from);
-                self.land(&mut batch[i..=i], vec![r]);
-                i += 1;
+            if ready.is_empty() {
+                // The first one waits for something (an earlier held write there, a copy in
+                // flight, the cap): it lands after the earlier ones, through the gate.
+                if let Some(h) = rest.next() {
+                    send(Landing::Gated(h));
+                }
                 continue;
             }
-            let n = planned.len();
             self.copy_and_commit(planned);
-            let outcomes = self.write_origin(&batch[i..i + n]);
-            self.land(&mut batch[i..i + n], outcomes);
-            i += n;
+            send(Landing::Committed(ready));
         }
     }
 
