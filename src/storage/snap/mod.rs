@@ -3,7 +3,8 @@
 //! State lives in engine.rs (`Origin`: one mutex over the snapshot list and every store's
 //! bookkeeping). A request enters through datapath.rs and snapshot_io.rs (the blocking path: plan
 //! under the lock, I/O after it), direct.rs (plans for callers that run the I/O on their own io_uring) or
-//! held.rs (origin writes that wait for copy-outs, batched on the origin's held thread). Origin
+//! held.rs (origin writes that wait for copy-outs, batched on the origin's held thread, which
+//! copies them out through held_copy.rs, and landed by its landing thread). Origin
 //! writes first copy the old chunk into every snapshot that lacks it and commit the exceptions in
 //! groups (copy.rs); only then does the new data reach the origin. Stores keep the table:
 //! store.rs (the trait, transient `N`), persistent.rs (`P`/`PO`, in Linux's on-disk layout, which
@@ -19,6 +20,7 @@ pub mod exlog;
 pub mod exmap;
 mod format;
 pub(crate) mod held;
+mod held_copy;
 pub mod inspect;
 pub mod merge;
 pub mod persistent;
