@@ -1,17 +1,15 @@
-//! Copy-out and group commit. The origin-write gate plans under the lock which snapshots need
-//! the old origin chunk copied, takes a copy slot (parking on the condvar when the cap is
-//! reached), then reads the origin chunk once and writes it to every such COW outside the lock.
-//! Each copied exception joins its snapshot's commit queue; a waiter becomes the committer when
-//! no commit is running and nothing else is outstanding or the area is full, so concurrent copies
-//! share one metadata write + flush. Dependent I/O is released only after the commit.
+//! Copy-out. The origin-write gate plans under the lock which snapshots need the old origin
+//! chunk copied, takes a copy slot (parking on the condvar when the cap is reached), then reads
+//! the origin chunk once and writes it to every such COW outside the lock. Each copied
+//! exception joins its snapshot's commit queue (commit.rs); dependent I/O is released only
+//! after the commit.
 
 use std::io;
-use std::sync::{Arc, MutexGuard};
+use std::sync::Arc;
 
 use log::{debug, error};
 
-use super::engine::{run_invalidation, Health, Inner, Origin, SnapshotId};
-use super::store::StoreKind;
+use super::engine::{Health, Inner, Origin, SnapshotId};
 use crate::storage::block::device::BlockDevice;
 use crate::storage::units::{ChunkIndex, ChunkSize};
 
@@ -25,19 +23,6 @@ pub(super) struct Target {
     pub cs: ChunkSize,
     pub old: ChunkIndex,
     pub new: ChunkIndex,
-}
-
-/// How `commit_until` picks its batches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum CommitMode {
-    /// A batch waits for the copies still outstanding, so copies in flight together share one
-    /// commit (their threads wait anyway).
-    Batched,
-    /// Whatever is ready is committed at once: for callers whose requests keep no thread
-    /// waiting (the queues' direct writes), the next batch forms during this commit.
-    Eager,
-    /// As `Eager`, but returns instead of waiting for another thread's commit.
-    Try,
 }
 
 /// What the origin-write gate decided.
@@ -83,17 +68,6 @@ pub(super) enum Check {
     Wait,
     /// Some snapshot lacks an exception: copy it out.
     Copy,
-}
-
-/// Sorts the commit queue by COW chunk and returns how many of its first entries are the next
-/// allocations in order (entries whose earlier allocations are still copying wait).
-fn in_order_prefix(c: &mut super::engine::CommitState) -> usize {
-    c.queue.sort_unstable_by_key(|(_, new)| new.0);
-    c.queue
-        .iter()
-        .zip(c.order.iter())
-        .take_while(|((_, new), want)| new.0 == **want)
-        .count()
 }
 
 /// Checks the chunk position at `pos` in every snapshot; returns where the position ends (the
@@ -349,146 +323,5 @@ impl Origin {
             .zip(&results)
             .map(|(t, r)| r.is_ok() && self.wait_commit(t.id, t.old, t.new))
             .collect()
-    }
-
-    /// Written exceptions `(snapshot, old, new, outcome)` join their snapshots' commit queues;
-    /// a failed one (`Err(what)`) leaves `pending` and invalidates its snapshot. Invalidation
-    /// headers are written after the lock is released.
-    pub(super) fn hand_to_commit(
-        &self,
-        mut g: MutexGuard<'_, Inner>,
-        written: impl Iterator<Item = (SnapshotId, ChunkIndex, ChunkIndex, Result<(), String>)>,
-        sync: bool,
-    ) {
-        let mut invalidations = Vec::new();
-        for (id, old, new, r) in written {
-            let Some(s) = g.snap_mut(id) else { continue };
-            s.commit.outstanding = s.commit.outstanding.saturating_sub(1);
-            match r {
-                Ok(()) => {
-                    s.commit.queue.push((old, new));
-                    if sync {
-                        s.commit.sync.insert(old.0);
-                    }
-                }
-                Err(what) => {
-                    error!("{}: {what}", s.cfg.name);
-                    s.pending.remove(&old.0);
-                    invalidations.push(s.invalidate(what));
-                }
-            }
-        }
-        invalidations.extend(g.deferred.drain(..).map(Some));
-        self.notify();
-        drop(g);
-        invalidations.into_iter().for_each(run_invalidation);
-    }
-
-    /// Waits until the exception `old → new` of snapshot `id` is committed, committing a batch
-    /// itself when it is its turn. False when the commit failed or the snapshot went away.
-    pub(super) fn wait_commit(&self, id: SnapshotId, old: ChunkIndex, new: ChunkIndex) -> bool {
-        self.commit_until(id, CommitMode::Batched, false, |s| {
-            (!s.pending.contains_key(&old.0))
-                .then(|| s.health != Health::Invalid && s.store.lookup(old) == Some(new))
-        })
-    }
-
-    /// Commits batches of snapshot `id`'s copied exceptions (or waits for other threads'
-    /// commits) until `settled` gives an answer for the snapshot; `T::default()` when it went
-    /// away, or in `CommitMode::Try` when nothing more can be committed now.
-    pub(super) fn commit_until<T: Default>(
-        &self,
-        id: SnapshotId,
-        mode: CommitMode,
-        light: bool,
-        settled: impl Fn(&super::engine::Snap) -> Option<T>,
-    ) -> T {
-        let mut g = self.lock();
-        loop {
-            let Some(s) = g.snap_mut(id) else {
-                return T::default();
-            };
-            if let Some(answer) = settled(s) {
-                return answer;
-            }
-            let invalid = s.health == Health::Invalid;
-            let room = s.store.commit_room();
-            let transient = s.store.kind() == StoreKind::Transient;
-            let c = &mut s.commit;
-            let ready = if invalid {
-                c.queue.len()
-            } else {
-                in_order_prefix(c)
-            };
-            let turn = !c.committing
-                && ready > 0
-                && (mode != CommitMode::Batched
-                    || c.outstanding == 0
-                    || ready >= room
-                    || invalid
-                    || transient);
-            if !turn {
-                if mode == CommitMode::Try {
-                    return T::default();
-                }
-                g = self.wait(g);
-                continue;
-            }
-            let n = if invalid { ready } else { ready.min(room) };
-            let batch: Vec<_> = c.queue.drain(..n).collect();
-            if invalid {
-                c.order.clear();
-            } else {
-                c.order.drain(..n);
-            }
-            if s.health == Health::Invalid {
-                for (o, _) in &batch {
-                    s.pending.remove(&o.0);
-                    s.commit.sync.remove(&o.0);
-                }
-                self.notify();
-                continue;
-            }
-            let mut io = s.store.plan_commit(&batch);
-            // Light (write-back, no copy-out in the batch): the data is durable before the
-            // metadata write (the commit's first flush), so the entries may reach the disk in
-            // any order; the next flush makes them durable. A `kill -9` keeps them either way.
-            if light && !batch.iter().any(|(o, _)| s.commit.sync.contains(&o.0)) {
-                io.flush_after = false;
-            }
-            s.commit.committing = true;
-            s.commit.commits += 1;
-            let cow = s.cow.clone();
-            drop(g);
-            let r = io.run(&*cow);
-            g = self.lock();
-            let mut invalidation = None;
-            if let Some(s) = g.snap_mut(id) {
-                s.commit.committing = false;
-                match r {
-                    Ok(()) => s.store.complete_commit(&batch),
-                    Err(e) => {
-                        let why = format!(
-                            "committing {} exception(s) (origin chunks {}..={}): {e}",
-                            batch.len(),
-                            batch.first().map_or(0, |b| b.0 .0),
-                            batch.last().map_or(0, |b| b.0 .0),
-                        );
-                        error!("{}: {why}", s.cfg.name);
-                        invalidation = s.invalidate(why);
-                    }
-                }
-                for (o, _) in &batch {
-                    s.pending.remove(&o.0);
-                    s.commit.sync.remove(&o.0);
-                }
-            }
-            self.notify();
-            if invalidation.is_some() {
-                drop(g);
-                run_invalidation(invalidation);
-                g = self.lock();
-            }
-        }
     }
 }

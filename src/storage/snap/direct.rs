@@ -6,7 +6,8 @@
 
 use std::os::unix::io::RawFd;
 
-use super::copy::{check_chunk, Check, CommitMode};
+use super::commit::CommitMode;
+use super::copy::{check_chunk, Check};
 use super::engine::{Health, Inner, Origin, SnapshotId};
 use crate::storage::units::ChunkIndex;
 

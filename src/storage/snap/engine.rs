@@ -86,6 +86,9 @@ pub(super) struct CommitState {
     pub outstanding: usize,
     /// Copied exceptions waiting for a metadata commit.
     pub queue: Vec<(ChunkIndex, ChunkIndex)>,
+    /// Copied exceptions a flush made durable, in allocation order, ahead of `queue`: their
+    /// metadata is the next commit's (a pipelined commit left it for the next cycle).
+    pub synced: Vec<(ChunkIndex, ChunkIndex)>,
     /// COW chunks allocated and not yet committed, in allocation order: commits take only the
     /// in-order prefix of copied entries, so the table stays in allocation order (as Linux
     /// keeps it) whatever order the copies finish in.

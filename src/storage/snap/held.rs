@@ -25,6 +25,7 @@ use log::error;
 use super::copy::{check_chunk, take_copies, Check, GateMode, Target};
 use super::datapath::Data;
 use super::engine::{Health, Inner, Origin, SnapshotId};
+use super::held_copy::Olds;
 use crate::storage::block::image::memory_backed;
 
 /// The longest write that may be held (longer ones take the synchronous path).
@@ -105,8 +106,20 @@ fn held_thread(rx: Receiver<Held>, name: String) {
         landing: spawned.is_ok().then_some(tx),
         known: Vec::new(),
         handed: None,
+        prev: None,
     };
-    while let Ok(first) = rx.recv() {
+    loop {
+        let first = match rx.try_recv() {
+            Ok(h) => h,
+            Err(_) => {
+                // Nothing to pipeline with: the batch before commits on its own.
+                stages.finish();
+                match rx.recv() {
+                    Ok(h) => h,
+                    Err(_) => break,
+                }
+            }
+        };
         let origin = first.origin.clone();
         let mut batch = vec![first];
         batch.extend(rx.try_iter().take(MAX_BATCH - 1));
@@ -122,6 +135,39 @@ struct Stages {
     /// The seq after the last held write handed to the landing stage, until the first stage
     /// has seen it land.
     handed: Option<u64>,
+    /// The batch whose copies are durable and whose exceptions are not committed yet: the
+    /// next batch's flush commits them (pipelined, while batches land on the landing stage).
+    prev: Option<(Vec<Held>, Olds)>,
+}
+
+impl Stages {
+    /// Lands `item`: on the landing stage when `staged`, else on this thread, after everything
+    /// the landing stage still has.
+    fn send(&mut self, origin: &Origin, item: Landing, staged: bool) {
+        if let Some(tx) = self.landing.as_ref().filter(|_| staged) {
+            self.handed = Some(item.last_seq() + 1);
+            if let Err(e) = tx.send(item) {
+                e.0.run();
+            }
+            return;
+        }
+        if let Some(seq) = self.handed.take() {
+            origin.wait_landed(seq);
+        }
+        item.run();
+    }
+
+    /// Commits the pipelined batch, if there is one, and hands it to the landing stage.
+    fn finish(&mut self) {
+        let Some((hs, olds)) = self.prev.take() else {
+            return;
+        };
+        let Some(origin) = hs.first().map(|h| h.origin.clone()) else {
+            return;
+        };
+        origin.commit_olds(&olds, true);
+        self.send(&origin, Landing::Committed(hs), true);
+    }
 }
 
 /// The second stage: lands batches in the order the first stage committed them (so held
@@ -317,26 +363,14 @@ impl Origin {
     }
 
     /// Copies out and commits a batch of held writes, in order, and lands them: on the landing
-    /// stage when some commit waits for a device, else on this thread (after every write the
-    /// landing stage still has).
+    /// stage when some commit waits for a device (each group's commit then shares its flush
+    /// with the next group's copies), else on this thread (after every write the landing stage
+    /// still has).
     fn write_held(&self, batch: Vec<Held>, stages: &mut Stages) {
-        let landing = stages
-            .landing
-            .clone()
-            .filter(|_| self.commits_wait(&mut stages.known));
-        let mut send = |item: Landing| {
-            if let Some(tx) = &landing {
-                stages.handed = Some(item.last_seq() + 1);
-                if let Err(e) = tx.send(item) {
-                    e.0.run();
-                }
-                return;
-            }
-            if let Some(seq) = stages.handed.take() {
-                self.wait_landed(seq);
-            }
-            item.run();
-        };
+        let staged = stages.landing.is_some() && self.commits_wait(&mut stages.known);
+        if !staged {
+            stages.finish();
+        }
         let mut rest = batch.into_iter().peekable();
         while rest.peek().is_some() {
             let mut planned = Vec::new();
@@ -355,12 +389,24 @@ impl Origin {
                 // The first one waits for something (an earlier held write there, a copy in
                 // flight, the cap): it lands after the earlier ones, through the gate.
                 if let Some(h) = rest.next() {
-                    send(Landing::Gated(h));
+                    stages.finish();
+                    stages.send(self, Landing::Gated(h), staged);
                 }
                 continue;
             }
-            self.copy_and_commit(planned);
-            send(Landing::Committed(ready));
+            if !staged {
+                self.copy_and_commit(planned, None);
+                stages.send(self, Landing::Committed(ready), false);
+                continue;
+            }
+            let prev = stages.prev.take();
+            let empty = Olds::new();
+            let before = prev.as_ref().map_or(&empty, |p| &p.1);
+            let olds = self.copy_and_commit(planned, Some(before));
+            if let Some((hs, _)) = prev {
+                stages.send(self, Landing::Committed(hs), true);
+            }
+            stages.prev = Some((ready, olds));
         }
     }
 

@@ -1,15 +1,16 @@
 //! The held thread's copy-outs: one batch's old origin chunks read once (adjacent chunks in one
 //! read), written into every snapshot's COW in runs of consecutive new chunks, then each
-//! snapshot's new exceptions committed in one group (see held.rs for the batches around it).
+//! snapshot's new exceptions committed in one group, or (pipelined) made durable in the flush
+//! that commits the batch before (see held.rs for the batches around it).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use log::error;
 
-use super::copy::{CommitMode, Target};
+use super::commit::CommitMode;
+use super::copy::Target;
 use super::engine::{Origin, SnapshotId};
 use super::held::MAX_HELD_WRITE;
-use crate::storage::block::image::memory_backed;
 use crate::storage::units::ChunkIndex;
 
 /// Chunk bytes one copy group reads into memory at once.
@@ -17,13 +18,20 @@ const COPY_GROUP_BYTES: u64 = 16 << 20;
 
 /// A copied exception and how its copy went: (snapshot, old, new, outcome).
 type Written = (SnapshotId, ChunkIndex, ChunkIndex, Result<(), String>);
+/// A batch's copied old chunks, per snapshot.
+pub(super) type Olds = BTreeMap<SnapshotId, Vec<u64>>;
 
 impl Origin {
     /// Copies out every planned write's chunks (each origin span read once, each snapshot's new
-    /// chunks written in runs, one vectored write per run), hands them to their commit queues
-    /// and commits every snapshot that got any, in parallel (a failed copy invalidates its
-    /// snapshot).
-    pub(super) fn copy_and_commit(&self, planned: Vec<(Vec<Target>, usize)>) {
+    /// chunks written in runs, one vectored write per run) and hands them to their commit
+    /// queues (a failed copy invalidates its snapshot). Then, without `prev`, commits them;
+    /// with `prev` (the batch before, copies durable, pipelined: some commit waits for a
+    /// device), makes them durable in the flush that commits `prev`, snapshots in parallel. Returns the batch's old chunks per snapshot.
+    pub(super) fn copy_and_commit(
+        &self,
+        planned: Vec<(Vec<Target>, usize)>,
+        prev: Option<&Olds>,
+    ) -> Olds {
         let slots: usize = planned.iter().map(|p| p.1).sum();
         let targets: Vec<Target> = planned.into_iter().flat_map(|p| p.0).collect();
         let mut written = Vec::with_capacity(targets.len());
@@ -39,39 +47,70 @@ impl Origin {
             }
         }
         self.copy_group(&group, &mut written);
-        let mut olds: BTreeMap<SnapshotId, Vec<u64>> = BTreeMap::new();
+        let mut olds = Olds::new();
         for w in &written {
             olds.entry(w.0).or_default().push(w.1 .0);
         }
         let mut g = self.lock();
         g.copies -= slots;
         self.hand_to_commit(g, written.into_iter(), true);
-        let commit = |(id, olds): (&SnapshotId, &Vec<u64>)| {
-            self.commit_until(*id, CommitMode::Eager, false, |s| {
-                olds.iter()
+        let Some(prev) = prev else {
+            self.commit_olds(&olds, false);
+            return olds;
+        };
+        let none = Vec::new();
+        let ids: Vec<SnapshotId> = olds.keys().chain(prev.keys()).copied().collect();
+        self.each_snapshot(&ids, true, |id| {
+            let (now, before) = (
+                olds.get(&id).unwrap_or(&none),
+                prev.get(&id).unwrap_or(&none),
+            );
+            self.commit_until(id, CommitMode::Pipelined, false, |s| {
+                let queued: HashSet<u64> = s.commit.queue.iter().map(|q| q.0 .0).collect();
+                let durable = now.iter().all(|o| !queued.contains(o));
+                let committed = before.iter().all(|o| !s.pending.contains_key(o));
+                (durable && committed).then_some(())
+            })
+        });
+        olds
+    }
+
+    /// Commits every exception of `olds` (or waits for other threads' commits of them), the
+    /// snapshots in parallel when `parallel`.
+    pub(super) fn commit_olds(&self, olds: &Olds, parallel: bool) {
+        let ids: Vec<SnapshotId> = olds.keys().copied().collect();
+        self.each_snapshot(&ids, parallel, |id| {
+            self.commit_until(id, CommitMode::Eager, false, |s| {
+                olds[&id]
+                    .iter()
                     .all(|o| !s.pending.contains_key(o))
                     .then_some(())
             })
-        };
-        // In parallel where a commit waits for a device; on tmpfs and ramfs a commit is a few
-        // copies, which a thread per snapshot would only slow down.
-        let slow = |id: &SnapshotId| {
-            let g = self.lock();
-            g.snap(*id)
-                .and_then(|s| s.cow.raw_fd())
-                .is_some_and(|fd| !memory_backed(fd))
-        };
-        if olds.len() < 2 || !olds.keys().any(slow) {
-            olds.iter().for_each(commit);
+        });
+    }
+
+    /// Runs `commit` for each snapshot of `ids` (duplicates once), in parallel when `parallel`:
+    /// the held thread's pipeline runs where commits wait for a device, and on tmpfs and
+    /// ramfs, where a commit is a few copies, a thread per snapshot would only slow it down.
+    fn each_snapshot(
+        &self,
+        ids: &[SnapshotId],
+        parallel: bool,
+        commit: impl Fn(SnapshotId) + Sync,
+    ) {
+        let mut ids = ids.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() < 2 || !parallel {
+            ids.into_iter().for_each(commit);
             return;
         }
-        let mut each = olds.iter();
-        let Some(first) = each.next() else { return };
+        let commit = &commit;
         std::thread::scope(|sc| {
-            for other in each {
+            for &other in &ids[1..] {
                 sc.spawn(move || commit(other));
             }
-            commit(first);
+            commit(ids[0]);
         });
     }
 

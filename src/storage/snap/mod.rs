@@ -6,12 +6,13 @@
 //! held.rs (origin writes that wait for copy-outs, batched on the origin's held thread, which
 //! copies them out through held_copy.rs, and landed by its landing thread). Origin
 //! writes first copy the old chunk into every snapshot that lacks it and commit the exceptions in
-//! groups (copy.rs); only then does the new data reach the origin. Stores keep the table:
+//! groups (copy.rs, commit.rs); only then does the new data reach the origin. Stores keep the table:
 //! store.rs (the trait, transient `N`), persistent.rs (`P`/`PO`, in Linux's on-disk layout, which
 //! format.rs describes), with
 //! exmap.rs and exlog.rs as their compact in-memory maps. merge.rs merges a snapshot back into its
 //! origin, reset.rs empties a clone back to its creation state, inspect.rs reads a COW offline.
 
+mod commit;
 mod copy;
 pub mod datapath;
 pub mod direct;
