@@ -147,14 +147,14 @@ impl Stages {
         if let Some(tx) = self.landing.as_ref().filter(|_| staged) {
             self.handed = Some(item.last_seq() + 1);
             if let Err(e) = tx.send(item) {
-                e.0.run();
+                e.0.run(false);
             }
             return;
         }
         if let Some(seq) = self.handed.take() {
             origin.wait_landed(seq);
         }
-        item.run();
+        item.run(false);
     }
 
     /// Commits the pipelined batch, if there is one, and hands it to the landing stage.
@@ -175,7 +175,7 @@ impl Stages {
 fn land_thread(rx: Receiver<Landing>) {
     while let Ok(first) = rx.recv() {
         for item in std::iter::once(first).chain(rx.try_iter()) {
-            item.run();
+            item.run(true);
         }
     }
 }
@@ -196,14 +196,24 @@ impl Landing {
         }
     }
 
-    fn run(self) {
+    /// Lands the item; `each`: completes a batch's writes one by one, as each lands.
+    fn run(self, each: bool) {
         match self {
             Landing::Committed(mut hs) => {
                 let Some(origin) = hs.first().map(|h| h.origin.clone()) else {
                     return;
                 };
-                let outcomes = origin.write_origin(&hs);
-                origin.land(&mut hs, outcomes);
+                // One by one, the queue resubmits while the rest land; on the held thread (COWs
+                // in memory) the batch lands at once, cheaper there. Write-through: one flush.
+                let step = if each && !hs.iter().any(|h| h.durable) {
+                    1
+                } else {
+                    hs.len().max(1)
+                };
+                for h in hs.chunks_mut(step) {
+                    let outcomes = origin.write_origin(h);
+                    origin.land(h, outcomes);
+                }
             }
             Landing::Gated(h) => {
                 let origin = h.origin.clone();
