@@ -4,10 +4,11 @@
 //! Two threads per origin form a pipeline and take the held writes in arrival order, in
 //! batches. The held thread copies out every chunk a batch needs and commits each snapshot's
 //! new exceptions in one group (snapshots in parallel where the COW is on a device); the
-//! landing thread then writes the batch's data into the origin and completes it, while the
-//! held thread copies and commits the next batch. (With every COW in memory a commit is a few
-//! copies, and the held thread lands its batches itself.) So a first write costs its queue one
-//! memcpy, and a batch of first writes shares one commit.
+//! landing thread (held_land.rs) then writes the batch's data into the origin and completes
+//! it, while the held thread copies and commits the next batch; under load one flush commits a
+//! batch and makes the next one's copies durable (held_copy.rs). (With every COW in memory a
+//! commit is a few copies, and the held thread lands its batches itself.) So a first write
+//! costs its queue one memcpy, and a batch of first writes shares one commit.
 //!
 //! Durability: the origin's new data is written only after the exceptions preserving the old
 //! data are committed (durable), so no crash at any point can leave a snapshot reading new
@@ -22,10 +23,10 @@ use std::sync::{Arc, Mutex};
 
 use log::error;
 
-use super::copy::{check_chunk, take_copies, Check, GateMode, Target};
-use super::datapath::Data;
+use super::copy::{check_chunk, take_copies, Check, Target};
 use super::engine::{Health, Inner, Origin, SnapshotId};
 use super::held_copy::Olds;
+use super::held_land::{land_thread, Landing};
 use crate::storage::block::image::memory_backed;
 
 /// The longest write that may be held (longer ones take the synchronous path).
@@ -40,13 +41,13 @@ pub type HeldDone = Box<dyn FnOnce(io::Result<()>) + Send>;
 
 /// One held write.
 pub(super) struct Held {
-    seq: u64,
-    offset: u64,
-    data: Vec<u8>,
+    pub seq: u64,
+    pub offset: u64,
+    pub data: Vec<u8>,
     /// Write-through: make the data durable before `done`.
-    durable: bool,
-    done: Option<HeldDone>,
-    origin: Arc<Origin>,
+    pub durable: bool,
+    pub done: Option<HeldDone>,
+    pub origin: Arc<Origin>,
 }
 
 /// The held writes of one origin, under the origin lock.
@@ -65,6 +66,16 @@ pub(super) struct HeldState {
 impl HeldState {
     pub fn is_empty(&self) -> bool {
         self.ranges.is_empty()
+    }
+
+    /// Drops a held write that landed (or failed) from the set.
+    pub fn landed(&mut self, h: &Held) {
+        self.ranges.remove(&(h.offset, h.seq));
+        self.bytes -= h.data.len() as u64;
+        self.landed = self.landed.max(h.seq + 1);
+        if self.ranges.is_empty() {
+            self.max_len = 0;
+        }
     }
 
     /// Whether a held write with a seq below `before` overlaps `[start, end)`.
@@ -167,61 +178,6 @@ impl Stages {
         };
         origin.commit_olds(&olds, true);
         self.send(&origin, Landing::Committed(hs), true);
-    }
-}
-
-/// The second stage: lands batches in the order the first stage committed them (so held
-/// writes land in arrival order), writing held data into the origin.
-fn land_thread(rx: Receiver<Landing>) {
-    while let Ok(first) = rx.recv() {
-        for item in std::iter::once(first).chain(rx.try_iter()) {
-            item.run(true);
-        }
-    }
-}
-
-/// Work for the landing stage.
-enum Landing {
-    /// Held writes whose copies are committed: write them into the origin.
-    Committed(Vec<Held>),
-    /// A held write that waits for something: the synchronous path waits with it.
-    Gated(Held),
-}
-
-impl Landing {
-    fn last_seq(&self) -> u64 {
-        match self {
-            Landing::Committed(hs) => hs.last().map_or(0, |h| h.seq),
-            Landing::Gated(h) => h.seq,
-        }
-    }
-
-    /// Lands the item; `each`: completes a batch's writes one by one, as each lands.
-    fn run(self, each: bool) {
-        match self {
-            Landing::Committed(mut hs) => {
-                let Some(origin) = hs.first().map(|h| h.origin.clone()) else {
-                    return;
-                };
-                // One by one, the queue resubmits while the rest land; on the held thread (COWs
-                // in memory) the batch lands at once, cheaper there. Write-through: one flush.
-                let step = if each && !hs.iter().any(|h| h.durable) {
-                    1
-                } else {
-                    hs.len().max(1)
-                };
-                for h in hs.chunks_mut(step) {
-                    let outcomes = origin.write_origin(h);
-                    origin.land(h, outcomes);
-                }
-            }
-            Landing::Gated(h) => {
-                let origin = h.origin.clone();
-                let r =
-                    origin.origin_data_as(Data::Bytes(&h.data), h.offset, GateMode::Held(h.seq));
-                origin.land(&mut [h], vec![r.map_err(io::Error::from)]);
-            }
-        }
     }
 }
 
@@ -417,91 +373,6 @@ impl Origin {
                 stages.send(self, Landing::Committed(hs), true);
             }
             stages.prev = Some((ready, olds));
-        }
-    }
-
-    /// Writes planned held writes (which overlap no earlier one) into the origin once their
-    /// copies are committed: under one lock, each whose chunks are all safe gets a gate token;
-    /// the others (a snapshot read of the origin still in flight there, a merge) go through
-    /// the gate, which waits. A snapshot whose copy failed went invalid; the write goes on.
-    fn write_origin(&self, hs: &[Held]) -> Vec<io::Result<()>> {
-        let tokens: Vec<Option<u64>> = {
-            let mut g = self.lock();
-            let merging = g.merge.is_some();
-            hs.iter()
-                .map(|h| {
-                    let end = h.offset + h.data.len() as u64;
-                    // Every valid snapshot holds every chunk now (no snapshot can be added while
-                    // a write is held): only a snapshot read of the origin still in flight there
-                    // makes the write wait.
-                    let reading = g.snaps.iter().any(|s| {
-                        let cs = s.cs();
-                        s.health != Health::Invalid
-                            && !s.reads.is_empty()
-                            && (cs.chunk_of(h.offset).0..=cs.chunk_of(end - 1).0)
-                                .any(|c| s.reads.contains_key(&c))
-                    });
-                    if merging || reading {
-                        return None;
-                    }
-                    let token = g.next_token;
-                    g.next_token += 1;
-                    g.origin_writes.insert(token, (h.offset, end));
-                    Some(token)
-                })
-                .collect()
-        };
-        let outcomes = hs
-            .iter()
-            .zip(&tokens)
-            .map(|(h, t)| match t {
-                Some(_) => self.dev.write_at(&h.data, h.offset),
-                None => self
-                    .origin_data_as(Data::Bytes(&h.data), h.offset, GateMode::Held(h.seq))
-                    .map_err(io::Error::from),
-            })
-            .collect();
-        let mut g = self.lock();
-        for t in tokens.into_iter().flatten() {
-            g.origin_writes.remove(&t);
-        }
-        self.notify();
-        outcomes
-    }
-
-    /// Ends held writes with their outcomes: makes the durable ones durable, drops them from
-    /// the held set and calls their `done`.
-    fn land(&self, hs: &mut [Held], mut outcomes: Vec<io::Result<()>>) {
-        if hs.iter().any(|h| h.durable) {
-            if let Err(e) = self.dev.flush() {
-                error!("{}: flushing held writes: {e}", self.name);
-                for (h, r) in hs.iter().zip(outcomes.iter_mut()) {
-                    if h.durable && r.is_ok() {
-                        *r = Err(io::Error::new(e.kind(), e.to_string()));
-                    }
-                }
-            }
-        }
-        {
-            let mut g = self.lock();
-            for h in hs.iter() {
-                let len = h.data.len() as u64;
-                g.held.ranges.remove(&(h.offset, h.seq));
-                g.held.bytes -= len;
-                g.held.landed = g.held.landed.max(h.seq + 1);
-            }
-            if g.held.ranges.is_empty() {
-                g.held.max_len = 0;
-            }
-            self.notify();
-        }
-        for (h, r) in hs.iter_mut().zip(outcomes) {
-            if let Err(e) = &r {
-                error!("{}: held write at byte {} failed: {e}", self.name, h.offset);
-            }
-            if let Some(done) = h.done.take() {
-                done(r);
-            }
         }
     }
 }

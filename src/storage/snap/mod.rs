@@ -4,7 +4,7 @@
 //! bookkeeping). A request enters through datapath.rs and snapshot_io.rs (the blocking path: plan
 //! under the lock, I/O after it), direct.rs (plans for callers that run the I/O on their own io_uring) or
 //! held.rs (origin writes that wait for copy-outs, batched on the origin's held thread, which
-//! copies them out through held_copy.rs, and landed by its landing thread). Origin
+//! copies them out through held_copy.rs, and landed by its landing thread, held_land.rs). Origin
 //! writes first copy the old chunk into every snapshot that lacks it and commit the exceptions in
 //! groups (copy.rs, commit.rs); only then does the new data reach the origin. Stores keep the table:
 //! store.rs (the trait, transient `N`), persistent.rs (`P`/`PO`, in Linux's on-disk layout, which
@@ -22,6 +22,7 @@ pub mod exmap;
 mod format;
 pub(crate) mod held;
 mod held_copy;
+mod held_land;
 pub mod inspect;
 pub mod merge;
 pub mod persistent;
