@@ -8,7 +8,7 @@
 //! writes first copy the old chunk into every snapshot that lacks it and commit the exceptions in
 //! groups (copy.rs, commit.rs); only then does the new data reach the origin. Stores keep the table:
 //! store.rs (the trait, transient `N`), persistent.rs (`P`/`PO`, in Linux's on-disk layout, which
-//! format.rs describes), with
+//! format.rs describes; persistent_load.rs reads and checks a table), with
 //! exmap.rs and exlog.rs as their compact in-memory maps. merge.rs merges a snapshot back into its
 //! origin, reset.rs empties a clone back to its creation state, inspect.rs reads a COW offline.
 
