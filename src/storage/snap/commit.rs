@@ -167,7 +167,8 @@ impl Origin {
                 io.flush_after = false;
             }
             s.commit.committing = true;
-            s.commit.commits += 1;
+            // A pipelined cycle with no metadata to write only flushes copies: no commit.
+            s.commit.commits += u64::from(!meta.is_empty());
             let cow = s.cow.clone();
             drop(g);
             let r = io.run(&*cow);
