@@ -20,6 +20,7 @@ declare -A VMT_BACKEND_PID=()
 VMT_NAME=
 VMT_TMP=
 VMT_GUEST_PID=
+declare -A VMT_GUEST_ENDED=() # PID -> exit status of a guest that guest_watch_boot saw end before /init
 VMT_GUEST_DIR=
 VMT_GUEST_SEQ=0
 
@@ -294,26 +295,38 @@ qemu_plain_disk() {
 }
 
 # guest_watch_boot QEMU-CMD...: waits until the guest's /init runs. TCG guests here very rarely stall
-# in early kernel boot (seen twice in ~150 boots, no output after the kernel starts). Before /init
-# nothing has touched the disk (virtio modules load in /init), so such a stall is retried once.
+# in early kernel boot (seen twice in ~150 boots, no output after the kernel starts), and QEMU itself
+# has once died of SIGSEGV while the firmware loaded the kernel (a guest of plain virtio-blk disks,
+# no vhost-user). Before /init nothing has touched the disks (virtio modules load in /init), so either
+# is retried once, with a note. Any other early end is left for guest_wait to report.
 guest_watch_boot() {
-    local secs=${VMT_BOOT_STALL:-60}
-    wait_for "$secs" guest_has_or_ended "vmt-init:" || true
-    console_has "vmt-init:" && return 0
-    kill -0 "$VMT_GUEST_PID" 2>/dev/null || return 0 # ended early: guest_wait reports it
-    kill -TERM "$VMT_GUEST_PID" 2>/dev/null || true
-    wait "$VMT_GUEST_PID" 2>/dev/null || true
-    vmt_note "guest boot stalled before /init for ${secs}s under TCG; retried once"
-    mv "$VMT_GUEST_DIR/console.log" "$VMT_GUEST_DIR/console.stalled.log"
-    : >"$VMT_GUEST_DIR/console.log"
-    printf '$ %s\n' "$*" >>"$VMT_GUEST_DIR/qemu.log"
-    "$@" >>"$VMT_GUEST_DIR/qemu.log" 2>&1 </dev/null &
-    VMT_GUEST_PID=$!
-    wait_for "$secs" guest_has_or_ended "vmt-init:" || true
-    if ! console_has "vmt-init:" && kill -0 "$VMT_GUEST_PID" 2>/dev/null; then
-        guest_dump
-        vmt_fail "guest boot stalled before /init twice"
-    fi
+    local secs=${VMT_BOOT_STALL:-60} try rc why
+    for try in 1 2; do
+        wait_for "$secs" guest_has_or_ended "vmt-init:" || true
+        console_has "vmt-init:" && return 0
+        if kill -0 "$VMT_GUEST_PID" 2>/dev/null; then
+            [ "$try" = 1 ] || { guest_dump; vmt_fail "guest boot stalled before /init twice"; }
+            kill -TERM "$VMT_GUEST_PID" 2>/dev/null || true
+            wait "$VMT_GUEST_PID" 2>/dev/null || true
+            why="guest boot stalled before /init for ${secs}s under TCG"
+        else
+            rc=0
+            wait "$VMT_GUEST_PID" || rc=$?
+            # 124/137: timeout(1) stopped it; 129-159 other than those: QEMU died of a signal.
+            if [ "$try" = 2 ] || [ "$rc" -le 128 ] || [ "$rc" -eq 137 ] || [ "$rc" -ge 160 ]; then
+                VMT_GUEST_ENDED[$VMT_GUEST_PID]=$rc
+                return 0
+            fi
+            why="QEMU died of signal $((rc - 128)) before /init (qemu.log, console.crashed.log)"
+            guest_dump
+        fi
+        vmt_note "$why; retried once"
+        mv "$VMT_GUEST_DIR/console.log" "$VMT_GUEST_DIR/console.crashed.log"
+        : >"$VMT_GUEST_DIR/console.log"
+        printf '$ %s\n' "$*" >>"$VMT_GUEST_DIR/qemu.log"
+        "$@" >>"$VMT_GUEST_DIR/qemu.log" 2>&1 </dev/null &
+        VMT_GUEST_PID=$!
+    done
 }
 
 # console_text FILE: a guest console log as plain text: terminal escape sequences (the
@@ -339,7 +352,11 @@ guest_dump() {
 guest_wait() {
     local rc=0 pid=$VMT_GUEST_PID result
     [ -n "$pid" ] || vmt_fail "guest_wait: no guest running"
-    wait "$pid" || rc=$?
+    if [ -n "${VMT_GUEST_ENDED[$pid]:-}" ]; then
+        rc=${VMT_GUEST_ENDED[$pid]} # guest_watch_boot already reaped it
+    else
+        wait "$pid" || rc=$?
+    fi
     VMT_GUEST_PID=
     result=$(tr -d '\r' <"$VMT_GUEST_DIR/console.log" | grep -a -o 'VMT-RESULT: .*' | tail -n1 || true)
     if [ "$result" = "VMT-RESULT: PASS" ] && [ "$rc" -eq 0 ]; then
