@@ -372,7 +372,7 @@ impl Origin {
                     origin_block,
                     true,
                 )?;
-                (Box::new(l.store), l.header.valid)
+                (Box::new(l.store.zero_ahead(cow.clone())), l.header.valid)
             }
         };
         Ok(PreparedSnapshot {

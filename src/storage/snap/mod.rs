@@ -8,7 +8,8 @@
 //! writes first copy the old chunk into every snapshot that lacks it and commit the exceptions in
 //! groups (copy.rs, commit.rs); only then does the new data reach the origin. Stores keep the table:
 //! store.rs (the trait, transient `N`), persistent.rs (`P`/`PO`, in Linux's on-disk layout, which
-//! format.rs describes; persistent_load.rs reads and checks a table), with
+//! format.rs describes; persistent_load.rs reads and checks a table; zero_ahead.rs keeps a COW file
+//! written just past its last chunk so commits stay cheap on disk file systems), with
 //! exmap.rs and exlog.rs as their compact in-memory maps. merge.rs merges a snapshot back into its
 //! origin, reset.rs empties a clone back to its creation state, inspect.rs reads a COW offline.
 
@@ -29,3 +30,4 @@ pub mod persistent;
 mod reset;
 mod snapshot_io;
 pub mod store;
+mod zero_ahead;

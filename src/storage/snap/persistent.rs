@@ -16,6 +16,8 @@
 //! areas, see [`Geometry::data_index`]), so exceptions allocated in order stay one run across
 //! area boundaries: a sequentially rewritten origin costs a few runs, whatever its size.
 
+use std::sync::Arc;
+
 use log::warn;
 
 use super::exlog::ExLog;
@@ -23,6 +25,7 @@ use super::exmap::ExMap;
 use super::format::ENTRY_BYTES;
 pub use super::format::{Geometry, Header, DISK_VERSION, SNAP_MAGIC};
 use super::store::{ExceptionStore, MetaIo, Run, StoreKind, Usage};
+use super::zero_ahead::ZeroAhead;
 use crate::storage::block::device::BlockDevice;
 use crate::storage::error::CowError;
 use crate::storage::units::{ChunkIndex, ChunkSize, DEFAULT_CHUNK_SECTORS, SECTOR_BYTES};
@@ -45,6 +48,8 @@ pub struct Persistent {
     /// Old chunk → data index.
     map: ExMap,
     next_free: u64,
+    /// Keeps the COW written past `next_free` (a COW file on a disk file system).
+    ahead: Option<ZeroAhead>,
 }
 
 /// The result of opening a COW: the store and whether its header says valid.
@@ -140,6 +145,7 @@ impl Persistent {
             table: ExLog::new(),
             map: ExMap::new(),
             next_free: 2,
+            ahead: None,
         }
     }
 
@@ -174,6 +180,20 @@ impl Persistent {
             header,
             created: true,
         })
+    }
+
+    /// Starts zero-ahead on `dev`, the COW this store was opened on, where it helps.
+    pub fn zero_ahead(mut self, dev: Arc<dyn BlockDevice>) -> Persistent {
+        let allocated = self.next_free.saturating_mul(self.geo.cs.bytes());
+        self.ahead = ZeroAhead::start(dev, &self.name, allocated);
+        self
+    }
+
+    /// Tells zero-ahead that the chunks below `next_free` are in use.
+    fn allocated(&self) {
+        if let Some(z) = &self.ahead {
+            z.allocated(self.next_free.saturating_mul(self.geo.cs.bytes()));
+        }
     }
 
     fn cow_chunks(&self) -> u64 {
@@ -272,6 +292,7 @@ impl ExceptionStore for Persistent {
         if self.next_free % self.geo.stride() == 1 {
             self.next_free += 1;
         }
+        self.allocated();
         Some(chunk)
     }
 
@@ -289,6 +310,7 @@ impl ExceptionStore for Persistent {
         if self.next_free % stride == 1 {
             self.next_free += 1;
         }
+        self.allocated();
         Some(ChunkIndex(first))
     }
 

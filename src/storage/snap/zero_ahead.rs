@@ -1,0 +1,204 @@
+//! Zero-ahead for persistent COWs on disk file systems: a background thread keeps the next few
+//! MiB past the last allocated chunk written with zeroes and synced, so a commit's `fdatasync`
+//! overwrites blocks the file system already allocated (a data flush) instead of committing
+//! its journal for new blocks every time. Snapshot creation stays instant (the COW stays
+//! sparse past the lead); the allocator waits only if it reaches a piece being written.
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread;
+
+use log::warn;
+
+use crate::storage::block::device::BlockDevice;
+use crate::storage::memory_backed;
+
+/// How far past the last allocated byte the thread keeps the COW written.
+const LEAD: u64 = 16 << 20;
+/// The most bytes of one zero write (the longest the allocator can wait for).
+const PIECE: u64 = 256 << 10;
+
+/// A running zero-ahead thread; dropping it stops the thread (after the piece it writes).
+pub struct ZeroAhead {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    dev: Arc<dyn BlockDevice>,
+    name: String,
+    lead: u64,
+    piece: u64,
+    state: Mutex<State>,
+    /// Signals a change of `allocated`, `busy` or `stop`.
+    changed: Condvar,
+}
+
+struct State {
+    /// Bytes below this belong to allocated chunks: the thread never writes there.
+    allocated: u64,
+    /// Bytes in `allocated..written` are written (zeroes, or data from before a restart).
+    written: u64,
+    /// The piece being written now.
+    busy: Option<Range<u64>>,
+    stop: bool,
+}
+
+impl fmt::Debug for ZeroAhead {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.shared.lock();
+        f.debug_struct("ZeroAhead")
+            .field("allocated", &s.allocated)
+            .field("written", &s.written)
+            .finish()
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn wait<'a>(&self, g: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        self.changed.wait(g).unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The next piece to write, or `None` when the lead is full (or the COW ends).
+    fn next_piece(&self, s: &State) -> Option<Range<u64>> {
+        let start = s.written.max(s.allocated);
+        let end = (s.allocated + self.lead).min(self.dev.size());
+        (start < end).then(|| start..end.min(start + self.piece))
+    }
+}
+
+impl ZeroAhead {
+    /// Starts zero-ahead for a COW whose chunks below byte `allocated` are in use, when the COW
+    /// is a regular file on a disk file system (not tmpfs, not a block device); `None` otherwise.
+    pub fn start(dev: Arc<dyn BlockDevice>, name: &str, allocated: u64) -> Option<ZeroAhead> {
+        let fd = dev.raw_fd()?;
+        // SAFETY: fstat fills the zeroed struct through a valid pointer.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstat(fd, &mut st) } != 0
+            || st.st_mode & libc::S_IFMT != libc::S_IFREG
+            || memory_backed(fd)
+        {
+            return None;
+        }
+        // Written already up to the first hole (all of it for a preallocated COW).
+        // SAFETY: lseek on a descriptor the device keeps open.
+        let hole = unsafe { libc::lseek(fd, allocated as libc::off_t, libc::SEEK_HOLE) };
+        let written = u64::try_from(hole).unwrap_or(allocated);
+        ZeroAhead::spawn(dev, name, allocated, written, LEAD, PIECE)
+            .map_err(|e| warn!("{name}: zero-ahead not started: {e}"))
+            .ok()
+    }
+
+    fn spawn(
+        dev: Arc<dyn BlockDevice>,
+        name: &str,
+        allocated: u64,
+        written: u64,
+        lead: u64,
+        piece: u64,
+    ) -> std::io::Result<ZeroAhead> {
+        let shared = Arc::new(Shared {
+            dev,
+            name: name.to_owned(),
+            lead,
+            piece,
+            state: Mutex::new(State {
+                allocated,
+                written,
+                busy: None,
+                stop: false,
+            }),
+            changed: Condvar::new(),
+        });
+        let s = shared.clone();
+        thread::Builder::new()
+            .name("snapblk-zero".into())
+            .spawn(move || run(&s))?;
+        Ok(ZeroAhead { shared })
+    }
+
+    /// Called by the allocator (under the origin lock) once chunks up to byte `end` are in
+    /// use: waits while a zero write covers any of them (one piece at most), so no zero ever
+    /// lands on a chunk that holds data, and wakes the thread when the lead runs short.
+    pub fn allocated(&self, end: u64) {
+        let sh = &self.shared;
+        let mut s = sh.lock();
+        while s.busy.as_ref().is_some_and(|b| b.start < end) {
+            s = sh.wait(s);
+        }
+        if end > s.allocated {
+            s.allocated = end;
+            if s.written < end + sh.lead / 2 && !s.stop {
+                sh.changed.notify_all();
+            }
+        }
+    }
+}
+
+impl Drop for ZeroAhead {
+    fn drop(&mut self) {
+        let sh = &self.shared;
+        let mut s = sh.lock();
+        s.stop = true;
+        sh.changed.notify_all();
+        // A COW reset reuses the file from chunk 0: no zero may land after this returns.
+        while s.busy.is_some() {
+            s = sh.wait(s);
+        }
+    }
+}
+
+/// The thread: sleeps until the written lead falls under half, then writes pieces of zeroes
+/// up to the full lead and syncs them once.
+fn run(sh: &Shared) {
+    let zeroes = vec![0u8; sh.piece as usize];
+    let mut s = sh.lock();
+    loop {
+        while !s.stop && s.written >= s.allocated + sh.lead / 2 {
+            s = sh.wait(s);
+        }
+        let mut wrote = false;
+        while let Some(piece) = sh.next_piece(&s).filter(|_| !s.stop) {
+            s.busy = Some(piece.clone());
+            drop(s);
+            let len = (piece.end - piece.start) as usize;
+            let r = sh.dev.write_at(&zeroes[..len], piece.start);
+            s = sh.lock();
+            s.busy = None;
+            sh.changed.notify_all();
+            if let Err(e) = r {
+                // Best effort: the COW works as before, sparse (a full file system, say).
+                warn!("{}: zero-ahead stopped: {e}", sh.name);
+                s.stop = true;
+                break;
+            }
+            s.written = piece.end;
+            wrote = true;
+        }
+        if s.stop && !wrote {
+            return;
+        }
+        if wrote {
+            drop(s);
+            if let Err(e) = sh.dev.flush() {
+                warn!("{}: zero-ahead sync: {e}", sh.name);
+            }
+            s = sh.lock();
+        }
+        if s.stop {
+            return;
+        }
+        // The COW's end: nothing more to write, ever.
+        if sh.next_piece(&s).is_none() && s.allocated + sh.lead >= sh.dev.size() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "zero_ahead_tests.rs"]
+mod tests;
