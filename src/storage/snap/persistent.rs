@@ -355,6 +355,9 @@ impl ExceptionStore for Persistent {
     }
 
     fn complete_commit(&mut self, batch: &[(ChunkIndex, ChunkIndex)]) {
+        if let Some(z) = &self.ahead {
+            z.committed(batch.len() as u64 * self.geo.cs.bytes());
+        }
         for (old, new) in batch {
             let d = self.geo.data_index(new.0);
             self.table.push(old.0, d);

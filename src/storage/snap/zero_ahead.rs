@@ -3,6 +3,8 @@
 //! overwrites blocks the file system already allocated (a data flush) instead of committing
 //! its journal for new blocks every time. Snapshot creation stays instant (the COW stays
 //! sparse past the lead); the allocator waits only if it reaches a piece being written.
+//! Where commits are large (sequential writes), a journal commit is shared by many chunks and
+//! the zeroes' second write of every block would cost more than it saves: zero-ahead pauses.
 
 use std::fmt;
 use std::ops::Range;
@@ -18,6 +20,8 @@ use crate::storage::memory_backed;
 const LEAD: u64 = 16 << 20;
 /// The most bytes of one zero write (the longest the allocator can wait for).
 const PIECE: u64 = 256 << 10;
+/// Zero-ahead pauses while commits carry this many bytes of new chunks on average.
+const LARGE_COMMIT: u64 = 128 << 10;
 
 /// A running zero-ahead thread; dropping it stops the thread (after the piece it writes).
 pub struct ZeroAhead {
@@ -42,6 +46,8 @@ struct State {
     /// The piece being written now.
     busy: Option<Range<u64>>,
     stop: bool,
+    /// Bytes of new chunks per commit, a moving average (weight 1/8 to the latest).
+    commit_avg: u64,
 }
 
 impl fmt::Debug for ZeroAhead {
@@ -111,6 +117,7 @@ impl ZeroAhead {
                 written,
                 busy: None,
                 stop: false,
+                commit_avg: 0,
             }),
             changed: Condvar::new(),
         });
@@ -132,10 +139,28 @@ impl ZeroAhead {
         }
         if end > s.allocated {
             s.allocated = end;
-            if s.written < end + sh.lead / 2 && !s.stop {
+            if s.written < end + sh.lead / 2 && !s.stop && !s.paused() {
                 sh.changed.notify_all();
             }
         }
+    }
+}
+
+impl ZeroAhead {
+    /// Called when a commit of `bytes` of new chunks completed: keeps the average that pauses
+    /// zero-ahead under large commits.
+    pub fn committed(&self, bytes: u64) {
+        if bytes == 0 {
+            return; // a flush-only cycle
+        }
+        let mut s = self.shared.lock();
+        s.commit_avg = s.commit_avg - s.commit_avg / 8 + bytes / 8;
+    }
+}
+
+impl State {
+    fn paused(&self) -> bool {
+        self.commit_avg >= LARGE_COMMIT
     }
 }
 
@@ -158,11 +183,11 @@ fn run(sh: &Shared) {
     let zeroes = vec![0u8; sh.piece as usize];
     let mut s = sh.lock();
     loop {
-        while !s.stop && s.written >= s.allocated + sh.lead / 2 {
+        while !s.stop && (s.paused() || s.written >= s.allocated + sh.lead / 2) {
             s = sh.wait(s);
         }
         let mut wrote = false;
-        while let Some(piece) = sh.next_piece(&s).filter(|_| !s.stop) {
+        while let Some(piece) = sh.next_piece(&s).filter(|_| !s.stop && !s.paused()) {
             s.busy = Some(piece.clone());
             drop(s);
             let len = (piece.end - piece.start) as usize;

@@ -105,3 +105,39 @@ fn starts_on_a_disk_file_system_only_and_skips_what_is_written() {
         );
     }
 }
+
+#[test]
+fn large_commits_pause_it_and_small_ones_resume_it() {
+    let dev = device(env!("CARGO_MANIFEST_DIR"), 4 << 20);
+    let z = ZeroAhead::spawn(
+        dev.clone(),
+        "t",
+        2 * CHUNK,
+        2 * CHUNK,
+        32 * CHUNK,
+        8 * CHUNK,
+    )
+    .unwrap();
+    assert_eq!(wait_written(&z, 34 * CHUNK), 34 * CHUNK);
+    for _ in 0..32 {
+        z.committed(1 << 20);
+    }
+    assert!(z.shared.lock().paused());
+    z.allocated(200 * CHUNK);
+    for _ in 0..64 {
+        z.committed(CHUNK);
+    }
+    assert!(!z.shared.lock().paused());
+    z.allocated(201 * CHUNK);
+    assert_eq!(wait_written(&z, 233 * CHUNK), 233 * CHUNK);
+    let fd = dev.raw_fd().unwrap();
+    // SAFETY: lseek on a descriptor the device keeps open.
+    let (hole, data) = unsafe {
+        (
+            libc::lseek(fd, 2 * CHUNK as libc::off_t, libc::SEEK_HOLE),
+            libc::lseek(fd, 34 * CHUNK as libc::off_t, libc::SEEK_DATA),
+        )
+    };
+    assert_eq!(hole as u64, 34 * CHUNK, "the lead written before the pause");
+    assert_eq!(data as u64, 201 * CHUNK, "nothing written while paused");
+}
