@@ -15,7 +15,7 @@ pub use units::binary_units;
 pub use block::device::{BlockDevice, DeviceError, DeviceOptions, FileDevice, MemDevice};
 pub use block::identity::FileId;
 pub use block::image::{
-    derive_serial, memory_backed, open_noatime, Image, ImageError, OpenOptions,
+    derive_serial, memory_backed, on_disk_file_system, open_noatime, Image, ImageError, OpenOptions,
 };
 pub use block::lock::{FileLock, LockError, LockMode};
 pub use block::mapped::Mapping;

@@ -271,23 +271,32 @@ pub(crate) fn open_random(file: &File, readonly: bool) -> Option<File> {
 }
 
 /// Whether the file behind `fd` lives in memory (tmpfs, ramfs). Only regular files count: a
-/// block device node on devtmpfs lives on a disk, whatever the
-/// node's file system says.
+/// block device node on devtmpfs lives on a disk, whatever the node's file system says.
 pub fn memory_backed(fd: std::os::unix::io::RawFd) -> bool {
-    const TMPFS_MAGIC: i64 = 0x0102_1994;
-    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    regular_file_fs(fd).is_some_and(|t| t == TMPFS_MAGIC || t == RAMFS_MAGIC)
+}
+
+/// Whether `fd` is a regular file on a file system that is not memory (tmpfs, ramfs).
+pub fn on_disk_file_system(fd: std::os::unix::io::RawFd) -> bool {
+    regular_file_fs(fd).is_some_and(|t| t != TMPFS_MAGIC && t != RAMFS_MAGIC)
+}
+
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+const RAMFS_MAGIC: i64 = 0x8584_58f6;
+
+/// The file system type (`statfs` magic) of a regular file; `None` for anything else.
+fn regular_file_fs(fd: std::os::unix::io::RawFd) -> Option<i64> {
     // SAFETY: fstat fills the zeroed struct through a valid pointer.
     let mut stat: libc::stat = unsafe { std::mem::zeroed() };
     if unsafe { libc::fstat(fd, &mut stat) } != 0 || stat.st_mode & libc::S_IFMT != libc::S_IFREG {
-        return false;
+        return None;
     }
     // SAFETY: fstatfs fills the zeroed struct through a valid pointer.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     if unsafe { libc::fstatfs(fd, &mut st) } != 0 {
-        return false;
+        return None;
     }
-    let t = st.f_type as i64;
-    t == TMPFS_MAGIC || t == RAMFS_MAGIC
+    Some(st.f_type as i64)
 }
 
 #[cfg(test)]

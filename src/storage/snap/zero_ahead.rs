@@ -14,7 +14,7 @@ use std::thread;
 use log::warn;
 
 use crate::storage::block::device::BlockDevice;
-use crate::storage::memory_backed;
+use crate::storage::on_disk_file_system;
 
 /// How far past the last allocated byte the thread keeps the COW written.
 const LEAD: u64 = 16 << 20;
@@ -47,6 +47,9 @@ struct State {
     written: u64,
     /// The piece being written now.
     busy: Option<Range<u64>>,
+    /// Set by the first allocation: until then the COW may never be written (and its
+    /// creation, inside a checkpoint's pause, should not share the disk with 16 MiB of zeroes).
+    armed: bool,
     stop: bool,
     /// Bytes of new chunks per commit, a moving average (weight 1/8 to the latest).
     commit_avg: u64,
@@ -84,12 +87,7 @@ impl ZeroAhead {
     /// is a regular file on a disk file system (not tmpfs, not a block device); `None` otherwise.
     pub fn start(dev: Arc<dyn BlockDevice>, name: &str, allocated: u64) -> Option<ZeroAhead> {
         let fd = dev.raw_fd()?;
-        // SAFETY: fstat fills the zeroed struct through a valid pointer.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        if unsafe { libc::fstat(fd, &mut st) } != 0
-            || st.st_mode & libc::S_IFMT != libc::S_IFREG
-            || memory_backed(fd)
-        {
+        if !on_disk_file_system(fd) {
             return None;
         }
         // Written already up to the first hole (all of it for a preallocated COW).
@@ -118,6 +116,7 @@ impl ZeroAhead {
                 allocated,
                 written,
                 busy: None,
+                armed: false,
                 stop: false,
                 commit_avg: 0,
             }),
@@ -141,6 +140,7 @@ impl ZeroAhead {
         }
         if end > s.allocated {
             s.allocated = end;
+            s.armed = true;
             if s.written < end + sh.lead / 2 && !s.stop && !s.paused() {
                 sh.changed.notify_all();
             }
@@ -179,13 +179,13 @@ impl Drop for ZeroAhead {
     }
 }
 
-/// The thread: sleeps until the written lead falls under half, then writes pieces of zeroes
-/// up to the full lead and syncs them once.
+/// The thread: sleeps until the first allocation and then until the written lead falls under
+/// half, then writes pieces of zeroes up to the full lead and syncs them once.
 fn run(sh: &Shared) {
     let zeroes = vec![0u8; sh.piece as usize];
     let mut s = sh.lock();
     loop {
-        while !s.stop && (s.paused() || s.written >= s.allocated + sh.lead / 2) {
+        while !s.stop && (!s.armed || s.paused() || s.written >= s.allocated + sh.lead / 2) {
             s = sh.wait(s);
         }
         let mut wrote = false;
@@ -205,9 +205,6 @@ fn run(sh: &Shared) {
             }
             s.written = piece.end;
             wrote = true;
-        }
-        if s.stop && !wrote {
-            return;
         }
         if wrote {
             drop(s);

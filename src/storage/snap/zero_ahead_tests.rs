@@ -58,12 +58,20 @@ fn the_lead_is_written_with_zeroes_past_the_allocation_and_no_further() {
         8 * CHUNK,
     )
     .unwrap();
-    // Written up to the full lead at start.
-    assert_eq!(wait_written(&z, 40 * CHUNK), 40 * CHUNK);
+    // Nothing before the first allocation (a snapshot's creation, inside a checkpoint's
+    // pause, shares the disk with no zeroes): the thread waits for it.
+    assert_eq!(z.shared.lock().written, 8 * CHUNK);
+    let fd = dev.raw_fd().unwrap();
+    // SAFETY: lseek on a descriptor the device keeps open.
+    let data = unsafe { libc::lseek(fd, 0, libc::SEEK_DATA) };
+    assert_eq!(data, -1, "nothing written before the first allocation");
+    // Then written up to the full lead, once chunk 8 is allocated (and written).
     dev.write_at(&[7u8; 4096], 7 * CHUNK).unwrap();
+    dev.write_at(&[8u8; 4096], 8 * CHUNK).unwrap();
+    z.allocated(9 * CHUNK);
+    assert_eq!(wait_written(&z, 41 * CHUNK), 41 * CHUNK);
     z.allocated(30 * CHUNK);
     assert_eq!(wait_written(&z, 62 * CHUNK), 62 * CHUNK);
-    let fd = dev.raw_fd().unwrap();
     // SAFETY: lseek on a descriptor the device keeps open.
     let hole = unsafe { libc::lseek(fd, 7 * CHUNK as libc::off_t, libc::SEEK_HOLE) };
     assert_eq!(
@@ -83,7 +91,7 @@ fn the_lead_is_written_with_zeroes_past_the_allocation_and_no_further() {
 fn starts_on_a_disk_file_system_only_and_skips_what_is_written() {
     let disk = tempfile::tempfile_in(env!("CARGO_MANIFEST_DIR")).unwrap();
     disk.set_len(1 << 20).unwrap();
-    let on_disk = !memory_backed(disk.as_raw_fd());
+    let on_disk = on_disk_file_system(disk.as_raw_fd());
     let dev: Arc<dyn BlockDevice> = Arc::new(FileDevice::from_file(disk).unwrap());
     let z = ZeroAhead::start(dev.clone(), "t", 2 * CHUNK);
     assert_eq!(z.is_some(), on_disk);
@@ -118,7 +126,8 @@ fn large_commits_pause_it_and_small_ones_resume_it() {
         8 * CHUNK,
     )
     .unwrap();
-    assert_eq!(wait_written(&z, 34 * CHUNK), 34 * CHUNK);
+    z.allocated(3 * CHUNK);
+    assert_eq!(wait_written(&z, 35 * CHUNK), 35 * CHUNK);
     for _ in 0..32 {
         z.committed(1 << 20);
     }
@@ -134,10 +143,10 @@ fn large_commits_pause_it_and_small_ones_resume_it() {
     // SAFETY: lseek on a descriptor the device keeps open.
     let (hole, data) = unsafe {
         (
-            libc::lseek(fd, 2 * CHUNK as libc::off_t, libc::SEEK_HOLE),
-            libc::lseek(fd, 34 * CHUNK as libc::off_t, libc::SEEK_DATA),
+            libc::lseek(fd, 3 * CHUNK as libc::off_t, libc::SEEK_HOLE),
+            libc::lseek(fd, 35 * CHUNK as libc::off_t, libc::SEEK_DATA),
         )
     };
-    assert_eq!(hole as u64, 34 * CHUNK, "the lead written before the pause");
+    assert_eq!(hole as u64, 35 * CHUNK, "the lead written before the pause");
     assert_eq!(data as u64, 201 * CHUNK, "nothing written while paused");
 }
