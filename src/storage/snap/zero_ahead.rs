@@ -28,6 +28,7 @@ const LARGE_COMMIT: u64 = 192 << 10;
 /// A running zero-ahead thread; dropping it stops the thread (after the piece it writes).
 pub struct ZeroAhead {
     shared: Arc<Shared>,
+    thread: Option<thread::JoinHandle<()>>,
 }
 
 struct Shared {
@@ -123,10 +124,13 @@ impl ZeroAhead {
             changed: Condvar::new(),
         });
         let s = shared.clone();
-        thread::Builder::new()
+        let thread = thread::Builder::new()
             .name("snapblk-zero".into())
             .spawn(move || run(&s))?;
-        Ok(ZeroAhead { shared })
+        Ok(ZeroAhead {
+            shared,
+            thread: Some(thread),
+        })
     }
 
     /// Called by the allocator (under the origin lock) once chunks up to byte `end` are in
@@ -169,12 +173,14 @@ impl State {
 impl Drop for ZeroAhead {
     fn drop(&mut self) {
         let sh = &self.shared;
-        let mut s = sh.lock();
-        s.stop = true;
+        sh.lock().stop = true;
         sh.changed.notify_all();
-        // A COW reset reuses the file from chunk 0: no zero may land after this returns.
-        while s.busy.is_some() {
-            s = sh.wait(s);
+        // A COW reset reuses the file from chunk 0: no zero may land after this returns, and
+        // the thread's handle on the COW (its file lock) goes with it, so the file can be
+        // opened again at once. The thread never takes the origin lock: the join ends after
+        // the piece or sync in progress.
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }
